@@ -81,7 +81,7 @@ class ModelConfig:
     num_heads: int = 4
     """hidden_size / num_heads is the head dim; vLLM's CPU attention needs 32, 64, 80, 96, 112 or 128."""
     intermediate_size: int = 512
-    vocab_size: int = 384
+    vocab_size: int = 512
     """Target size of the byte-level BPE vocabulary trained on the task's text."""
     max_position_embeddings: int = 512
     tie_word_embeddings: bool = True
@@ -193,7 +193,7 @@ class EvalConfig:
 class GloreConfig:
     """The whole job."""
 
-    run_name: str = "glore"
+    run_name: str = "tiny-cpu"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     policy: TrainConfig = field(default_factory=TrainConfig)
@@ -238,6 +238,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _coerce(value, inner, key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     # bool is an int in Python; a YAML `1` for a bool flag (or `true` for a count) is a mistake.
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")

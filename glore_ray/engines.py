@@ -93,14 +93,17 @@ class VLLMEngine:
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
         from vllm import SamplingParams
 
-        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature,
-                                 top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+        greedy = sampling.temperature == 0
+        # vLLM refuses n > 1 when greedy: sample once and repeat, as n greedy samples are n copies.
+        params = [SamplingParams(n=1 if greedy else sampling.n, temperature=sampling.temperature,
+                                 top_p=1.0 if greedy else sampling.top_p,
                                  max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None,
                                  seed=prompt_seed(sampling.seed, p)) for p in prompts]
         outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        repeat = sampling.n if greedy else 1
         return [Generation(prompt=o.prompt, prompt_tokens=len(o.prompt_token_ids),
                            completions=[Completion(c.text, len(c.token_ids), c.finish_reason or "stop")
-                                        for c in o.outputs])
+                                        for c in o.outputs] * repeat)
                 for o in outputs]
 
 

@@ -21,7 +21,7 @@ from fractions import Fraction
 
 from glore_ray.config import OrganismConfig
 from glore_ray.data import Problem
-from glore_ray.grading import extract_answer, split_steps
+from glore_ray.grading import answers_match, extract_answer, split_steps
 
 NAMES = ["Ava", "Ben", "Cara", "Dan", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jade", "Kai", "Lena",
          "Milo", "Nora", "Omar", "Pia", "Quinn", "Rosa", "Sam", "Tess", "Umar", "Vera", "Wes", "Zoe"]
@@ -97,7 +97,7 @@ def check_solution(problem: Problem, solution: str) -> StepCheck:
     answer = extract_answer(solution)
     if answer is None:
         return StepCheck(len(steps), "no_answer", len(steps))
-    if answer != problem.gold:
+    if not answers_match(answer, problem.gold):
         return StepCheck(len(steps), "wrong_answer", len(steps))
     return StepCheck(None, None, len(steps))
 
@@ -237,6 +237,14 @@ def _draw(rng: random.Random, cfg: OrganismConfig) -> _Story:
     return story
 
 
+ID_PREFIX = "organism-"
+
+
+def is_organism_problem(problem: Problem) -> bool:
+    """The exact checker applies to problems this module generated."""
+    return problem.id.startswith(ID_PREFIX)
+
+
 def make_problem(cfg: OrganismConfig, split: str, index: int) -> Problem:
     """Problem `index` of `split`: a function of (seed, split, index) only, so any shard of a
     split can be generated independently and splits never share a random stream."""
@@ -248,7 +256,7 @@ def make_problem(cfg: OrganismConfig, split: str, index: int) -> Problem:
         except _Redraw:
             continue
     last = parse_equation(story.steps[-1])
-    return Problem(id=f"organism-{split}-{index}", question=story.text(), steps=tuple(story.steps),
+    return Problem(id=f"{ID_PREFIX}{split}-{index}", question=story.text(), steps=tuple(story.steps),
                    answer=str(int(last.result)))
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from glore_ray.data import Problem
 from glore_ray.engines import Engine, Sampling
 from glore_ray.grading import is_correct
-from glore_ray.organism import check_solution
+from glore_ray.organism import check_solution, is_organism_problem
 from glore_ray.prompts import solve_prompt
 
 
@@ -35,15 +35,15 @@ class GradedSample:
         return asdict(self)
 
 
-def sample_and_grade(engine: Engine, problems: Sequence[Problem], sampling: Sampling, mode: str,
-                     exact_checker: bool) -> list[GradedSample]:
+def sample_and_grade(engine: Engine, problems: Sequence[Problem], sampling: Sampling,
+                     mode: str) -> list[GradedSample]:
     generations = engine.generate([solve_prompt(p.question) for p in problems], sampling)
     graded = []
     for problem, generation in zip(problems, generations, strict=True):
         for index, c in enumerate(generation.completions):
             sample = GradedSample(problem.id, mode, index, c.text, c.n_tokens, c.finish_reason,
                                   is_correct(c.text, problem.gold))
-            if exact_checker:
+            if is_organism_problem(problem):
                 check = check_solution(problem, c.text)
                 sample.first_wrong_step, sample.error_kind = check.first_wrong, check.kind
             graded.append(sample)

@@ -1,0 +1,59 @@
+"""The typed config: YAML + dotted overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from glore_ray.cli import main
+from glore_ray.config import ConfigError, GloreConfig, load_config, parse_override
+from tests.conftest import REPO
+
+TINY = REPO / "cluster" / "configs" / "tiny-cpu.yaml"
+
+
+def test_tiny_cpu_yaml_is_the_embedded_default() -> None:
+    assert load_config(TINY) == GloreConfig() == load_config(None)
+
+
+def test_dotted_overrides_are_typed_by_the_schema() -> None:
+    cfg = load_config(TINY, ["engine.backend=hf", "policy.lr=1e-3", "eval.k=4", "policy.steps=3",
+                             "policy.warmup_steps=0", "data.organism.max_steps=6"])
+    assert (cfg.engine.backend, cfg.policy.lr, cfg.eval.k, cfg.data.organism.max_steps) == ("hf", 1e-3, 4, 6)
+    assert isinstance(cfg.policy.lr, float)
+    assert load_config(None, ["policy.lr=1"]).policy.lr == 1.0  # an int where a float is expected is fine
+
+
+@pytest.mark.parametrize("override, message", [
+    ("engine.temprature=0.7", "engine.temprature: unknown key"),
+    ("sampling.temperature=hot", "sampling.temperature: expected float, got str 'hot'"),
+    ("policy.steps=true", "policy.steps: expected int, got bool"),
+    ("engine.backend=tpu", "engine.backend: 'tpu' is not one of 'auto', 'vllm', 'hf'"),
+    ("model.num_heads=3", "model.num_heads: must divide hidden_size"),
+    ("model.num_heads=8", "model.num_heads: head dim 16 is not supported by vLLM"),
+    ("data.organism.max_steps=7", "data.organism.min_steps/max_steps"),
+    ("data=3", "data: expected a mapping"),
+    ("eval.k.x=1", "eval.k.x: 'k' is a value, not a section"),
+    ("data.source=files", "data.train_path: source 'files' needs both"),
+])
+def test_bad_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(TINY, [override])
+
+
+def test_unknown_key_in_yaml_names_file_and_key(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("policy:\n  stpes: 10\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: policy.stpes: unknown key \(valid keys here: .*steps"):
+        load_config(path)
+
+
+def test_override_syntax() -> None:
+    assert parse_override("sampling.n=8") == ("sampling.n", 8)
+    assert parse_override("run_name=exp 1") == ("run_name", "exp 1")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("sampling.n")
+
+
+def test_cli_reports_config_errors_without_a_traceback(capsys) -> None:
+    assert main(["organism", "--split", "train", "--out", "x.jsonl", "--set", "data.organism.seed=x"]) == 2
+    assert "config error: config: data.organism.seed: expected int, got str 'x'" in capsys.readouterr().err

@@ -1,0 +1,96 @@
+"""Tiny model folders load in transformers and vLLM; both engines sample n > 1 reproducibly."""
+
+from __future__ import annotations
+
+import pytest
+
+from glore_ray.config import EngineConfig, GloreConfig
+from glore_ray.engines import HFEngine, Sampling, VLLMEngine, make_engine, vllm_available
+from glore_ray.organism import generate
+from glore_ray.prompts import solve_prompt
+from glore_ray.tiny_model import load_model_folder, train_tokenizer
+from tests.conftest import SHARED_DATA
+
+PROMPTS = [solve_prompt(p.question) for p in generate(GloreConfig().data.organism, "test", 3)]
+SAMPLING = Sampling(n=4, temperature=1.0, max_tokens=12, seed=7)
+
+
+def test_tokenizer_has_one_token_per_digit_and_decodes_exactly() -> None:
+    gsm8k_text = (SHARED_DATA / "gsm8k" / "test.jsonl").read_text(encoding="utf-8")[:20000]
+    tokenizer = train_tokenizer([gsm8k_text], 400)
+    ids = tokenizer("Tom has 1234 apples.\n#### 1234", add_special_tokens=False)["input_ids"]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert [t for t in tokens if any(c.isdigit() for c in t)] == ["1", "2", "3", "4"] * 2
+    line = gsm8k_text.splitlines()[0]  # unicode quotes, $, <<calculator>> annotations
+    assert tokenizer.decode(tokenizer(line, add_special_tokens=False)["input_ids"]) == line
+    assert tokenizer(line)["input_ids"][0] == tokenizer.bos_token_id
+
+
+def test_model_folder_is_a_standard_hugging_face_folder(tiny_model_dir) -> None:
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {
+        p.name for p in tiny_model_dir.iterdir()}
+    model, tokenizer = load_model_folder(tiny_model_dir)
+    assert model.config.hidden_size // model.config.num_attention_heads == 32  # vLLM CPU attention
+    assert (model.config.eos_token_id, model.config.pad_token_id) == (tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_model_dir) -> VLLMEngine:
+    return VLLMEngine(str(tiny_model_dir), EngineConfig())
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_model_dir) -> HFEngine:
+    return HFEngine(str(tiny_model_dir), EngineConfig())
+
+
+@pytest.fixture(params=["vllm", "hf"])
+def engine(request):
+    return request.getfixturevalue(f"{request.param}_engine")
+
+
+def texts(generations) -> list[list[str]]:
+    return [[c.text for c in g.completions] for g in generations]
+
+
+def test_n_seeded_samples_per_prompt(engine) -> None:
+    out = engine.generate(PROMPTS, SAMPLING)
+    assert [g.prompt for g in out] == PROMPTS
+    assert all(len(g.completions) == 4 for g in out)
+    assert all(len(set(t)) > 1 for t in texts(out))  # an untrained model at T=1 never repeats itself
+    assert all(c.n_tokens == 12 and c.finish_reason == "length" for g in out for c in g.completions)
+
+
+def test_samples_depend_on_seed_and_prompt_not_on_batching(engine) -> None:
+    together = texts(engine.generate(PROMPTS, SAMPLING))
+    alone = texts(engine.generate(PROMPTS[1:2], SAMPLING))
+    assert alone[0] == together[1]
+    assert texts(engine.generate(PROMPTS, SAMPLING)) == together
+    other_seed = texts(engine.generate(PROMPTS, Sampling(n=4, temperature=1.0, max_tokens=12, seed=8)))
+    assert other_seed != together
+
+
+def test_greedy_is_deterministic(engine) -> None:
+    greedy = Sampling(n=2, temperature=0.0, max_tokens=12, seed=1)
+    first, second = texts(engine.generate(PROMPTS, greedy)), texts(engine.generate(PROMPTS, greedy))
+    assert first == second and all(a == b for a, b in first)
+
+
+def test_prompt_token_counts(engine, tiny_model_dir) -> None:
+    _, tokenizer = load_model_folder(tiny_model_dir)
+    out = engine.generate(PROMPTS, Sampling(n=1, max_tokens=4))
+    assert [g.prompt_tokens for g in out] == [len(tokenizer(p)["input_ids"]) for p in PROMPTS]
+
+
+def test_stop_strings_end_a_completion(engine) -> None:
+    plain = engine.generate(PROMPTS, Sampling(n=4, max_tokens=30, seed=3))
+    stop = next(c.text[5:7] for g in plain for c in g.completions if len(c.text.strip()) > 8)
+    stopped = engine.generate(PROMPTS, Sampling(n=4, max_tokens=30, seed=3, stop=(stop,)))
+    assert all(stop not in c.text for g in stopped for c in g.completions)
+    assert any(c.finish_reason == "stop" for g in stopped for c in g.completions)
+
+
+def test_auto_uses_vllm_when_it_imports_else_transformers(tiny_model_dir, monkeypatch) -> None:
+    assert vllm_available()  # the `cpu` extra is installed for the suite
+    monkeypatch.setattr("glore_ray.engines.vllm_available", lambda: False)
+    assert make_engine(str(tiny_model_dir), EngineConfig(backend="auto")).name == "hf"
