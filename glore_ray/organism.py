@@ -8,7 +8,10 @@ stated before they are needed, "how many more" in either direction, distractor n
 A gold step is `<words> a <op> b = c <unit>.`; a solution step is valid iff it has such an
 equation, its operands are numbers of the question or results of earlier steps, the arithmetic is
 right, and it is one of the problem's plan steps (same operation on the same values; + and * in
-either order). Pure Python: no ray, torch or vllm.
+either order; independent plan steps in any order). An algebraically equivalent route through
+other intermediate values (netting a purchase and a sale first) counts as `wrong_plan`: validity
+is judged against the problem's plan, the structure the policy is taught. Pure Python: no ray,
+torch or vllm.
 """
 
 from __future__ import annotations
@@ -52,14 +55,20 @@ class Equation:
         return (self.a, self.b) == (other.a, other.b)
 
 
-def parse_equation(step: str) -> Equation | None:
-    """The last `a op b = c` in a step (`x` and `×` read as `*`)."""
-    matches = _EQUATION.findall(step.replace(",", ""))
-    if not matches:
+def parse_equations(step: str) -> list[Equation] | None:
+    """Every `a op b = c` of a step (`x` and `×` read as `*`); None when the step has none, or an
+    `=` that belongs to no such equation (a chain like `a + b = c + d = e` hides its second result)."""
+    text = step.replace(",", "")
+    matches = _EQUATION.findall(text)
+    if not matches or text.count("=") != len(matches):
         return None
-    a, op, b, c = matches[-1]
-    op = "*" if op in "x×" else op
-    return Equation(Fraction(a), op, Fraction(b), Fraction(c))
+    return [Equation(Fraction(a), "*" if op in "x×" else op, Fraction(b), Fraction(c)) for a, op, b, c in matches]
+
+
+def parse_equation(step: str) -> Equation | None:
+    """The single equation of a gold step, or None."""
+    equations = parse_equations(step)
+    return equations[0] if equations and len(equations) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -84,16 +93,17 @@ def check_solution(problem: Problem, solution: str) -> StepCheck:
     available = {Fraction(n) for n in _NUMBER.findall(problem.question.replace(",", ""))}
     steps = split_steps(solution)
     for i, step in enumerate(steps):
-        eq = parse_equation(step)
-        if eq is None:
+        equations = parse_equations(step)
+        if equations is None:
             return StepCheck(i, "no_equation", len(steps))
-        if eq.a not in available or eq.b not in available:
-            return StepCheck(i, "unknown_operand", len(steps))
-        if _OPS[eq.op](eq.a, eq.b) != eq.result:
-            return StepCheck(i, "arithmetic", len(steps))
-        if not any(eq.same_operation(g) for g in plan):
-            return StepCheck(i, "wrong_plan", len(steps))
-        available.add(eq.result)
+        for eq in equations:
+            if eq.a not in available or eq.b not in available:
+                return StepCheck(i, "unknown_operand", len(steps))
+            if _OPS[eq.op](eq.a, eq.b) != eq.result:
+                return StepCheck(i, "arithmetic", len(steps))
+            if not any(eq.same_operation(g) for g in plan):
+                return StepCheck(i, "wrong_plan", len(steps))
+            available.add(eq.result)
     answer = extract_answer(solution)
     if answer is None:
         return StepCheck(len(steps), "no_answer", len(steps))
@@ -218,8 +228,7 @@ class _Story:
         return " ".join(self.facts + self.sentences + [self.question])
 
 
-def _draw(rng: random.Random, cfg: OrganismConfig) -> _Story:
-    n_steps = rng.randint(cfg.min_steps, cfg.max_steps)
+def _draw(rng: random.Random, cfg: OrganismConfig, n_steps: int) -> _Story:
     story = _Story(rng, cfg)
     ending = rng.choice([story.ask_total, story.times, story.share, story.compare])
     budget = n_steps - (ending != story.ask_total)
@@ -237,7 +246,8 @@ def _draw(rng: random.Random, cfg: OrganismConfig) -> _Story:
     return story
 
 
-ID_PREFIX = "organism-"
+ID_PREFIX = "organism:"
+"""File loaders name records `<stem>-<line>`; no file can produce this prefix."""
 
 
 def is_organism_problem(problem: Problem) -> bool:
@@ -249,14 +259,16 @@ def make_problem(cfg: OrganismConfig, split: str, index: int) -> Problem:
     """Problem `index` of `split`: a function of (seed, split, index) only, so any shard of a
     split can be generated independently and splits never share a random stream."""
     rng = random.Random(f"glore-organism/{cfg.seed}/{split}/{index}")
+    # Drawn once: redrawing it on rejection would favour short problems (long ones fail more often).
+    n_steps = rng.randint(cfg.min_steps, cfg.max_steps)
     while True:
         try:
-            story = _draw(rng, cfg)
+            story = _draw(rng, cfg, n_steps)
             break
         except _Redraw:
             continue
     last = parse_equation(story.steps[-1])
-    return Problem(id=f"{ID_PREFIX}{split}-{index}", question=story.text(), steps=tuple(story.steps),
+    return Problem(id=f"{ID_PREFIX}{split}:{index}", question=story.text(), steps=tuple(story.steps),
                    answer=str(int(last.result)))
 
 

@@ -52,6 +52,7 @@ def sample_and_grade(engine: Engine, problems: Sequence[Problem], sampling: Samp
 
 def summarize(samples: Iterable[GradedSample]) -> dict:
     """Flat metrics: greedy accuracy, per-sample accuracy, pass@k, tokens, the checker's error mix."""
+    samples = list(samples)
     greedy = [s for s in samples if s.mode == "greedy"]
     sampled = [s for s in samples if s.mode == "sampled"]
     by_problem: dict[str, list[bool]] = {}

@@ -65,6 +65,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def shuffled_batches(examples: Sequence[EncodedExample], batch_size: int, pad_id: int,
                      seed: int) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches, reshuffled every epoch (single-process training)."""
+    if len(examples) < batch_size:
+        raise ValueError(f"{len(examples)} training examples cannot fill one batch of {batch_size}")
     rng = random.Random(seed)
     order = list(range(len(examples)))
     while True:
@@ -97,9 +99,10 @@ def train_sft(model: torch.nn.Module, batches: Iterator[dict[str, torch.Tensor]]
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                       betas=(0.9, 0.95))
     model.train()
+    device = next(model.parameters()).device
     tokens, losses, t0 = 0, [], time.perf_counter()
     for step in range(start_step, cfg.steps):
-        batch = next(batches)
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -25,7 +25,8 @@ def test_dotted_overrides_are_typed_by_the_schema() -> None:
 
 @pytest.mark.parametrize("override, message", [
     ("engine.temprature=0.7", "engine.temprature: unknown key"),
-    ("sampling.temperature=hot", "sampling.temperature: expected float, got str 'hot'"),
+    ("eval.temperature=hot", "eval.temperature: expected float, got str 'hot'"),
+    ("engine.max_model_len=1024", "engine.max_model_len: 1024 exceeds model.max_position_embeddings 512"),
     ("policy.steps=true", "policy.steps: expected int, got bool"),
     ("engine.backend=tpu", "engine.backend: 'tpu' is not one of 'auto', 'vllm', 'hf'"),
     ("model.num_heads=3", "model.num_heads: must divide hidden_size"),
@@ -57,3 +58,8 @@ def test_override_syntax() -> None:
 def test_cli_reports_config_errors_without_a_traceback(capsys) -> None:
     assert main(["organism", "--split", "train", "--out", "x.jsonl", "--set", "data.organism.seed=x"]) == 2
     assert "config error: config: data.organism.seed: expected int, got str 'x'" in capsys.readouterr().err
+
+
+def test_train_batch_size_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="policy.batch_size: must be > 0"):
+        load_config(None, ["policy.batch_size=0"])

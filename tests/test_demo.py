@@ -30,9 +30,9 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, capsys) -> None:
     rows = [json.loads(line) for line in (out / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 6 * (1 + 3)
     assert sum(r["mode"] == "greedy" for r in rows) == 6
-    # Every wrong organism sample carries the exact checker's verdict.
-    assert all((r["first_wrong_step"] is None) == r["correct"] for r in rows if r["error_kind"] != "wrong_answer")
-    assert all(r["error_kind"] is not None for r in rows if not r["correct"])
+    # Every wrong organism sample carries the exact checker's verdict and the step it points at.
+    assert all(r["error_kind"] is not None and r["first_wrong_step"] is not None for r in rows if not r["correct"])
+    assert all(r["first_wrong_step"] is None for r in rows if r["correct"] and r["error_kind"] != "wrong_plan")
 
 
 def test_cli_writes_organism_splits_and_samples_gsm8k_files(tmp_path, capsys) -> None:

@@ -58,7 +58,8 @@ def test_n_seeded_samples_per_prompt(engine) -> None:
     assert [g.prompt for g in out] == PROMPTS
     assert all(len(g.completions) == 4 for g in out)
     assert all(len(set(t)) > 1 for t in texts(out))  # an untrained model at T=1 never repeats itself
-    assert all(c.n_tokens == 12 and c.finish_reason == "length" for g in out for c in g.completions)
+    finished = [(c.finish_reason, c.n_tokens) for g in out for c in g.completions]
+    assert all(n == 12 if reason == "length" else 0 < n <= 12 for reason, n in finished)
 
 
 def test_samples_depend_on_seed_and_prompt_not_on_batching(engine) -> None:

@@ -76,10 +76,11 @@ def test_parse_number(text: str, expected: Fraction | None) -> None:
     assert parse_number(text) == expected
 
 
-def test_answers_match_uses_a_relative_tolerance() -> None:
+def test_answers_match_is_exact_for_integers_and_tolerant_for_rounded_decimals() -> None:
     assert answers_match(Fraction(18), Fraction(18))
     assert answers_match(Fraction("0.333333"), Fraction(1, 3))
-    assert answers_match(Fraction("1000000.5"), Fraction(1000000))
+    assert not answers_match(Fraction(1000001), Fraction(1000000))
+    assert not answers_match(Fraction(192000100), Fraction(192000000))
     assert not answers_match(Fraction("0.33333"), Fraction(1, 3))
     assert not answers_match(Fraction(17), Fraction(18))
     assert not answers_match(Fraction(-18), Fraction(18))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 import re
 from dataclasses import replace
 
@@ -133,3 +134,18 @@ def test_missing_equation_wrong_answer_and_no_answer() -> None:
 def test_a_truncated_solution_is_wrong_at_its_answer_line() -> None:
     p = next(p for p in PROBLEMS if len(p.steps) >= 3)
     assert check_solution(p, render_solution(p.steps[:1], "0")) == StepCheck(1, "wrong_answer", 1)
+
+
+def test_a_step_hiding_a_wrong_result_in_a_chain_is_wrong() -> None:
+    p = PROBLEMS[0]
+    eq = parse_equation(p.steps[0])
+    hidden = f"So {eq.a} {eq.op} {eq.b} = {eq.result} + 0 = {eq.result + 7}."
+    twice = f"So {eq.a} {eq.op} {eq.b} = {eq.result + 1} so {eq.a} {eq.op} {eq.b} = {eq.result}."
+    assert check_solution(p, _corrupt(p, 0, hidden)).first_wrong == 0
+    assert check_solution(p, _corrupt(p, 0, twice)) == StepCheck(0, "arithmetic", len(p.steps))
+
+
+def test_step_counts_are_drawn_uniformly() -> None:
+    counts = Counter(len(p.steps) for p in generate(CFG, "train", 4000))
+    assert set(counts) == {2, 3, 4, 5}
+    assert all(abs(c / 4000 - 0.25) < 0.03 for c in counts.values()), counts
