@@ -35,7 +35,9 @@ class OrganismConfig:
     max_steps: int = 5
     """Most reasoning steps in a problem (2..6)."""
     max_operand: int = 60
-    """Largest number stated in a problem."""
+    """Largest number added or subtracted (the starting amount, found or given items)."""
+    max_factor: int = 12
+    """Largest size of a container: products stay inside a times table a tiny model can learn."""
     max_result: int = 999
     """Largest intermediate result; larger draws are rejected."""
     distractor_prob: float = 0.3
@@ -46,6 +48,7 @@ class OrganismConfig:
                f"need 2 <= min_steps <= max_steps <= 6, got {self.min_steps}..{self.max_steps}")
         _check(self.n_train >= 0 and self.n_test >= 0, f"{key}.n_train", "split sizes must be >= 0")
         _check(self.max_operand >= 10, f"{key}.max_operand", "must be >= 10")
+        _check(self.max_factor >= 3, f"{key}.max_factor", "must be >= 3")
         _check(self.max_result >= 4 * self.max_operand, f"{key}.max_result",
                "must be >= 4 * max_operand so that every problem type can be drawn")
         _check(0.0 <= self.distractor_prob <= 1.0, f"{key}.distractor_prob", "must be in [0, 1]")

@@ -89,10 +89,15 @@ class VLLMEngine:
         from vllm import LLM
 
         dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
+        # On CPU, a seeded request whose prefill is split across steps crashes the sampler ("CPU
+        # Generator does not use offset": it cannot rewind the discarded token), so prompts are
+        # prefilled whole there.
+        cpu_scheduling = {} if on_gpu else {"enable_chunked_prefill": False,
+                                            "max_num_batched_tokens": max(cfg.max_model_len, 4096)}
         self.llm = LLM(model=str(model_path), dtype=dtype, max_model_len=cfg.max_model_len,
                        tensor_parallel_size=cfg.tensor_parallel_size,
                        gpu_memory_utilization=cfg.gpu_memory_utilization,
-                       enable_prefix_caching=cfg.enable_prefix_caching, seed=0)
+                       enable_prefix_caching=cfg.enable_prefix_caching, seed=0, **cpu_scheduling)
 
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
         from vllm import SamplingParams

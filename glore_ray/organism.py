@@ -139,7 +139,7 @@ class _Story:
         return int(value)
 
     def group(self, verb: str) -> int:
-        count, size, container = self.num(2, 9), self.num(3), self.containers.pop()
+        count, size, container = self.num(2, 9), self.num(2, self.cfg.max_factor), self.containers.pop()
         fact = f"Each of the {container} holds {size} {self.item}."
         self.facts.append(fact)
         self.sentences.append(f"{self.hero} {verb} {count} {container} of {self.item}.")
@@ -188,14 +188,14 @@ class _Story:
         self.question = f"How many {self.item} does {self.hero} have now?"
 
     def times(self) -> None:
-        k = self.num(2, 5)
+        k = self.num(2, 3)
         self.sentences.append(f"{self.other} has {k} times as many {self.item} as {self.hero}.")
         c = self.result(k * self.total)
         self.steps.append(f"{self.other} has {k} * {self.total} = {c} {self.item}.")
         self.question = f"How many {self.item} does {self.other} have?"
 
     def share(self) -> None:
-        divisors = [k for k in range(2, 10) if self.total % k == 0]
+        divisors = [k for k in range(2, 6) if self.total % k == 0]
         if not divisors:
             raise _Redraw
         k = self.rng.choice(divisors)

@@ -95,3 +95,12 @@ def test_auto_uses_vllm_when_it_imports_else_transformers(tiny_model_dir, monkey
     assert vllm_available()  # the `cpu` extra is installed for the suite
     monkeypatch.setattr("glore_ray.engines.vllm_available", lambda: False)
     assert make_engine(str(tiny_model_dir), EngineConfig(backend="auto")).name == "hf"
+
+
+def test_vllm_seeded_batch_larger_than_one_scheduler_step(vllm_engine) -> None:
+    # ~80 tokens a prompt: 120 prompts do not fit one 4096-token step. With chunked prefill, a
+    # seeded request split across steps crashed vLLM's CPU sampler; the engine prefills whole.
+    prompts = [solve_prompt(p.question) for p in generate(GloreConfig().data.organism, "train", 120)]
+    out = vllm_engine.generate(prompts, Sampling(n=2, max_tokens=4, seed=5))
+    assert sum(g.prompt_tokens for g in out) > 4096
+    assert [len(g.completions) for g in out] == [2] * 120
