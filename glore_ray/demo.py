@@ -18,11 +18,22 @@ from glore_ray.prompts import solve_prompt
 Log = Callable[[str], None]
 
 
+TOKENIZER_CORPUS = 5000
+"""Problems whose text trains the tokenizer: enough to see every word of the task."""
+
+
 def echo(message: str) -> None:
     print(message, flush=True)  # progress must show up live in `ray job logs` and piped output
 
-TOKENIZER_CORPUS = 5000
-"""Problems whose text trains the tokenizer: enough to see every word of the task."""
+
+def report_quarantine(quarantine: Quarantine, path: str, log: Log) -> None:
+    """Keep the bad records in a file and say so; a no-op when there are none."""
+    if not quarantine:
+        return
+    quarantine.write_jsonl(path)
+    log(f"{quarantine.summary()} -> {path}")
+    for record in quarantine.records[1:5]:
+        log(f"  also: {record}")
 
 
 def problems_for_split(cfg: GloreConfig, split: str, quarantine: Quarantine) -> Iterator[Problem]:
@@ -39,11 +50,7 @@ def read_problems(cfg: GloreConfig, path: str, quarantine_to: str, log: Log = ec
     quarantine = Quarantine()
     problems = list(itertools.islice(
         load_problems(path, quarantine=quarantine, keep_calculator=cfg.data.keep_calculator), limit))
-    if quarantine:
-        quarantine.write_jsonl(quarantine_to)
-        log(f"{quarantine.summary()} -> {quarantine_to}")
-        for record in quarantine.records[1:5]:
-            log(f"  also: {record}")
+    report_quarantine(quarantine, quarantine_to, log)
     return problems
 
 
@@ -52,9 +59,7 @@ def write_split(cfg: GloreConfig, split: str, out: str, log: Log = echo) -> int:
     quarantine = Quarantine()
     count = write_jsonl(out, (p.to_row() for p in problems_for_split(cfg, split, quarantine)))
     log(f"{split}: {count} problems -> {out}")
-    if quarantine:
-        quarantine.write_jsonl(f"{out}.quarantine.jsonl")
-        log(f"{split}: {quarantine.summary()} -> {out}.quarantine.jsonl")
+    report_quarantine(quarantine, f"{out}.quarantine.jsonl", log)
     return count
 
 
