@@ -34,12 +34,12 @@ class EncodedExample:
 def encode_example(tokenizer, prompt: str, target: str, max_length: int, name: str = "") -> EncodedExample:
     """Prompt (with BOS) + target + EOS; labels only on the target and EOS."""
     if not target.strip():
-        raise ValueError(f"example {name}: empty target")
+        raise ValueError(f"row {name}: empty target")
     prompt_ids = tokenizer(prompt)["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = prompt_ids + target_ids
     if len(ids) > max_length:
-        raise ExampleTooLong(f"example {name}: {len(ids)} tokens > max_length {max_length}")
+        raise ExampleTooLong(f"row {name}: {len(ids)} tokens > max_length {max_length}")
     return EncodedExample(ids, [IGNORE] * len(prompt_ids) + target_ids)
 
 

@@ -39,9 +39,9 @@ def test_loss_ignores_prompt_and_padding() -> None:
 
 def test_bad_examples_name_the_row(tiny_model_dir) -> None:
     _, tokenizer = load_model_folder(tiny_model_dir)
-    with pytest.raises(ValueError, match="example organism:train:7: empty target"):
+    with pytest.raises(ValueError, match="row organism:train:7: empty target"):
         encode_example(tokenizer, "Question: x\nAnswer:\n", "  ", 320, "organism:train:7")
-    with pytest.raises(ExampleTooLong, match=r"example organism:train:0: \d+ tokens > max_length 20"):
+    with pytest.raises(ExampleTooLong, match=r"row organism:train:0: \d+ tokens > max_length 20"):
         encode_problems(tokenizer, iter(PROBLEMS), TrainConfig(max_length=20))
 
 
