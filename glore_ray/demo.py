@@ -97,7 +97,8 @@ def train_policy_local(cfg: GloreConfig, train_data: str, model_dir: str, out: s
     """Supervised fine-tuning of the policy on gold solutions, in this process."""
     import torch
 
-    from glore_ray.sft import shuffled_batches, train_sft
+    from glore_ray.sft import causal_lm_batch_loss, shuffled_batches
+    from glore_ray.train_loop import TorchUpdate, train_steps
     from glore_ray.tiny_model import load_model_folder, save_model_folder
 
     torch.manual_seed(cfg.policy.seed)
@@ -106,7 +107,7 @@ def train_policy_local(cfg: GloreConfig, train_data: str, model_dir: str, out: s
     examples = encode_problems(tokenizer, problems, cfg.policy, log)
     batches = shuffled_batches(examples, cfg.policy.batch_size, tokenizer.pad_token_id, cfg.policy.seed)
     t0 = time.perf_counter()
-    train_sft(model, batches, cfg.policy, on_log=lambda s: log(
+    train_steps(model, batches, cfg.policy, causal_lm_batch_loss, TorchUpdate(model, cfg.policy), on_log=lambda s: log(
         f"sft step {s.step}/{cfg.policy.steps}  loss {s.loss:.4f}  lr {s.lr:.2e}  {s.tokens_per_s:,.0f} tok/s"))
     log(f"sft: {len(examples)} examples, {cfg.policy.steps} steps in {time.perf_counter() - t0:.0f} s")
     save_model_folder(model, tokenizer, out)

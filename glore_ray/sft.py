@@ -1,21 +1,16 @@
-"""Supervised fine-tuning as plain torch: causal-LM loss on the target tokens only.
-
-The same functions run in a single process (tests, `glore sft`) and inside Ray Train workers:
-the caller supplies the batches and the logging callback, the loop owns nothing else.
+"""Supervised fine-tuning examples and loss: causal LM on the target tokens only (the prompt is
+masked out). The loop that runs them is `train_loop.train_steps`.
 """
 
 from __future__ import annotations
 
-import math
 import random
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from glore_ray.config import TrainConfig
 
 IGNORE = -100
 
@@ -75,47 +70,6 @@ def shuffled_batches(examples: Sequence[EncodedExample], batch_size: int, pad_id
             yield collate([examples[i] for i in order[start:start + batch_size]], pad_id)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-@dataclass
-class StepLog:
-    step: int
-    loss: float
-    lr: float
-    tokens_per_s: float
-
-
-def train_sft(model: torch.nn.Module, batches: Iterator[dict[str, torch.Tensor]], cfg: TrainConfig,
-              on_log: Callable[[StepLog], None] = lambda log: None, start_step: int = 0,
-              optimizer: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
-    """Run steps `start_step .. cfg.steps` and return the optimizer (its state is the checkpoint's)."""
-    if optimizer is None:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                      betas=(0.9, 0.95))
-    model.train()
-    device = next(model.parameters()).device
-    tokens, losses, t0 = 0, [], time.perf_counter()
-    for step in range(start_step, cfg.steps):
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = causal_lm_loss(logits, batch["labels"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        tokens += int(batch["attention_mask"].sum())
-        losses.append(loss.item())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            elapsed = time.perf_counter() - t0
-            on_log(StepLog(step + 1, sum(losses) / len(losses), lr_at(step, cfg), tokens / elapsed))
-            tokens, losses, t0 = 0, [], time.perf_counter()
-    model.eval()
-    return optimizer
+def causal_lm_batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return causal_lm_loss(logits, batch["labels"])

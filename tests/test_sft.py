@@ -12,7 +12,8 @@ from glore_ray.config import GloreConfig, TrainConfig
 from glore_ray.demo import encode_problems
 from glore_ray.organism import generate
 from glore_ray.prompts import solve_prompt
-from glore_ray.sft import IGNORE, ExampleTooLong, causal_lm_loss, collate, encode_example, lr_at, train_sft
+from glore_ray.sft import IGNORE, ExampleTooLong, causal_lm_batch_loss, causal_lm_loss, collate, encode_example
+from glore_ray.train_loop import TorchUpdate, lr_at, train_steps
 from glore_ray.tiny_model import load_model_folder
 
 PROBLEMS = list(generate(GloreConfig().data.organism, "train", 64))
@@ -64,7 +65,8 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir) -> None:
     batch = collate(examples, tokenizer.pad_token_id)
     before = causal_lm_loss(model(input_ids=batch["input_ids"]).logits, batch["labels"]).item()
     logs = []
-    train_sft(model, itertools.repeat(batch), TrainConfig(steps=30, warmup_steps=3, log_every=10), logs.append)
+    cfg = TrainConfig(steps=30, warmup_steps=3, log_every=10)
+    train_steps(model, itertools.repeat(batch), cfg, causal_lm_batch_loss, TorchUpdate(model, cfg), logs.append)
     after = causal_lm_loss(model(input_ids=batch["input_ids"]).logits, batch["labels"]).item()
     assert [log.step for log in logs] == [10, 20, 30]
     assert after < 0.7 * before
