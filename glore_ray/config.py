@@ -117,9 +117,38 @@ class TrainConfig:
     """Skip over-long examples (counted and reported) instead of failing."""
     seed: int = 0
     log_every: int = 50
+    strategy: Literal["ddp", "zero2", "zero3"] = "ddp"
+    """Plain DDP, or DeepSpeed ZeRO stage 2 (sharded optimizer and gradients) or 3 (and parameters)."""
+    num_workers: int = 1
+    """Ray Train workers (data-parallel ranks)."""
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    """0 trains on CPU (gloo); 1 gives each worker a GPU (nccl)."""
+    bf16: bool | None = None
+    """bfloat16 mixed precision under DeepSpeed; None: on when the GPU supports it."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward pass (needed for 13B at useful batch sizes)."""
+    offload_optimizer: bool = False
+    """ZeRO: keep optimizer states in CPU memory."""
+    offload_params: bool = False
+    """ZeRO-3: keep parameters in CPU memory."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints; a failed worker resumes from the last one."""
+    max_failures: int = 1
+    """Worker failures a run survives (Ray Train restarts the group from the last checkpoint)."""
+    storage_path: str = ""
+    """Where Ray Train keeps checkpoints (local path or s3://, gs://); default: <out>.ray_train."""
 
     def validate(self, key: str) -> None:
         _check(self.steps > 0, f"{key}.steps", "must be > 0")
+        _check(self.num_workers >= 1, f"{key}.num_workers", "must be >= 1")
+        _check(self.cpus_per_worker > 0, f"{key}.cpus_per_worker", "must be > 0")
+        _check(self.gpus_per_worker >= 0, f"{key}.gpus_per_worker", "must be >= 0")
+        _check(self.checkpoint_every > 0, f"{key}.checkpoint_every", "must be > 0")
+        _check(not self.offload_params or self.strategy == "zero3", f"{key}.offload_params",
+               "parameter offload needs strategy zero3")
+        _check(not self.offload_optimizer or self.strategy != "ddp", f"{key}.offload_optimizer",
+               "optimizer offload needs strategy zero2 or zero3")
         _check(self.batch_size > 0, f"{key}.batch_size", "must be > 0")
         _check(self.lr > 0, f"{key}.lr", "must be > 0")
         _check(0 <= self.min_lr_ratio <= 1, f"{key}.min_lr_ratio", "must be in [0, 1]")

@@ -60,3 +60,8 @@ def step_scores(logits: torch.Tensor, labels: torch.Tensor) -> list[list[float]]
     """P(step is good) for every labelled position of each row, in step order."""
     probs = torch.sigmoid(logits.reshape(labels.shape).float())
     return [probs[row][labels[row] != IGNORE].tolist() for row in range(labels.shape[0])]
+
+
+def step_reward_batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return step_reward_loss(logits, batch["labels"])
