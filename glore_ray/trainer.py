@@ -23,6 +23,7 @@ from glore_ray.objectives import OBJECTIVES, STEP_REWARD, encode_row
 
 META = "meta.json"
 EXPORT = "hf"
+DS_TAG = "state"  # DeepSpeed also writes a file named "latest": the tag must differ
 
 
 def read_rows(path: str):
@@ -33,8 +34,9 @@ def read_rows(path: str):
 
 
 def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, run_name: str,
-        log: Callable[[str], None] = print) -> str:
-    """Train `objective` from the Hugging Face folder `init_model` on `data`; write the result to `out`."""
+        log: Callable[[str], None] = print) -> dict:
+    """Train `objective` from the Hugging Face folder `init_model` on `data`; write the result to
+    `out` and return the run's summary (steps, first and last logged loss, resumed_from)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -59,7 +61,7 @@ def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, 
         shutil.copytree(Path(checkpoint) / EXPORT, out)
         meta = json.loads((Path(checkpoint) / META).read_text())
     log(f"{objective}: {meta['step']} steps, final loss {meta['loss']:.4f} -> {out}")
-    return out
+    return meta
 
 
 def _plain(value: Any) -> Any:
@@ -161,21 +163,22 @@ def train_worker(config: dict) -> None:
         model, update = engine, DeepSpeedUpdate(engine, optimizer)
 
     start_step = 0
+    last = {"loss": float("nan"), "resumed_from": None}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            start_step = json.loads((Path(d) / META).read_text())["step"]
+            start_step = last["resumed_from"] = json.loads((Path(d) / META).read_text())["step"]
             if engine is None:
                 state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
                 model.module.load_state_dict(state["model"])
                 update.optimizer.load_state_dict(state["optimizer"])
             else:
-                engine.load_checkpoint(d, tag="latest")
+                engine.load_checkpoint(d, tag=DS_TAG)
 
     skipped = [0]
-    last = {"loss": float("nan")}
 
     def on_log(log) -> None:
+        last.setdefault("first_loss", log.loss)
         last.update(loss=log.loss, lr=log.lr, tokens_per_s=log.tokens_per_s)
         if rank == 0:
             print(f"{objective} step {log.step}/{cfg.steps}  loss {log.loss:.4f}  lr {log.lr:.2e}  "
@@ -188,7 +191,7 @@ def train_worker(config: dict) -> None:
                     torch.save({"model": model.module.state_dict(), "optimizer": update.optimizer.state_dict()},
                                Path(tmp) / "state.pt")
             else:
-                engine.save_checkpoint(tmp, tag="latest")
+                engine.save_checkpoint(tmp, tag=DS_TAG)
             if export:
                 _export(model, engine, tokenizer, Path(tmp) / EXPORT, rank)
             if rank == 0:
