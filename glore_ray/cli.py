@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from glore_ray.config import ConfigError, load_config
+from glore_ray.objectives import OBJECTIVES
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="training problems (GSM8K/SVAMP/our JSONL)")
     p.add_argument("--model", required=True, help="Hugging Face model folder to start from")
     p.add_argument("--out", required=True, help="Hugging Face model folder to write")
+
+    p = verbs.add_parser("train", help="train an objective on Ray Train (DDP or DeepSpeed ZeRO)")
+    _config_args(p)
+    p.add_argument("objective", choices=OBJECTIVES)
+    p.add_argument("--data", required=True, help="training rows: Parquet file/directory or JSONL, local or s3/gs")
+    p.add_argument("--model", required=True, help="Hugging Face folder to start from (the policy for every objective)")
+    p.add_argument("--out", required=True, help="Hugging Face folder to write")
 
     p = verbs.add_parser("sample", help="sample and grade solutions for a data file with a model")
     _config_args(p)
@@ -63,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         demo.build_tiny_policy(cfg, args.data, args.out)
     elif args.verb == "sft":
         demo.train_policy_local(cfg, args.data, args.model, args.out)
+    elif args.verb == "train":
+        import ray
+
+        from glore_ray.trainer import fit
+
+        if not ray.is_initialized():
+            ray.init()  # the cluster in RAY_ADDRESS, else a local one
+        fit(args.objective, cfg.training(args.objective), args.data, args.model, args.out,
+            f"{cfg.run_name}-{args.objective}", demo.echo)
     elif args.verb == "sample":
         demo.evaluate_policy(cfg, args.data, args.model, args.out)
     elif args.verb == "demo":

@@ -221,9 +221,17 @@ class GloreConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     policy: TrainConfig = field(default_factory=TrainConfig)
+    orm: TrainConfig = field(default_factory=TrainConfig)
+    sorm: TrainConfig = field(default_factory=TrainConfig)
+    global_refiner: TrainConfig = field(default_factory=TrainConfig)
+    local_refiner: TrainConfig = field(default_factory=TrainConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def training(self, objective: str) -> TrainConfig:
+        """The training section of an objective (`global-refiner` -> `global_refiner`)."""
+        return getattr(self, objective.replace("-", "_"))
 
     def validate(self, key: str = "") -> None:
         for f in dataclasses.fields(self):

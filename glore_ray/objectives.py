@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from glore_ray.prompts import global_refine_prompt, local_refine_prompt, solve_prompt
-from glore_ray.sft import EncodedExample, encode_example
-from glore_ray.step_reward import EncodedStepExample, encode_step_example
 
 OBJECTIVES = ("policy", "orm", "sorm", "global-refiner", "local-refiner")
 STEP_REWARD = ("orm", "sorm")
@@ -31,8 +29,13 @@ FIELDS = {
 }
 
 
-def encode_row(objective: str, tokenizer, row: Mapping[str, Any], max_length: int) -> EncodedExample | EncodedStepExample:
-    """One training example from one row; a bad row raises ValueError naming the row and field."""
+def encode_row(objective: str, tokenizer, row: Mapping[str, Any], max_length: int):
+    """One training example (EncodedExample or EncodedStepExample) from one row; a bad row raises
+    ValueError naming the row and field."""
+    # Imported here: the CLI lists OBJECTIVES without loading torch.
+    from glore_ray.sft import encode_example
+    from glore_ray.step_reward import encode_step_example
+
     name = str(row.get("id", "?"))
     missing = [f for f in FIELDS[objective] if f not in row or row[f] is None]
     if missing:

@@ -43,10 +43,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model_folder(model, tokenizer, tmp_path_factory.mktemp("tiny-model"))
 
 
-@pytest.fixture
-def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh local Ray cluster per test, its temp dir under the session's (short: Ray's socket
-    paths must stay under ~107 characters), shut down even when the test fails."""
+def _local_ray(tmp_path_factory: pytest.TempPathFactory):
+    """A local Ray cluster with its temp dir under the session's (short: Ray's socket paths must
+    stay under ~107 characters), shut down even when the test fails."""
     import ray
 
     temp_dir = tmp_path_factory.mktemp("ray")
@@ -55,3 +54,15 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Path:
         yield temp_dir
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh local Ray cluster for one test."""
+    yield from _local_ray(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def ray_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One local Ray cluster for a module of tests (a cluster start costs ~5 s)."""
+    yield from _local_ray(tmp_path_factory)

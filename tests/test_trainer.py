@@ -21,7 +21,7 @@ from glore_ray.trainer import fit
 from tests.training_rows import rows
 
 # Two workers at half a CPU each leave a CPU for Ray Data's read tasks (a full pool hangs them).
-TWO_WORKERS = TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup_steps=1, log_every=1, checkpoint_every=3,
+TWO_WORKERS = TrainConfig(steps=4, batch_size=8, lr=3e-3, warmup_steps=1, log_every=1, checkpoint_every=2,
                           num_workers=2, cpus_per_worker=0.5, max_failures=0)
 
 
@@ -32,12 +32,12 @@ def write_rows(objective: str, n: int, path: Path) -> str:
 
 @pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3"])
 @pytest.mark.parametrize("objective", OBJECTIVES)
-def test_each_objective_trains_and_exports(objective, strategy, ray_local, tiny_model_dir, tmp_path) -> None:
+def test_each_objective_trains_and_exports(objective, strategy, ray_module, tiny_model_dir, tmp_path) -> None:
     # 16 rows = one fixed batch of 8 per worker: the loss must go down on it.
     data = write_rows(objective, 16, tmp_path / "rows.parquet")
     cfg = replace(TWO_WORKERS, strategy=strategy)
     meta = fit(objective, cfg, data, str(tiny_model_dir), str(tmp_path / "out"), f"{objective}-{strategy}")
-    assert meta["step"] == 6 and meta["resumed_from"] is None
+    assert meta["step"] == 4 and meta["resumed_from"] is None
     assert meta["loss"] < meta["first_loss"]
 
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
@@ -56,7 +56,28 @@ def test_each_objective_trains_and_exports(objective, strategy, ray_local, tiny_
     assert trained.dtype == torch.float32 and not torch.equal(trained, initial)
 
 
-def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, tiny_model_dir, tmp_path) -> None:
+def test_a_bad_row_fails_the_run_naming_it(ray_module, tiny_model_dir, tmp_path) -> None:
+    good = rows("sorm", 15)
+    bad = {**good[0], "id": "sorm-row-7", "labels": [True]}
+    pq.write_table(pa.Table.from_pylist(good + [bad]), tmp_path / "rows.parquet")
+    with pytest.raises(Exception, match=r"row sorm-row-7: 1 labels for \d+ steps in 'completions'"):
+        fit("sorm", replace(TWO_WORKERS, steps=2), str(tmp_path / "rows.parquet"), str(tiny_model_dir),
+            str(tmp_path / "out"), "bad-row")
+
+
+def test_cli_trains_an_objective_and_reports_progress(ray_module, tiny_model_dir, tmp_path, capsys) -> None:
+    from glore_ray.cli import main
+
+    data = write_rows("global-refiner", 16, tmp_path / "rows.parquet")
+    args = ["train", "global-refiner", "--data", data, "--model", str(tiny_model_dir), "--out", str(tmp_path / "gr")]
+    for override in ("steps=2", "warmup_steps=0", "batch_size=8", "num_workers=2", "cpus_per_worker=0.5"):
+        args += ["--set", f"global_refiner.{override}"]
+    assert main(args) == 0
+    assert "global-refiner: 2 steps, final loss" in capsys.readouterr().out
+    assert (tmp_path / "gr" / "model.safetensors").is_file()
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint(ray_module, tiny_model_dir, tmp_path) -> None:
     import psutil
 
     data = write_rows("policy", 64, tmp_path / "rows.parquet")

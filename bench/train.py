@@ -1,0 +1,100 @@
+"""Per-worker training throughput: Ray Train + DeepSpeed ZeRO-2 (2 CPU workers) against a bare
+single-process torch loop, on the same tiny policy and the same rows, in one run.
+
+    .venv/bin/python bench/train.py [--steps 60]
+
+Prints a table and writes bench/results/train.json. Each Ray worker gets one core and one thread;
+the bare loop runs with one thread too, so the ratio is per-worker overhead (Ray Data streaming,
+gloo all-reduce, DeepSpeed's step), not a core-count difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+from glore_ray.config import GloreConfig, TrainConfig  # noqa: E402
+from glore_ray.objectives import encode_row  # noqa: E402
+from glore_ray.organism import generate  # noqa: E402
+from glore_ray.prompts import solve_prompt  # noqa: E402
+from glore_ray.sft import causal_lm_batch_loss, collate  # noqa: E402
+from glore_ray.tiny_model import build_model, load_model_folder, save_model_folder, train_tokenizer  # noqa: E402
+from glore_ray.train_loop import TorchUpdate, train_steps  # noqa: E402
+from glore_ray.trainer import fit  # noqa: E402
+from tests.training_rows import rows  # noqa: E402
+
+
+def bare_tokens_per_s(model_dir: str, data: list[dict], cfg: TrainConfig) -> float:
+    torch.set_num_threads(1)
+    model, tokenizer = load_model_folder(model_dir)
+    examples = [encode_row("policy", tokenizer, r, cfg.max_length) for r in data]
+
+    def batches():
+        while True:
+            for start in range(0, len(examples) - cfg.batch_size + 1, cfg.batch_size):
+                yield collate(examples[start:start + cfg.batch_size], tokenizer.pad_token_id)
+
+    logs = []
+    train_steps(model, batches(), cfg, causal_lm_batch_loss, TorchUpdate(model, cfg), logs.append)
+    return logs[-1].tokens_per_s  # the last window: warm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=60)
+    args = parser.parse_args()
+    import ray
+
+    cfg = TrainConfig(steps=args.steps, batch_size=32, warmup_steps=1, log_every=args.steps // 3,
+                      checkpoint_every=10**6, num_workers=2, cpus_per_worker=0.5, max_failures=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        problems = list(generate(GloreConfig().data.organism, "train", 2000))
+        tokenizer = train_tokenizer((solve_prompt(p.question) + p.solution() for p in problems), 512)
+        model_dir = str(save_model_folder(build_model(GloreConfig().model, tokenizer), tokenizer, Path(tmp) / "init"))
+        data = rows("policy", 2000)
+        pq.write_table(pa.Table.from_pylist(data), Path(tmp) / "rows.parquet")
+
+        t0 = time.perf_counter()
+        bare = bare_tokens_per_s(model_dir, data, cfg)
+        bare_s = time.perf_counter() - t0
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(Path(tmp) / "ray"))
+        t0 = time.perf_counter()
+        meta = fit("policy", replace(cfg, strategy="zero2"), str(Path(tmp) / "rows.parquet"), model_dir,
+                   str(Path(tmp) / "out"), "bench-zero2", log=lambda m: None)
+        ray_s = time.perf_counter() - t0
+        ray.shutdown()
+
+    results = {
+        "steps": args.steps,
+        "batch_size_per_worker": cfg.batch_size,
+        "workers": cfg.num_workers,
+        "bare_tokens_per_s": round(bare, 1),
+        "ray_zero2_tokens_per_s_per_worker": round(meta["tokens_per_s"], 1),
+        "ratio_ray_deepspeed_vs_bare": round(meta["tokens_per_s"] / bare, 3),
+        "bare_wall_s": round(bare_s, 1),
+        "ray_zero2_wall_s_with_startup": round(ray_s, 1),
+    }
+    width = max(map(len, results))
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))
+    out = ROOT / "bench" / "results" / "train.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
