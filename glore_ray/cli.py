@@ -16,41 +16,36 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set engine.backend=hf (repeatable)")
 
 
+def _verb(verbs, name: str, help: str, **io_help: str) -> argparse.ArgumentParser:
+    """A sub-command with the config options and required `--data/--model/--out` paths, in that order."""
+    parser = verbs.add_parser(name, help=help)
+    _config_args(parser)
+    for option, text in io_help.items():
+        parser.add_argument(f"--{option}", required=True, help=text)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glore", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
 
-    p = verbs.add_parser("organism", help="generate model-organism problems to a JSONL file")
-    _config_args(p)
+    p = _verb(verbs, "organism", "generate model-organism problems to a JSONL file",
+              out="output JSONL (local path or s3://, gs:// URI)")
     p.add_argument("--split", choices=["train", "test"], required=True)
-    p.add_argument("--out", required=True, help="output JSONL (local path or s3://, gs:// URI)")
-
-    p = verbs.add_parser("build-model", help="train a tokenizer on a data file and save an untrained tiny Llama")
-    _config_args(p)
-    p.add_argument("--data", required=True, help="problems to train the tokenizer on")
-    p.add_argument("--out", required=True, help="Hugging Face model folder to write")
-
-    p = verbs.add_parser("sft", help="fine-tune a model on gold solutions (single process)")
-    _config_args(p)
-    p.add_argument("--data", required=True, help="training problems (GSM8K/SVAMP/our JSONL)")
-    p.add_argument("--model", required=True, help="Hugging Face model folder to start from")
-    p.add_argument("--out", required=True, help="Hugging Face model folder to write")
-
-    p = verbs.add_parser("train", help="train an objective on Ray Train (DDP or DeepSpeed ZeRO)")
-    _config_args(p)
+    _verb(verbs, "build-model", "train a tokenizer on a data file and save an untrained tiny Llama",
+          data="problems to train the tokenizer on", out="Hugging Face model folder to write")
+    _verb(verbs, "sft", "fine-tune a model on gold solutions (single process)",
+          data="training problems (GSM8K/SVAMP/our JSONL)", model="Hugging Face model folder to start from",
+          out="Hugging Face model folder to write")
+    p = _verb(verbs, "train", "train an objective on Ray Train (DDP or DeepSpeed ZeRO)",
+              data="training rows: Parquet file/directory or JSONL, local or s3/gs",
+              model="Hugging Face folder to start from (the policy for every objective)",
+              out="Hugging Face folder to write")
     p.add_argument("objective", choices=OBJECTIVES)
-    p.add_argument("--data", required=True, help="training rows: Parquet file/directory or JSONL, local or s3/gs")
-    p.add_argument("--model", required=True, help="Hugging Face folder to start from (the policy for every objective)")
-    p.add_argument("--out", required=True, help="Hugging Face folder to write")
-
-    p = verbs.add_parser("sample", help="sample and grade solutions for a data file with a model")
-    _config_args(p)
-    p.add_argument("--data", required=True, help="problems (GSM8K/SVAMP/our JSONL)")
-    p.add_argument("--model", required=True, help="Hugging Face model folder")
-    p.add_argument("--out", required=True, help="directory for samples.jsonl and summary.json")
-
-    p = verbs.add_parser("demo", help="the whole job on the config: data, tiny policy, SFT, sample, grade")
-    _config_args(p)
+    _verb(verbs, "sample", "sample and grade solutions for a data file with a model",
+          data="problems (GSM8K/SVAMP/our JSONL)", model="Hugging Face model folder",
+          out="directory for samples.jsonl and summary.json")
+    p = _verb(verbs, "demo", "the whole job on the config: data, tiny policy, SFT, sample, grade")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     return parser
 
