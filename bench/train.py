@@ -4,14 +4,16 @@ single-process torch loop, on the same tiny policy and the same rows, in one run
     .venv/bin/python bench/train.py [--steps 60]
 
 Prints a table and writes bench/results/train.json. Each Ray worker gets one core and one thread;
-the bare loop runs with one thread too, so the ratio is per-worker overhead (Ray Data streaming,
-gloo all-reduce, DeepSpeed's step), not a core-count difference.
+the bare loop runs with one thread too and tokenizes its rows as it goes, like the workers, so the
+ratio is the per-worker overhead (Ray Data streaming, gloo all-reduce, DeepSpeed's step), not a
+core-count or workload difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -42,12 +44,13 @@ from tests.training_rows import rows  # noqa: E402
 def bare_tokens_per_s(model_dir: str, data: list[dict], cfg: TrainConfig) -> float:
     torch.set_num_threads(1)
     model, tokenizer = load_model_folder(model_dir)
-    examples = [encode_row("policy", tokenizer, r, cfg.max_length) for r in data]
 
-    def batches():
+    def batches():  # tokenized as it goes, as the Ray workers do: the same work per step
         while True:
-            for start in range(0, len(examples) - cfg.batch_size + 1, cfg.batch_size):
-                yield collate(examples[start:start + cfg.batch_size], tokenizer.pad_token_id)
+            for start in range(0, len(data) - cfg.batch_size + 1, cfg.batch_size):
+                chunk = data[start:start + cfg.batch_size]
+                yield collate([encode_row("policy", tokenizer, r, cfg.max_length) for r in chunk],
+                              tokenizer.pad_token_id)
 
     logs = []
     train_steps(model, batches(), cfg, causal_lm_batch_loss, TorchUpdate(model, cfg), logs.append)
@@ -62,6 +65,7 @@ def main() -> None:
 
     cfg = TrainConfig(steps=args.steps, batch_size=32, warmup_steps=1, log_every=args.steps // 3,
                       checkpoint_every=10**6, num_workers=2, cpus_per_worker=0.5, max_failures=0)
+    results: dict = {"steps": args.steps, "batch_size_per_worker": cfg.batch_size, "workers": cfg.num_workers}
     with tempfile.TemporaryDirectory() as tmp:
         problems = list(generate(GloreConfig().data.organism, "train", 2000))
         tokenizer = train_tokenizer((solve_prompt(p.question) + p.solution() for p in problems), 512)
@@ -71,23 +75,30 @@ def main() -> None:
 
         t0 = time.perf_counter()
         bare = bare_tokens_per_s(model_dir, data, cfg)
-        bare_s = time.perf_counter() - t0
+        results["bare_wall_s"] = round(time.perf_counter() - t0, 1)
+        # Two bare loops at once: what sharing the machine's 2 cores and memory costs, without Ray.
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            pair = pool.starmap(bare_tokens_per_s, [(model_dir, data, cfg)] * 2)
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(Path(tmp) / "ray"))
-        t0 = time.perf_counter()
-        meta = fit("policy", replace(cfg, strategy="zero2"), str(Path(tmp) / "rows.parquet"), model_dir,
-                   str(Path(tmp) / "out"), "bench-zero2", log=lambda m: None)
-        ray_s = time.perf_counter() - t0
+        per_worker = {}
+        for name, run_cfg in [("ray_zero2", replace(cfg, strategy="zero2")),
+                              ("ray_ddp", replace(cfg, strategy="ddp")),
+                              ("ray_zero2_1_worker", replace(cfg, strategy="zero2", num_workers=1))]:
+            t0 = time.perf_counter()
+            meta = fit("policy", run_cfg, str(Path(tmp) / "rows.parquet"), model_dir, str(Path(tmp) / name), name,
+                       log=lambda m: None)
+            per_worker[name] = meta["tokens_per_s"]
+            results[f"{name}_wall_s_with_startup"] = round(time.perf_counter() - t0, 1)
         ray.shutdown()
 
-    results = {
-        "steps": args.steps,
-        "batch_size_per_worker": cfg.batch_size,
-        "workers": cfg.num_workers,
+    results |= {
         "bare_tokens_per_s": round(bare, 1),
-        "ray_zero2_tokens_per_s_per_worker": round(meta["tokens_per_s"], 1),
-        "ratio_ray_deepspeed_vs_bare": round(meta["tokens_per_s"] / bare, 3),
-        "bare_wall_s": round(bare_s, 1),
-        "ray_zero2_wall_s_with_startup": round(ray_s, 1),
+        "bare_2_processes_tokens_per_s_each": round(sum(pair) / 2, 1),
+        **{f"{name}_tokens_per_s_per_worker": round(value, 1) for name, value in per_worker.items()},
+        "ratio_ray_deepspeed_vs_bare": round(per_worker["ray_zero2"] / bare, 3),
+        "ratio_ray_deepspeed_vs_2_bare_processes": round(per_worker["ray_zero2"] / (sum(pair) / 2), 3),
+        "ratio_ray_ddp_vs_bare": round(per_worker["ray_ddp"] / bare, 3),
+        "ratio_ray_deepspeed_1_worker_vs_bare": round(per_worker["ray_zero2_1_worker"] / bare, 3),
     }
     width = max(map(len, results))
     print("\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))

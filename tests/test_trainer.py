@@ -1,5 +1,6 @@
-"""Ray Train with 2 CPU workers: every objective under DDP, ZeRO-2 and ZeRO-3; the exported folder
-loads and runs; a killed worker resumes from its checkpoint."""
+"""Ray Train with 2 CPU workers: every objective under DDP, ZeRO-2 and ZeRO-3 (15 runs at ~30 s,
+most of it Ray Train's worker-group start); the exported folder loads and runs; a killed worker
+resumes from its checkpoint."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from glore_ray.config import TrainConfig
+from glore_ray.config import EngineConfig, TrainConfig
+from glore_ray.engines import Sampling, make_engine
 from glore_ray.objectives import OBJECTIVES, STEP_REWARD
+from glore_ray.prompts import solve_prompt
+from glore_ray.step_reward import encode_step_example, step_scores
 from glore_ray.trainer import fit
 from tests.training_rows import rows
 
@@ -30,22 +34,18 @@ def write_rows(objective: str, n: int, path: Path) -> str:
     return str(path)
 
 
-# Every strategy with both heads (causal LM, token classifier) and every objective at least once:
-# a Ray Train run costs ~50 s here, and the full 5 x 3 matrix took the suite past 18 minutes.
-MATRIX = [("policy", "ddp"), ("sorm", "ddp"), ("global-refiner", "zero2"), ("orm", "zero2"),
-          ("local-refiner", "zero3"), ("sorm", "zero3")]
+def write_fixed_batch(objective: str, path: Path) -> str:
+    """The same 8 rows, repeated so that each worker's shard holds 4 copies of them: every step sees
+    one fixed batch, and the run stays inside one epoch (each epoch re-executes the Ray Dataset,
+    ~2.5 s here)."""
+    pq.write_table(pa.Table.from_pylist(rows(objective, 8) * 8), path)
+    return str(path)
 
 
-def test_the_matrix_covers_every_objective_and_strategy() -> None:
-    assert {o for o, _ in MATRIX} == set(OBJECTIVES)
-    for strategy in ("ddp", "zero2", "zero3"):
-        assert {o in STEP_REWARD for o, s in MATRIX if s == strategy} == {True, False}
-
-
-@pytest.mark.parametrize("objective, strategy", MATRIX)
+@pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3"])
+@pytest.mark.parametrize("objective", OBJECTIVES)
 def test_each_objective_trains_and_exports(objective, strategy, ray_module, tiny_model_dir, tmp_path) -> None:
-    # 16 rows = one fixed batch of 8 per worker: the loss must go down on it.
-    data = write_rows(objective, 16, tmp_path / "rows.parquet")
+    data = write_fixed_batch(objective, tmp_path / "rows.parquet")
     cfg = replace(TWO_WORKERS, strategy=strategy)
     meta = fit(objective, cfg, data, str(tiny_model_dir), str(tmp_path / "out"), f"{objective}-{strategy}")
     assert meta["step"] == 4 and meta["resumed_from"] is None
@@ -53,15 +53,21 @@ def test_each_objective_trains_and_exports(objective, strategy, ray_module, tiny
 
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
-    ids = tokenizer("Question: Ava has 3 apples.\nAnswer:\n", return_tensors="pt")["input_ids"]
-    if objective in STEP_REWARD:
+    if objective in STEP_REWARD:  # scores every step of a training row
+        tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
         model = AutoModelForTokenClassification.from_pretrained(tmp_path / "out")
-        assert model(input_ids=ids).logits.shape == (1, ids.shape[1], 1)
-    else:
+        row = rows(objective, 1)[0]
+        example = encode_step_example(tokenizer, row["prompt"], row["completions"], row["labels"], 512)
+        labels = torch.tensor([example.labels])
+        scores = step_scores(model(input_ids=torch.tensor([example.input_ids])).logits, labels)[0]
+        assert len(scores) == len(row["completions"]) and all(0 < s < 1 for s in scores)
+    else:  # generates with the foundation's engines; vLLM (~30 s to load here) reads ZeRO-3's gathered weights once
+        backend = "vllm" if (objective, strategy) == ("policy", "zero3") else "hf"
+        engine = make_engine(str(tmp_path / "out"), EngineConfig(backend=backend))
+        generation = engine.generate([solve_prompt("Ava has 3 apples.")], Sampling(temperature=0, max_tokens=8))[0]
+        assert generation.completions[0].n_tokens > 0
+        del engine
         model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
-        out = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        assert out.shape[1] > ids.shape[1]
     trained = model.state_dict()["model.embed_tokens.weight"]
     initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()["model.embed_tokens.weight"]
     assert trained.dtype == torch.float32 and not torch.equal(trained, initial)
@@ -79,7 +85,7 @@ def test_a_bad_row_fails_the_run_naming_it(ray_module, tiny_model_dir, tmp_path)
 def test_cli_trains_an_objective_and_reports_progress(ray_module, tiny_model_dir, tmp_path, capsys) -> None:
     from glore_ray.cli import main
 
-    data = write_rows("global-refiner", 16, tmp_path / "rows.parquet")
+    data = write_fixed_batch("global-refiner", tmp_path / "rows.parquet")
     args = ["train", "global-refiner", "--data", data, "--model", str(tiny_model_dir), "--out", str(tmp_path / "gr")]
     for override in ("steps=2", "warmup_steps=0", "batch_size=8", "num_workers=2", "cpus_per_worker=0.5"):
         args += ["--set", f"global_refiner.{override}"]
@@ -91,7 +97,7 @@ def test_cli_trains_an_objective_and_reports_progress(ray_module, tiny_model_dir
 def test_a_killed_worker_resumes_from_its_checkpoint(ray_module, tiny_model_dir, tmp_path) -> None:
     import psutil
 
-    data = write_rows("policy", 64, tmp_path / "rows.parquet")
+    data = write_rows("policy", 640, tmp_path / "rows.parquet")  # 40 steps in one epoch
     cfg = replace(TWO_WORKERS, steps=40, checkpoint_every=4, max_failures=1, log_every=4)
     result: dict = {}
     run = threading.Thread(target=lambda: result.update(
