@@ -42,12 +42,29 @@ def build_parser() -> argparse.ArgumentParser:
               model="Hugging Face folder to start from (the policy for every objective)",
               out="Hugging Face folder to write")
     p.add_argument("objective", choices=OBJECTIVES)
+    _verb(verbs, "rollouts", "K graded, de-duplicated policy samples per question (Ray Data + engine pool)",
+          data="questions (GSM8K/SVAMP/our JSONL, local or s3/gs)", model="policy (Hugging Face folder)",
+          out="stage directory: data/, manifest.json, quarantine.jsonl")
+    p = _verb(verbs, "label", "ORM or SORM step labels (TRL PRM layout) from a rollouts directory",
+              data="rollouts stage directory", out="stage directory: data/, manifest.json")
+    p.add_argument("kind", choices=["orm", "sorm"])
+    p.add_argument("--model", help="policy that samples continuations (SORM only)")
+    p.add_argument("--mode", choices=["efficient", "exhaustive"], help="SORM labelling mode (default: labels.mode)")
+    p = _verb(verbs, "pairs", "global and local refinement pairs from rollouts and SORM labels",
+              data="rollouts stage directory", sorm="SORM label stage directory", out="stage directory")
     _verb(verbs, "sample", "sample and grade solutions for a data file with a model",
           data="problems (GSM8K/SVAMP/our JSONL)", model="Hugging Face model folder",
           out="directory for samples.jsonl and summary.json")
     p = _verb(verbs, "demo", "the whole job on the config: data, tiny policy, SFT, sample, grade")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     return parser
+
+
+def _connect_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()  # the cluster in RAY_ADDRESS, else a local one
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,14 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     elif args.verb == "sft":
         demo.train_policy_local(cfg, args.data, args.model, args.out)
     elif args.verb == "train":
-        import ray
-
         from glore_ray.trainer import fit
 
-        if not ray.is_initialized():
-            ray.init()  # the cluster in RAY_ADDRESS, else a local one
+        _connect_ray()
         fit(args.objective, cfg.training(args.objective), args.data, args.model, args.out,
             f"{cfg.run_name}-{args.objective}", demo.echo)
+    elif args.verb in ("rollouts", "label", "pairs"):
+        from glore_ray import stages
+
+        _connect_ray()
+        if args.verb == "rollouts":
+            stages.run_rollouts(cfg, args.data, args.model, args.out, demo.echo)
+        elif args.verb == "label":
+            if args.mode:
+                cfg.labels.mode = args.mode
+            stages.run_labels(cfg, args.kind, args.data, args.model, args.out, demo.echo)
+        else:
+            stages.run_pairs(args.data, args.sorm, args.out, demo.echo)
     elif args.verb == "sample":
         demo.evaluate_policy(cfg, args.data, args.model, args.out)
     elif args.verb == "demo":

@@ -214,6 +214,66 @@ class EvalConfig:
 
 
 @dataclass
+class EnginePoolConfig:
+    """The engine replicas of a Ray Data stage: an actor pool, one engine per replica."""
+
+    replicas: int = 1
+    cpus_per_replica: float = 0.5
+    """Keep it fractional on CPU machines: a pool holding every CPU starves Ray Data's read tasks."""
+    gpus_per_replica: float = 0.0
+    """GPUs per replica: engine.tensor_parallel_size of them on a cluster, 0 on CPU."""
+    batch_size: int = 16
+    """Questions per engine call."""
+
+    def validate(self, key: str) -> None:
+        _check(self.replicas >= 1, f"{key}.replicas", "must be >= 1")
+        _check(self.cpus_per_replica > 0, f"{key}.cpus_per_replica", "must be > 0")
+        _check(self.gpus_per_replica >= 0, f"{key}.gpus_per_replica", "must be >= 0")
+        _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+
+
+@dataclass
+class RolloutConfig:
+    """K policy samples per training question: the data of every reward model and refiner."""
+
+    k: int = 8
+    temperature: float = 1.0
+    max_questions: int = 0
+    """Use the first n questions of the input; 0 uses all."""
+    pool: EnginePoolConfig = field(default_factory=EnginePoolConfig)
+
+    def validate(self, key: str) -> None:
+        _check(self.k >= 1, f"{key}.k", "must be >= 1")
+        _check(self.temperature > 0, f"{key}.temperature", "must be > 0: greedy samples are all alike")
+        _check(self.max_questions >= 0, f"{key}.max_questions", "must be >= 0")
+        self.pool.validate(f"{key}.pool")
+
+
+@dataclass
+class LabelConfig:
+    """SORM step labels from policy continuations of each step prefix."""
+
+    mode: Literal["efficient", "exhaustive"] = "efficient"
+    """`exhaustive`: K continuations of every prefix (the paper); `efficient`: the same rule with
+    shared prefixes, a binary search for the first negative step and early stopping."""
+    k: int = 4
+    """Continuations per prefix (at most, in efficient mode)."""
+    temperature: float = 1.0
+    round_size: int = 1
+    """Efficient mode: continuations per prefix per round; a prefix stops at its first good one."""
+    balance: bool = True
+    """Cut rows so that every step index has as many positive as negative labels."""
+    seed: int = 0
+    pool: EnginePoolConfig = field(default_factory=EnginePoolConfig)
+
+    def validate(self, key: str) -> None:
+        _check(self.k >= 1, f"{key}.k", "must be >= 1")
+        _check(self.temperature > 0, f"{key}.temperature", "must be > 0")
+        _check(1 <= self.round_size <= self.k, f"{key}.round_size", "must be in [1, k]")
+        self.pool.validate(f"{key}.pool")
+
+
+@dataclass
 class GloreConfig:
     """The whole job."""
 
@@ -228,6 +288,8 @@ class GloreConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rollouts: RolloutConfig = field(default_factory=RolloutConfig)
+    labels: LabelConfig = field(default_factory=LabelConfig)
 
     def training(self, objective: str) -> TrainConfig:
         """The training section of an objective (`global-refiner` -> `global_refiner`)."""

@@ -10,7 +10,9 @@ from glore_ray.grading import render_solution
 from glore_ray.organism import generate, parse_equation
 
 
-def _corrupt(steps: list[str], i: int, rng: random.Random) -> list[str]:
+def corrupt(steps: list[str], i: int, rng: random.Random | None = None) -> list[str]:
+    """The steps with step i's result off by 1 or 2 (the checker's `arithmetic` error)."""
+    rng = rng or random.Random(i)
     eq = parse_equation(steps[i])
     wrong = eq.result + rng.choice([-2, -1, 1, 2])
     return steps[:i] + [steps[i].replace(f"= {eq.result}", f"= {wrong}")] + steps[i + 1:]
@@ -22,7 +24,7 @@ def rows(objective: str, n: int, seed: int = 0) -> list[dict]:
     for p in generate(OrganismConfig(), "train", n, start=seed * n):
         steps = list(p.steps)
         i = rng.randrange(len(steps))
-        bad = _corrupt(steps, i, rng)
+        bad = corrupt(steps, i, rng)
         if objective == "policy":
             out.append({"id": p.id, "question": p.question, "solution": p.solution()})
         elif objective == "global-refiner":

@@ -1,0 +1,93 @@
+"""Step labels on the model organism: cost of exhaustive vs efficient SORM labelling, and the
+quality of ORM and SORM labels against the exact checker, in one run on a local Ray cluster.
+
+    .venv/bin/python bench/labels.py [--policy runs/demo/policy] [--questions 120]
+
+Without a trained policy at --policy, one is trained first with the tiny-cpu settings (~10 min).
+Prints a table and writes bench/results/labels.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pyarrow.parquet as pq  # noqa: E402
+
+from glore_ray.config import GloreConfig  # noqa: E402
+from glore_ray.data import write_jsonl  # noqa: E402
+from glore_ray.organism import generate  # noqa: E402
+from glore_ray.stages import run_labels, run_rollouts  # noqa: E402
+
+
+def trained_policy(path: Path, cfg: GloreConfig) -> str:
+    from glore_ray.demo import build_tiny_policy, train_policy_local, write_split
+
+    if not (path / "config.json").is_file():
+        work = path.parent / "policy-work"
+        write_split(cfg, "train", str(work / "train.jsonl"))
+        init = build_tiny_policy(cfg, str(work / "train.jsonl"), str(work / "init"))
+        train_policy_local(cfg, str(work / "train.jsonl"), init, str(path))
+    return str(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--policy", default=str(ROOT / "runs" / "demo" / "policy"))
+    parser.add_argument("--questions", type=int, default=120)
+    args = parser.parse_args()
+    import ray
+
+    cfg = GloreConfig()
+    policy = trained_policy(Path(args.policy), cfg)
+    results: dict = {"questions": args.questions, "k_rollouts": cfg.rollouts.k, "k_continuations": cfg.labels.k}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        write_jsonl(str(work / "q.jsonl"), (p.to_row() for p in generate(cfg.data.organism, "train", args.questions,
+                                                                          start=cfg.data.organism.n_train - args.questions)))
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(work / "ray"))
+        rollouts = run_rollouts(cfg, str(work / "q.jsonl"), policy, str(work / "rollouts"), log=lambda m: None)
+        results |= {"rollout_samples": rollouts["samples"], "rollout_unique": rollouts["unique"],
+                    "rollout_correct_unique": rollouts["correct_unique"]}
+        orm = run_labels(cfg, "orm", str(work / "rollouts"), None, str(work / "orm"), log=lambda m: None)
+        labels = {}
+        for mode in ("exhaustive", "efficient"):
+            mode_cfg = replace(cfg, labels=replace(cfg.labels, mode=mode, balance=False))
+            t0 = time.perf_counter()
+            counts = run_labels(mode_cfg, "sorm", str(work / "rollouts"), policy, str(work / mode), log=lambda m: None)
+            results |= {f"{mode}_wall_s": round(time.perf_counter() - t0, 1),
+                        f"{mode}_generated_tokens": counts["generated_tokens"],
+                        f"{mode}_continuations": counts["continuations"],
+                        f"{mode}_prefixes_labelled": counts["prefixes_labelled"],
+                        f"sorm_{mode}_step_accuracy": counts["step_accuracy"],
+                        f"sorm_{mode}_negative_precision": counts["negative_precision"],
+                        f"sorm_{mode}_negative_recall": counts["negative_recall"]}
+            labels[mode] = {r["id"]: r["labels"] for r in pq.read_table(work / mode / "data").to_pylist()}
+        ray.shutdown()
+
+    pairs = [(a, labels["efficient"][rid][i]) for rid, row in labels["exhaustive"].items() for i, a in enumerate(row)]
+    results |= {"orm_step_accuracy": orm["step_accuracy"], "orm_negative_precision": orm["negative_precision"],
+                "orm_negative_recall": orm["negative_recall"], "labelled_steps": len(pairs),
+                "efficient_vs_exhaustive_agreement": round(sum(a == b for a, b in pairs) / len(pairs), 4),
+                "token_ratio_efficient_vs_exhaustive": round(
+                    results["efficient_generated_tokens"] / results["exhaustive_generated_tokens"], 4)}
+    width = max(map(len, results))
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))
+    out = ROOT / "bench" / "results" / "labels.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

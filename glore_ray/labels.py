@@ -1,0 +1,313 @@
+"""Step labels for the reward models, as plain functions over rollouts and an engine.
+
+ORM: every step of a rollout carries the rollout's final correctness.
+
+SORM (the paper's V* estimate): step i of a rollout is positive iff some policy continuation of the
+prefix P_i (steps 0..i) reaches the right answer *and uses the prefix's last intermediate result*;
+then a positive step makes every earlier step positive, so a rollout's labels are `True * f` then
+`False * (n - f)`, with `f` its first negative step. Two ways to get there:
+
+- exhaustive (the paper): K continuations of every prefix of every rollout;
+- efficient (ours): the same rule for far fewer tokens. Prefixes shared by a question's rollouts
+  are labelled once; a binary search finds `f` (labels are monotone after propagation, so
+  log2(n) + 1 prefixes per rollout instead of n); continuations come in rounds and a prefix stops
+  at its first correct one; and the rollouts themselves are free continuations: a rollout that
+  starts with P_i is a policy sample conditioned on P_i, so its remainder is evidence too. The
+  engine's prefix caching shares the question's KV cache across all of them.
+
+Both modes keep, for each rollout with 0 < f < n, one correct continuation of P_{f-1} and one
+incorrect continuation of P_f: the local refiner's (target, draft) pair.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from glore_ray.engines import Engine, Sampling
+from glore_ray.grading import ANSWER_MARKER, answers_match, extract_answer, parse_number, split_steps
+from glore_ray.prompts import solve_prompt
+
+_NUMBER_TEXT = r"-?\d[\d,]*(?:\.\d+)?"
+
+
+def step_result(step: str) -> Fraction | None:
+    """The intermediate result a step produces: its last number (`... 3 * 4 = 12 boxes.` -> 12);
+    None for a step without numbers."""
+    numbers = re.findall(_NUMBER_TEXT, step)
+    return parse_number(numbers[-1]) if numbers else None
+
+
+def uses_result(continuation: str, result: Fraction | None) -> bool:
+    """Whether a continuation uses an intermediate result: some number in it (its steps or its
+    answer) equals it. A prefix whose last step has no number imposes nothing."""
+    if result is None:
+        return True
+    return any(answers_match(parse_number(n), result) for n in re.findall(_NUMBER_TEXT, continuation))
+
+
+def continuation_prompt(question: str, prefix: Sequence[str]) -> str:
+    """The policy's prompt followed by the prefix's steps: the policy continues from there."""
+    return solve_prompt(question) + "".join(f"{step}\n" for step in prefix)
+
+
+def is_good_continuation(prefix: Sequence[str], continuation: str, gold: Fraction) -> bool:
+    """Reaches the gold answer and uses the prefix's last intermediate result."""
+    full = "\n".join([*prefix, continuation])
+    return (answers_match(extract_answer(full), gold)
+            and uses_result(continuation, step_result(prefix[-1]) if prefix else None))
+
+
+def propagate(raw: Sequence[bool]) -> list[bool]:
+    """A positive step makes every earlier step positive."""
+    labels, seen = [False] * len(raw), False
+    for i in range(len(raw) - 1, -1, -1):
+        seen = seen or raw[i]
+        labels[i] = seen
+    return labels
+
+
+def first_negative(labels: Sequence[bool]) -> int:
+    """Index of the first False label; len(labels) when every label is True."""
+    return next((i for i, label in enumerate(labels) if not label), len(labels))
+
+
+def orm_labels(n_steps: int, correct: bool) -> list[bool]:
+    return [correct] * n_steps
+
+
+@dataclass
+class Rollout:
+    """One unique policy sample of a question (the rollouts stage's output, as a record)."""
+
+    id: str
+    steps: list[str]
+    text: str
+    correct: bool
+
+
+@dataclass
+class Question:
+    id: str
+    question: str
+    answer: str
+    rollouts: list[Rollout]
+
+    @property
+    def gold(self) -> Fraction:
+        value = parse_number(self.answer)
+        if value is None:
+            raise ValueError(f"question {self.id}: non-numeric answer {self.answer!r}")
+        return value
+
+
+@dataclass
+class PrefixEvidence:
+    """What is known about one prefix: continuations sampled, and one good and one bad example."""
+
+    sampled: int = 0
+    tokens: int = 0
+    good: str | None = None
+    """A continuation that reaches the answer using the prefix's last result."""
+    bad: str | None = None
+    """A continuation that does not (preferring one with a wrong final answer)."""
+
+    @property
+    def positive(self) -> bool:
+        return self.good is not None
+
+    def add(self, prefix: Sequence[str], continuation: str, gold: Fraction) -> None:
+        if is_good_continuation(prefix, continuation, gold):
+            self.good = self.good if self.good is not None else continuation
+        elif self.bad is None or answers_match(extract_answer(self.bad), gold):
+            self.bad = continuation
+
+
+@dataclass
+class LabelledRollout:
+    rollout: Rollout
+    labels: list[bool]
+    pos_continuation: str | None = None
+    """A good continuation of P_{f-1} (f = first negative step), for a local-refinement pair."""
+    neg_continuation: str | None = None
+    """A bad continuation of P_f."""
+
+
+@dataclass
+class LabelStats:
+    prefixes_labelled: int = 0
+    continuations: int = 0
+    generated_tokens: int = 0
+    free_continuations: int = 0
+    """Rollout remainders used as continuations (efficient mode only)."""
+
+
+@dataclass
+class SormLabeller:
+    """Labels the rollouts of a batch of questions with one engine (see the module docstring)."""
+
+    engine: Engine
+    mode: str
+    k: int
+    temperature: float
+    max_tokens: int
+    seed: int = 0
+    round_size: int = 1
+    """Efficient mode: continuations per prefix per round; a prefix stops at its first good one."""
+    stats: LabelStats = field(default_factory=LabelStats)
+
+    def label(self, questions: Sequence[Question]) -> list[list[LabelledRollout]]:
+        if self.mode == "exhaustive":
+            return self._exhaustive(questions)
+        if self.mode == "efficient":
+            return self._efficient(questions)
+        raise ValueError(f"unknown SORM labelling mode {self.mode!r} (exhaustive or efficient)")
+
+    def _sample(self, requests: list[tuple[Question, tuple[str, ...]]], n: int, round_: int) -> list[list[str]]:
+        """n continuations of each (question, prefix), as texts."""
+        if not requests:
+            return []
+        prompts = [continuation_prompt(q.question, prefix) for q, prefix in requests]
+        sampling = Sampling(n=n, temperature=self.temperature, max_tokens=self.max_tokens,
+                            seed=self.seed * 1_000_003 + round_)
+        generations = self.engine.generate(prompts, sampling)
+        self.stats.continuations += n * len(requests)
+        self.stats.generated_tokens += sum(c.n_tokens for g in generations for c in g.completions)
+        return [[c.text for c in g.completions] for g in generations]
+
+    def _exhaustive(self, questions: Sequence[Question]) -> list[list[LabelledRollout]]:
+        requests = [(q, tuple(r.steps[:i + 1])) for q in questions for r in q.rollouts for i in range(len(r.steps))]
+        texts = iter(self._sample(requests, self.k, 0))
+        self.stats.prefixes_labelled += len(requests)
+        out = []
+        for q in questions:
+            labelled = []
+            for rollout in q.rollouts:
+                per_prefix = []
+                for i in range(len(rollout.steps)):
+                    ev = PrefixEvidence(sampled=self.k)
+                    for text in next(texts):
+                        ev.add(rollout.steps[:i + 1], text, q.gold)
+                    per_prefix.append(ev)
+                labels = propagate([ev.positive for ev in per_prefix])
+                labelled.append(_labelled(rollout, labels, per_prefix.__getitem__))
+            out.append(labelled)
+        return out
+
+    def _efficient(self, questions: Sequence[Question]) -> list[list[LabelledRollout]]:
+        evidence: dict[tuple[str, tuple[str, ...]], PrefixEvidence] = {}
+        for q in questions:  # free evidence: every rollout continues each of its own prefixes
+            for r in q.rollouts:
+                for i in range(len(r.steps)):
+                    ev = evidence.setdefault((q.id, tuple(r.steps[:i + 1])), PrefixEvidence())
+                    ev.add(r.steps[:i + 1], _remainder(r, i + 1), q.gold)
+                    self.stats.free_continuations += 1
+        searches = [(q, r, _BinarySearch(len(r.steps))) for q in questions for r in q.rollouts]
+        probed: set[tuple[str, tuple[str, ...]]] = set()
+        round_ = 0
+        while True:
+            pending: dict[tuple[str, tuple[str, ...]], Question] = {}
+            for q, r, search in searches:
+                while not search.done:  # settle every probe whose prefix is already decided
+                    key = (q.id, tuple(r.steps[:search.probe + 1]))
+                    probed.add(key)
+                    ev = evidence[key]
+                    if not (ev.positive or ev.sampled >= self.k):
+                        pending[key] = q
+                        break
+                    search.answer(ev.positive)
+            if not pending:
+                break
+            by_n: dict[int, list[tuple[str, tuple[str, ...]]]] = {}
+            for key in pending:  # a round asks each prefix for at most round_size more
+                by_n.setdefault(min(self.round_size, self.k - evidence[key].sampled), []).append(key)
+            for n, keys in by_n.items():
+                texts = self._sample([(pending[key], key[1]) for key in keys], n, round_)
+                for key, continuations in zip(keys, texts, strict=True):
+                    for text in continuations:
+                        evidence[key].add(key[1], text, pending[key].gold)
+                    evidence[key].sampled += n
+            round_ += 1
+        self.stats.prefixes_labelled += len(probed)
+        out: dict[str, list[LabelledRollout]] = {q.id: [] for q in questions}
+        for q, r, search in searches:
+            labels = [i < search.lo for i in range(len(r.steps))]
+            out[q.id].append(_labelled(r, labels, lambda i, q=q, r=r: evidence[(q.id, tuple(r.steps[:i + 1]))]))
+        return [out[q.id] for q in questions]
+
+
+class _BinarySearch:
+    """The first negative step of monotone labels over n steps, one probe at a time."""
+
+    def __init__(self, n: int):
+        self.lo, self.hi = 0, n
+
+    @property
+    def done(self) -> bool:
+        return self.lo >= self.hi
+
+    @property
+    def probe(self) -> int:
+        return (self.lo + self.hi) // 2
+
+    def answer(self, positive: bool) -> None:
+        if positive:
+            self.lo = self.probe + 1
+        else:
+            self.hi = self.probe
+
+
+def _remainder(rollout: Rollout, start: int) -> str:
+    """The rollout's text after its first `start` steps (later steps and the answer line)."""
+    head, marker, tail = rollout.text.rpartition(ANSWER_MARKER)
+    answer_line = f"{ANSWER_MARKER}{tail}" if marker else ""
+    return "\n".join([*rollout.steps[start:], answer_line]).strip("\n")
+
+
+def _labelled(rollout: Rollout, labels: list[bool], evidence_at: Callable[[int], PrefixEvidence]) -> LabelledRollout:
+    f = first_negative(labels)
+    out = LabelledRollout(rollout, labels)
+    if 0 < f < len(labels):
+        out.pos_continuation = evidence_at(f - 1).good
+        out.neg_continuation = evidence_at(f).bad
+    return out
+
+
+def balance_lengths(labels: Sequence[Sequence[bool]], seed: int = 0) -> list[int]:
+    """How many leading steps of each row to keep so that every step index has as many positive as
+    negative labels. Indices are settled in order; at index i, randomly chosen rows of the majority
+    label are cut to length i (0 drops the row), which changes no count at an index below i."""
+    keep = [len(row) for row in labels]
+    rng = random.Random(seed)
+    for i in range(max(keep, default=0)):
+        pos = [r for r, row in enumerate(labels) if keep[r] > i and row[i]]
+        neg = [r for r, row in enumerate(labels) if keep[r] > i and not row[i]]
+        majority, minority = (pos, neg) if len(pos) > len(neg) else (neg, pos)
+        for r in rng.sample(majority, len(majority) - len(minority)):
+            keep[r] = i
+    return keep
+
+
+def local_pair(question: str, labelled: LabelledRollout) -> dict | None:
+    """The local refiner's row from a labelled rollout, or None without both continuations:
+    draft = P_f + a bad continuation, [BAD] before step f; target = a good continuation of P_{f-1}."""
+    f = first_negative(labelled.labels)
+    if labelled.pos_continuation is None or labelled.neg_continuation is None:
+        return None
+    prefix = labelled.rollout.steps[:f + 1]
+    return {"id": f"{labelled.rollout.id}/local", "question": question,
+            "draft_steps": prefix + split_steps(labelled.neg_continuation), "bad_step": f,
+            "target": labelled.pos_continuation}
+
+
+def global_pairs(question: Question) -> list[dict]:
+    """Each incorrect rollout paired with a correct one of the same question (cycling through them)."""
+    correct = [r for r in question.rollouts if r.correct]
+    if not correct:
+        return []
+    wrong = [r for r in question.rollouts if not r.correct]
+    return [{"id": f"{r.id}/global", "question": question.question, "draft": r.text,
+             "target": correct[j % len(correct)].text} for j, r in enumerate(wrong)]

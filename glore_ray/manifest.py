@@ -1,0 +1,50 @@
+"""A stage's manifest: what it was run with (config and input fingerprints) and what it produced
+(counts), written as `manifest.json` in its output directory, local or s3/gs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+def fingerprint(value: Any) -> str:
+    """A short stable hash of JSON-able data (a config section)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def input_fingerprint(path: str) -> str:
+    """A hash of a file's or a directory tree's listing (relative paths, sizes, modification
+    times): cheap on object stores, and it changes whenever an input is rewritten."""
+    from pyarrow import fs
+
+    filesystem, root = fs.FileSystem.from_uri(path) if "://" in path else (fs.LocalFileSystem(), path)
+    info = filesystem.get_file_info(root)
+    if info.type == fs.FileType.NotFound:
+        raise FileNotFoundError(f"input not found: {path}")
+    infos = ([info] if info.type == fs.FileType.File
+             else filesystem.get_file_info(fs.FileSelector(root, recursive=True)))
+    listing = sorted((i.path[len(root):], i.size, i.mtime_ns) for i in infos if i.type == fs.FileType.File)
+    return fingerprint(listing)
+
+
+def write_manifest(out_dir: str, stage: str, config: Any, inputs: dict[str, str], counts: dict[str, Any]) -> dict:
+    manifest = {"stage": stage, "config_hash": fingerprint(config), "config": config,
+                "inputs": {name: {"path": path, "hash": input_fingerprint(path)} for name, path in inputs.items()},
+                "counts": counts}
+    write_text(f"{out_dir.rstrip('/')}/{MANIFEST}", json.dumps(manifest, indent=2, default=str) + "\n")
+    return manifest
+
+
+def write_text(path: str, text: str) -> None:
+    from pyarrow import fs
+
+    if "://" in path:
+        filesystem, target = fs.FileSystem.from_uri(path)
+    else:
+        filesystem, target = fs.LocalFileSystem(), path
+    filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(target) as sink:
+        sink.write(text.encode())

@@ -1,0 +1,422 @@
+"""The data stages on Ray Data: questions -> rollouts -> ORM / SORM labels -> refinement pairs.
+
+Each stage streams Parquet through Ray Data (local paths or s3/gs), runs the engine in an actor
+pool sized by the config (one engine per replica; fractional CPUs here, GPUs on a cluster), and
+writes its dataset plus a manifest (config hash, input hashes, counts). Ray Data restarts a dead
+replica and retries its batch, so a lost actor costs one batch of work and no output twice.
+The labelling rules themselves are plain functions in `labels.py` and `rollouts.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import pyarrow as pa
+
+from glore_ray.config import EngineConfig, EnginePoolConfig, GloreConfig
+from glore_ray.data import Problem, Quarantine, load_problems
+from glore_ray.engines import Sampling, make_engine
+from glore_ray.labels import (
+    SormLabeller,
+    balance_lengths,
+    global_pairs,
+    local_pair,
+    orm_labels,
+)
+from glore_ray.manifest import write_manifest
+from glore_ray.prompts import solve_prompt
+from glore_ray.rollouts import grade_rollouts, question_from_row
+
+Log = Callable[[str], None]
+QUESTIONS_PER_FILE = 10_000
+"""Validated questions per Parquet file: the unit Ray Data reads in parallel."""
+
+
+def counters_name(out_dir: str) -> str:
+    """The name of a stage's counters actor (one per output directory)."""
+    return f"glore-counters:{out_dir}"
+
+
+def _counters_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class StageCounters:
+        """Totals the replicas report (tokens, continuations, batches) and their handles, read by
+        the driver's progress line and at the end for the manifest."""
+
+        def __init__(self) -> None:
+            self.totals: Counter = Counter()
+            self.handles: list = []
+
+        def register(self, handle) -> None:
+            self.handles.append(handle)
+
+        def add(self, counts: dict) -> None:
+            self.totals.update(counts)
+
+        def snapshot(self) -> dict:
+            return dict(self.totals)
+
+        def replicas(self) -> list:
+            return list(self.handles)
+
+    return StageCounters
+
+
+class _Replica:
+    """One engine in a Ray Data actor pool; reports to the stage's counters actor."""
+
+    def __init__(self, model: str, engine: dict, counters):
+        import ray
+
+        self.engine = make_engine(model, EngineConfig(**engine))
+        self.counters = counters
+        counters.register.remote(ray.get_runtime_context().current_actor)
+
+
+class RolloutSampler(_Replica):
+    def __init__(self, model: str, engine: dict, counters, sampling: dict):
+        super().__init__(model, engine, counters)
+        self.sampling = Sampling(**sampling)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        problems = [Problem.from_row(row) for row in batch.to_pylist()]
+        generations = self.engine.generate([solve_prompt(p.question) for p in problems], self.sampling)
+        rows = [grade_rollouts(p, g) for p, g in zip(problems, generations, strict=True)]
+        self.counters.add.remote({"questions": len(rows), "generated_tokens": sum(
+            c.n_tokens for g in generations for c in g.completions)})
+        return pa.Table.from_pylist(rows, schema=ROLLOUTS_SCHEMA)
+
+
+ROLLOUT_TYPE = pa.struct([("id", pa.string()), ("text", pa.string()), ("steps", pa.list_(pa.string())),
+                          ("correct", pa.bool_()), ("n_tokens", pa.int64()), ("finish_reason", pa.string()),
+                          ("count", pa.int64()), ("first_wrong", pa.int64())])
+ROLLOUTS_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("steps", pa.list_(pa.string())),
+                             ("answer", pa.string()), ("n_samples", pa.int64()), ("step_truth", pa.bool_()),
+                             ("rollouts", pa.list_(ROLLOUT_TYPE))])
+"""One row per question (rollouts.grade_rollouts); explicit, so blocks whose optional fields are
+all null still share one schema."""
+
+
+class SormLabelBatch(_Replica):
+    def __init__(self, model: str, engine: dict, counters, labels: dict, max_tokens: int):
+        super().__init__(model, engine, counters)
+        self.labels, self.max_tokens = labels, max_tokens
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        questions = [question_from_row(row) for row in rows]
+        labeller = SormLabeller(self.engine, self.labels["mode"], self.labels["k"], self.labels["temperature"],
+                                self.max_tokens, self.labels["seed"], self.labels["round_size"])
+        out = []
+        for row, question, labelled in zip(rows, questions, labeller.label(questions), strict=True):
+            truth = {r["id"]: r["first_wrong"] for r in row["rollouts"]}
+            for lr in labelled:
+                out.append({"id": lr.rollout.id, "problem_id": question.id, "prompt": question.question,
+                            "completions": lr.rollout.steps, "labels": lr.labels,
+                            "first_wrong": truth[lr.rollout.id], "step_truth": row["step_truth"],
+                            "pos_continuation": lr.pos_continuation, "neg_continuation": lr.neg_continuation})
+        stats = dataclasses.asdict(labeller.stats)
+        self.counters.add.remote({"questions": len(rows), **stats})
+        return pa.Table.from_pylist(out, schema=SORM_SCHEMA)
+
+
+SORM_SCHEMA = pa.schema([("id", pa.string()), ("problem_id", pa.string()), ("prompt", pa.string()),
+                         ("completions", pa.list_(pa.string())), ("labels", pa.list_(pa.bool_())),
+                         ("first_wrong", pa.int64()), ("step_truth", pa.bool_()),
+                         ("pos_continuation", pa.string()), ("neg_continuation", pa.string())])
+
+
+def _pool_args(pool: EnginePoolConfig) -> dict:
+    import ray.data
+
+    args = {"compute": ray.data.ActorPoolStrategy(size=pool.replicas), "num_cpus": pool.cpus_per_replica,
+            "batch_size": pool.batch_size, "batch_format": "pyarrow"}
+    return args | ({"num_gpus": pool.gpus_per_replica} if pool.gpus_per_replica else {})
+
+
+class _Progress:
+    """A progress line from the counters actor every `every` seconds while a stage runs."""
+
+    def __init__(self, stage: str, counters, log: Log, every: float = 10.0):
+        self.stage, self.counters, self.log, self.every = stage, counters, log, every
+        self.stop = threading.Event()
+        self.t0 = time.perf_counter()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def line(self) -> str:
+        import ray
+
+        totals = ray.get(self.counters.snapshot.remote())
+        elapsed = time.perf_counter() - self.t0
+        tokens = totals.get("generated_tokens", 0)
+        return (f"{self.stage}: {totals.get('questions', 0)} questions, {tokens:,} tokens "
+                f"({tokens / max(elapsed, 1e-9):,.0f} tok/s), {elapsed:.0f} s")
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.log(self.line())
+
+
+@contextmanager
+def _stage_counters(out_dir: str):
+    """The stage's named counters actor, removed when the stage ends (a re-run can reuse the name)."""
+    import ray
+
+    counters = _counters_class().options(name=counters_name(out_dir)).remote()
+    try:
+        yield counters
+    finally:
+        ray.kill(counters)
+
+
+def _write_parquet(path: str, rows: list[dict]) -> None:
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    filesystem, target = fs.FileSystem.from_uri(path) if "://" in path else (fs.LocalFileSystem(), path)
+    filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(pa.Table.from_pylist(rows), target, filesystem=filesystem)
+
+
+def _abs(path: str) -> str:
+    import os
+
+    return path if "://" in path else os.path.abspath(path)
+
+
+def prepare_questions(cfg: GloreConfig, source: str, out_dir: str, log: Log) -> dict:
+    """Validate questions from a GSM8K/SVAMP/problems file into Parquet under `out_dir/questions`,
+    streaming (QUESTIONS_PER_FILE per file); bad records go to `out_dir/quarantine.jsonl`."""
+    quarantine = Quarantine()
+    problems = load_problems(source, quarantine=quarantine, keep_calculator=cfg.data.keep_calculator)
+    if cfg.rollouts.max_questions:
+        problems = itertools.islice(problems, cfg.rollouts.max_questions)
+    count, part = 0, 0
+    while chunk := [p.to_row() for p in itertools.islice(problems, QUESTIONS_PER_FILE)]:
+        _write_parquet(f"{out_dir}/questions/part-{part:05d}.parquet", chunk)
+        count, part = count + len(chunk), part + 1
+    if quarantine:
+        quarantine.write_jsonl(f"{out_dir}/quarantine.jsonl")
+        log(f"{quarantine.summary()} -> {out_dir}/quarantine.jsonl")
+    if count == 0:
+        raise ValueError(f"{source}: no valid questions (quarantined: {quarantine.count})")
+    return {"questions": count, "quarantined": quarantine.count}
+
+
+def run_rollouts(cfg: GloreConfig, questions: str, policy: str, out_dir: str, log: Log = print) -> dict:
+    """K graded, de-duplicated samples per question -> `out_dir/data` (one row per question)."""
+    import ray.data
+
+    out_dir = _abs(out_dir)
+    t0 = time.perf_counter()
+    prepared = prepare_questions(cfg, questions, out_dir, log)
+    sampling = dataclasses.asdict(Sampling(n=cfg.rollouts.k, temperature=cfg.rollouts.temperature,
+                                           top_p=cfg.sampling.top_p, max_tokens=cfg.sampling.max_tokens,
+                                           seed=cfg.sampling.seed))
+    with _stage_counters(out_dir) as counters, _Progress("rollouts", counters, log):
+        ray.data.read_parquet(f"{out_dir}/questions").map_batches(
+            RolloutSampler, fn_constructor_kwargs={"model": _abs(policy), "engine": dataclasses.asdict(cfg.engine),
+                                                   "counters": counters, "sampling": sampling},
+            **_pool_args(cfg.rollouts.pool)).write_parquet(f"{out_dir}/data")
+        totals = ray.get(counters.snapshot.remote())
+    counts = _rollout_counts(f"{out_dir}/data") | {"quarantined": prepared["quarantined"],
+                                                   "generated_tokens": totals.get("generated_tokens", 0),
+                                                   "wall_s": round(time.perf_counter() - t0, 1)}
+    if counts["questions"] != prepared["questions"]:
+        raise RuntimeError(f"rollouts: {counts['questions']} questions written for {prepared['questions']} read")
+    write_manifest(out_dir, "rollouts", {k: dataclasses.asdict(getattr(cfg, k)) for k in ("rollouts", "engine", "sampling")},
+                   {"questions": questions, "policy": policy}, counts)
+    log(f"rollouts: {counts} -> {out_dir}")
+    return counts
+
+
+def _rollout_counts(path: str) -> dict:
+    import ray.data
+
+    counts: Counter = Counter()
+    ids = set()
+    for batch in ray.data.read_parquet(path, columns=["id", "n_samples", "rollouts"]).iter_batches(
+            batch_format="pyarrow", batch_size=1024):
+        for row in batch.to_pylist():
+            if row["id"] in ids:
+                raise RuntimeError(f"rollouts: question {row['id']} written twice")
+            ids.add(row["id"])
+            counts["questions"] += 1
+            counts["samples"] += row["n_samples"]
+            counts["unique"] += len(row["rollouts"])
+            counts["correct_samples"] += sum(r["count"] for r in row["rollouts"] if r["correct"])
+            counts["correct_unique"] += sum(r["correct"] for r in row["rollouts"])
+    return dict(counts)
+
+
+def _orm_rows(batch: pa.Table) -> pa.Table:
+    out = []
+    for row in batch.to_pylist():
+        for r in row["rollouts"]:
+            if r["steps"]:
+                out.append({"id": r["id"], "problem_id": row["id"], "prompt": row["question"],
+                            "completions": r["steps"], "labels": orm_labels(len(r["steps"]), r["correct"]),
+                            "first_wrong": r["first_wrong"], "step_truth": row["step_truth"]})
+    return pa.Table.from_pylist(out, schema=ORM_SCHEMA)
+
+
+ORM_SCHEMA = pa.schema([f for f in SORM_SCHEMA if f.name not in ("pos_continuation", "neg_continuation")])
+
+
+def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, out_dir: str,
+               log: Log = print) -> dict:
+    """ORM or SORM step labels in TRL's PRM layout -> `out_dir/data`; SORM also keeps the unbalanced
+    rows with their continuations in `out_dir/unbalanced` (the local pairs' source)."""
+    import ray
+    import ray.data
+
+    out_dir, t0 = _abs(out_dir), time.perf_counter()
+    source = ray.data.read_parquet(f"{_abs(rollouts)}/data")
+    config: dict[str, Any] = {"kind": kind}
+    totals: dict = {}
+    if kind == "orm":
+        source.map_batches(_orm_rows, batch_format="pyarrow").write_parquet(f"{out_dir}/data")
+    elif kind == "sorm":
+        if policy is None:
+            raise ValueError("SORM labels need the policy (--model) to sample continuations")
+        config |= {"labels": dataclasses.asdict(cfg.labels), "engine": dataclasses.asdict(cfg.engine),
+                   "max_tokens": cfg.sampling.max_tokens}
+        target = f"{out_dir}/unbalanced" if cfg.labels.balance else f"{out_dir}/data"
+        with _stage_counters(out_dir) as counters, _Progress(f"sorm labels ({cfg.labels.mode})", counters, log):
+            source.map_batches(
+                SormLabelBatch, fn_constructor_kwargs={"model": _abs(policy), "engine": dataclasses.asdict(cfg.engine),
+                                                       "counters": counters, "labels": dataclasses.asdict(cfg.labels),
+                                                       "max_tokens": cfg.sampling.max_tokens},
+                **_pool_args(cfg.labels.pool)).write_parquet(target)
+            totals = ray.get(counters.snapshot.remote())
+        if cfg.labels.balance:
+            _write_balanced(target, f"{out_dir}/data", cfg.labels.seed)
+    else:
+        raise ValueError(f"unknown label kind {kind!r} (orm or sorm)")
+    counts = label_counts(f"{out_dir}/data") | {k: v for k, v in totals.items() if k != "questions"}
+    counts["wall_s"] = round(time.perf_counter() - t0, 1)
+    write_manifest(out_dir, f"{kind}_labels", config, {"rollouts": rollouts} | ({"policy": policy} if policy else {}),
+                   counts)
+    log(f"{kind} labels: {counts} -> {out_dir}")
+    return counts
+
+
+def _write_balanced(unbalanced: str, out: str, seed: int) -> None:
+    """Balance positives and negatives per step index (labels.balance_lengths) over the whole
+    dataset: the driver holds only (id, labels) per row, the rows stream through Ray Data."""
+    import ray
+    import ray.data
+
+    ids, labels = [], []
+    for batch in ray.data.read_parquet(unbalanced, columns=["id", "labels"]).iter_batches(batch_format="pyarrow"):
+        ids += batch.column("id").to_pylist()
+        labels += batch.column("labels").to_pylist()
+    keep = ray.put(dict(zip(ids, balance_lengths(labels, seed), strict=True)))
+
+    def cut(batch: pa.Table) -> pa.Table:
+        lengths = ray.get(keep)
+        rows = []
+        for row in batch.to_pylist():
+            n = lengths[row["id"]]
+            if n:
+                rows.append(row | {"completions": row["completions"][:n], "labels": row["labels"][:n]})
+        return pa.Table.from_pylist(rows, schema=batch.schema)
+
+    ray.data.read_parquet(unbalanced).map_batches(cut, batch_format="pyarrow").write_parquet(out)
+
+
+def label_counts(path: str) -> dict:
+    """Rows, labels and positives, per step index too, and, where exact step truth exists (the
+    model organism), the labels' accuracy against it (a step is good iff before the first wrong one)."""
+    import ray.data
+
+    c: Counter = Counter()
+    for batch in ray.data.read_parquet(path, columns=["labels", "first_wrong", "step_truth"]).iter_batches(
+            batch_format="pyarrow", batch_size=4096):
+        for row in batch.to_pylist():
+            c["rows"] += 1
+            for i, label in enumerate(row["labels"]):
+                c["labels"] += 1
+                c["positives"] += label
+                c[f"positives_at_{i}"] += label
+                c[f"negatives_at_{i}"] += not label
+                if row["step_truth"]:
+                    good = row["first_wrong"] is None or i < row["first_wrong"]
+                    c["checked"] += 1
+                    c["agree"] += label == good
+                    c["true_neg"] += (not label) and (not good)
+                    c["pred_neg"] += not label
+                    c["actual_neg"] += not good
+    out = dict(c)
+    if c["checked"]:
+        out["step_accuracy"] = round(c["agree"] / c["checked"], 4)
+        out["negative_precision"] = round(c["true_neg"] / c["pred_neg"], 4) if c["pred_neg"] else None
+        out["negative_recall"] = round(c["true_neg"] / c["actual_neg"], 4) if c["actual_neg"] else None
+    return out
+
+
+def run_pairs(rollouts: str, sorm: str, out_dir: str, log: Log = print) -> dict:
+    """Global pairs from the rollouts, local pairs from the SORM labelling's continuations."""
+    import ray.data
+
+    out_dir = _abs(out_dir)
+
+    def global_rows(batch: pa.Table) -> pa.Table:
+        rows = [pair for row in batch.to_pylist() for pair in global_pairs(question_from_row(row))]
+        return pa.Table.from_pylist(rows, schema=GLOBAL_SCHEMA)
+
+    def local_rows(batch: pa.Table) -> pa.Table:
+        rows = []
+        for row in batch.to_pylist():
+            if (pair := local_pair(row["prompt"], _labelled_row(row))) is not None:
+                rows.append(pair)
+        return pa.Table.from_pylist(rows, schema=LOCAL_SCHEMA)
+
+    sorm_rows = f"{_abs(sorm)}/unbalanced"
+    sorm_rows = sorm_rows if _exists(sorm_rows) else f"{_abs(sorm)}/data"
+    ray.data.read_parquet(f"{_abs(rollouts)}/data").map_batches(global_rows, batch_format="pyarrow").write_parquet(
+        f"{out_dir}/global")
+    ray.data.read_parquet(sorm_rows).map_batches(local_rows, batch_format="pyarrow").write_parquet(f"{out_dir}/local")
+    counts = {"global_pairs": ray.data.read_parquet(f"{out_dir}/global").count(),
+              "local_pairs": ray.data.read_parquet(f"{out_dir}/local").count()}
+    write_manifest(out_dir, "pairs", {}, {"rollouts": rollouts, "sorm": sorm}, counts)
+    log(f"pairs: {counts} -> {out_dir}")
+    return counts
+
+
+GLOBAL_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("draft", pa.string()),
+                           ("target", pa.string())])
+LOCAL_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("draft_steps", pa.list_(pa.string())),
+                          ("bad_step", pa.int64()), ("target", pa.string())])
+
+
+def _labelled_row(row: dict):
+    from glore_ray.labels import LabelledRollout, Rollout
+
+    rollout = Rollout(row["id"], list(row["completions"]), "", False)
+    return LabelledRollout(rollout, list(row["labels"]), row["pos_continuation"], row["neg_continuation"])
+
+
+def _exists(path: str) -> bool:
+    from pyarrow import fs
+
+    filesystem, target = fs.FileSystem.from_uri(path) if "://" in path else (fs.LocalFileSystem(), path)
+    return filesystem.get_file_info(target).type != fs.FileType.NotFound
+

@@ -1,0 +1,177 @@
+"""The labelling rules on hand-built cases whose right labels are known: ORM, SORM (exhaustive and
+efficient, propagation, the uses-the-result check), balancing, and refinement pairs.
+
+The engine here is a scripted stand-in (continuations looked up by prefix), so each case states
+exactly what the policy would say; the real vLLM engine runs in tests/test_stages.py."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from fractions import Fraction
+
+import pytest
+
+from glore_ray.data import Problem
+from glore_ray.engines import Completion, Generation, Sampling
+from glore_ray.labels import (
+    Question,
+    Rollout,
+    SormLabeller,
+    balance_lengths,
+    continuation_prompt,
+    global_pairs,
+    local_pair,
+    orm_labels,
+    propagate,
+    step_result,
+    uses_result,
+)
+from glore_ray.prompts import BAD_MARK, local_refine_prompt
+from glore_ray.rollouts import grade_rollouts
+
+Q = "Ava has 3 boxes of 4 apples. She eats 2 apples. How many apples are left?"
+
+
+class ScriptedPolicy:
+    """Continuations by prefix: the last step of the prompt picks the list; samples cycle through it."""
+
+    name = "scripted"
+
+    def __init__(self, script: dict[str, list[str]]):
+        self.script, self.calls = script, []
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+        out = []
+        for prompt in prompts:
+            last = prompt.rstrip("\n").rsplit("\n", 1)[-1]
+            options = self.script[last]
+            self.calls.append((last, sampling.n))
+            offset = sampling.seed % len(options)
+            texts = [options[(offset + j) % len(options)] for j in range(sampling.n)]
+            out.append(Generation(prompt, 10, [Completion(t, 5, "stop") for t in texts]))
+        return out
+
+
+def rollout(rid: str, steps: list[str], answer: str, correct: bool) -> Rollout:
+    return Rollout(rid, steps, "\n".join(steps + [f"#### {answer}"]), correct)
+
+
+RIGHT = rollout("q/r0", ["3 * 4 = 12 apples.", "12 - 2 = 10 apples."], "10", True)
+WRONG = rollout("q/r1", ["3 * 4 = 13 apples.", "13 - 2 = 11 apples."], "11", False)
+SCRIPT = {
+    "3 * 4 = 12 apples.": ["12 - 2 = 10 apples.\n#### 10"],
+    "12 - 2 = 10 apples.": ["#### 10"],
+    # Right answer, but not from the prefix's 13: it must not count.
+    "3 * 4 = 13 apples.": ["13 - 2 = 11 apples.\n#### 11", "3 * 4 = 12 so 12 - 2 = 10\n#### 10"],
+    "13 - 2 = 11 apples.": ["#### 11"],
+}
+
+
+def labeller(mode: str, script=SCRIPT, k: int = 2) -> SormLabeller:
+    return SormLabeller(ScriptedPolicy(script), mode, k=k, temperature=1.0, max_tokens=32)
+
+
+def test_step_results_and_their_use() -> None:
+    assert step_result("3 * 4 = 12 apples.") == 12
+    assert step_result("She has 1,200 left.") == 1200
+    assert step_result("Think first.") is None
+    assert uses_result("12 - 2 = 10\n#### 10", Fraction(12))
+    assert not uses_result("3 * 4 = 12 so 10\n#### 10", Fraction(13))
+    assert uses_result("anything", None)
+
+
+def test_propagation_and_orm() -> None:
+    assert propagate([False, True, False]) == [True, True, False]
+    assert propagate([False, False]) == [False, False]
+    assert orm_labels(3, False) == [False] * 3 and orm_labels(2, True) == [True] * 2
+
+
+@pytest.mark.parametrize("mode", ["exhaustive", "efficient"])
+def test_sorm_labels_on_known_cases(mode) -> None:
+    question = Question("q", Q, "10", [RIGHT, WRONG])
+    (labelled,) = labeller(mode).label([question])
+    assert [lr.labels for lr in labelled] == [[True, True], [False, False]]
+
+
+def test_a_later_positive_step_makes_earlier_ones_positive() -> None:
+    # Step 0's continuations never use its result, step 1's do: raw [F, T, F] -> [T, T, F].
+    steps = ["3 * 4 = 12 apples.", "12 - 2 = 10 apples.", "10 + 1 = 11 apples."]
+    script = {steps[0]: ["#### 10"], steps[1]: ["#### 10"], steps[2]: ["#### 11"]}
+    question = Question("q", Q, "10", [rollout("q/r0", steps, "11", False)])
+    (exhaustive,) = labeller("exhaustive", script).label([question])
+    assert exhaustive[0].labels == [True, True, False]
+
+
+def test_efficient_mode_agrees_for_fewer_continuations() -> None:
+    steps = [f"{i} + 1 = {i + 1} apples." for i in range(9, 16)]  # results 10..16; the gold answer is 13
+    script = {s: [f"{i + 1} + {12 - i} = 13\n#### 13"] for i, s in zip(range(9, 13), steps)}
+    script |= {s: ["#### 99"] for s in steps[4:]}
+    question = Question("q", Q, "13", [rollout("q/r0", steps, "16", False)])
+    exhaustive, efficient = labeller("exhaustive", script), labeller("efficient", script)
+    labels_a = exhaustive.label([question])[0][0].labels
+    labels_b = efficient.label([question])[0][0].labels
+    assert labels_a == labels_b == [True] * 4 + [False] * 3
+    # Binary search: step 3 (one good continuation suffices), then 5 and 4 (k each).
+    assert efficient.stats.continuations == 1 + 2 + 2 < exhaustive.stats.continuations == 7 * 2
+
+
+def test_efficient_mode_takes_a_correct_rollout_as_its_own_evidence() -> None:
+    question = Question("q", Q, "10", [RIGHT])
+    efficient = labeller("efficient")
+    (labelled,) = efficient.label([question])
+    assert labelled[0].labels == [True, True]
+    assert efficient.stats.continuations == 0 and efficient.stats.free_continuations == 2
+
+
+def test_efficient_mode_labels_a_shared_prefix_once() -> None:
+    twin = rollout("q/r2", WRONG.steps[:1] + ["13 + 2 = 15 apples."], "15", False)
+    question = Question("q", Q, "10", [WRONG, twin])
+    policy = ScriptedPolicy(SCRIPT | {"13 + 2 = 15 apples.": ["#### 15"]})
+    (labelled,) = SormLabeller(policy, "efficient", k=2, temperature=1.0, max_tokens=32).label([question])
+    assert [lr.labels for lr in labelled] == [[False, False], [False, False]]
+    assert sum(n for last, n in policy.calls if last == WRONG.steps[0]) == 2  # k once, not once per rollout
+
+
+def test_local_pair_marks_the_first_step_that_differs() -> None:
+    steps = ["3 * 4 = 12 apples.", "12 - 3 = 9 apples."]
+    script = {steps[0]: ["12 - 2 = 10 apples.\n#### 10"], steps[1]: ["9 + 0 = 9\n#### 9"]}
+    question = Question("q", Q, "10", [rollout("q/r0", steps, "9", False)])
+    (labelled,) = labeller("exhaustive", script).label([question])
+    assert labelled[0].labels == [True, False]
+    pair = local_pair(Q, labelled[0])
+    assert pair["bad_step"] == 1 and pair["draft_steps"][:1] == steps[:1]
+    assert pair["draft_steps"][1] == "12 - 3 = 9 apples." and pair["target"] == "12 - 2 = 10 apples.\n#### 10"
+    prompt = local_refine_prompt(Q, pair["draft_steps"], pair["bad_step"])
+    assert f"{steps[0]}\n{BAD_MARK} {steps[1]}" in prompt
+
+
+def test_balancing_evens_every_step_index() -> None:
+    rng = random.Random(1)
+    rows = [propagate([rng.random() < 0.6 for _ in range(rng.randint(1, 6))]) for _ in range(400)]
+    keep = balance_lengths(rows, seed=0)
+    assert all(0 <= k <= len(r) for k, r in zip(keep, rows))
+    for i in range(6):
+        labels = [r[i] for r, k in zip(rows, keep) if k > i]
+        assert labels.count(True) == labels.count(False)
+    first = [r[0] for r in rows]  # only as many rows dropped as index 0 needs
+    assert sum(k > 0 for k in keep) == 2 * min(first.count(True), first.count(False)) > 0
+
+
+def test_global_pairs_pair_each_wrong_rollout_with_a_right_one() -> None:
+    pairs = global_pairs(Question("q", Q, "10", [RIGHT, WRONG]))
+    assert pairs == [{"id": "q/r1/global", "question": Q, "draft": WRONG.text, "target": RIGHT.text}]
+    assert global_pairs(Question("q", Q, "10", [WRONG])) == []
+
+
+def test_rollouts_are_graded_and_deduplicated() -> None:
+    problem = Problem("p1", Q, ("3 * 4 = 12 apples.", "12 - 2 = 10 apples."), "10")
+    texts = [RIGHT.text, RIGHT.text + "\n", WRONG.text, "no steps"]
+    row = grade_rollouts(problem, Generation("", 5, [Completion(t, 7, "stop") for t in texts]))
+    assert row["n_samples"] == 4 and [r["count"] for r in row["rollouts"]] == [2, 1, 1]
+    assert [r["correct"] for r in row["rollouts"]] == [True, False, False]
+    assert [r["id"] for r in row["rollouts"]] == ["p1/r0", "p1/r1", "p1/r2"]
+
+
+def test_continuation_prompt_ends_with_the_prefix() -> None:
+    assert continuation_prompt(Q, ["a = 1."]).endswith("Answer:\na = 1.\n")

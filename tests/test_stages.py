@@ -1,0 +1,141 @@
+"""The data stages on a local Ray cluster with the real vLLM engine in a Ray Data actor pool:
+rollouts (graded, de-duplicated, quarantined input, a killed replica), ORM and SORM labels with
+balancing, and refinement pairs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import replace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from glore_ray.config import GloreConfig, LabelConfig, RolloutConfig, SamplingConfig
+from glore_ray.engines import Completion, Generation
+from glore_ray.grading import render_solution
+from glore_ray.organism import generate
+from glore_ray.prompts import BAD_MARK, local_refine_prompt
+from glore_ray.rollouts import grade_rollouts
+from glore_ray.stages import ROLLOUTS_SCHEMA, counters_name, run_labels, run_pairs, run_rollouts
+from tests.training_rows import corrupt
+
+CFG = replace(GloreConfig(), rollouts=RolloutConfig(k=4), sampling=SamplingConfig(max_tokens=40),
+              labels=LabelConfig(k=2, balance=False))
+
+
+def read_rows(path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def write_questions(path, n: int, bad_lines: list[str] = ()) -> list[str]:
+    problems = list(generate(CFG.data.organism, "train", n))
+    lines = [json.dumps(p.to_row()) for p in problems]
+    for i, bad in enumerate(bad_lines):
+        lines.insert(2 + 3 * i, bad)
+    path.write_text("\n".join(lines) + "\n")
+    return [p.id for p in problems]
+
+
+def test_rollouts_are_graded_deduplicated_and_bad_rows_quarantined(ray_module, tiny_model_dir, tmp_path) -> None:
+    ids = write_questions(tmp_path / "q.jsonl", 10, ['{"id": "x", "question": "Hi?"}', "not json"])
+    counts = run_rollouts(CFG, str(tmp_path / "q.jsonl"), str(tiny_model_dir), str(tmp_path / "rollouts"))
+    rows = read_rows(tmp_path / "rollouts" / "data")
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    for row in rows:
+        assert row["n_samples"] == 4 and sum(r["count"] for r in row["rollouts"]) == 4
+        texts = [" ".join(r["text"].split()) for r in row["rollouts"]]
+        assert len(set(texts)) == len(texts)
+    manifest = json.loads((tmp_path / "rollouts" / "manifest.json").read_text())
+    assert manifest["counts"] == counts
+    assert counts["questions"] == 10 and counts["samples"] == 40 and counts["quarantined"] == 2
+    assert counts["unique"] == sum(len(r["rollouts"]) for r in rows) and counts["generated_tokens"] > 0
+    quarantined = [json.loads(line) for line in (tmp_path / "rollouts" / "quarantine.jsonl").read_text().splitlines()]
+    assert [q["line"] for q in quarantined] == [3, 6] and "missing field" in quarantined[0]["reason"]
+    assert len(manifest["config_hash"]) == 16
+
+
+def test_a_killed_rollout_replica_still_yields_every_question_once(ray_module, tiny_model_dir, tmp_path) -> None:
+    import ray
+
+    ids = write_questions(tmp_path / "q.jsonl", 24)
+    cfg = replace(CFG, rollouts=replace(CFG.rollouts, pool=replace(CFG.rollouts.pool, batch_size=2)))
+    out = str(tmp_path / "rollouts")
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(run_rollouts(cfg, str(tmp_path / "q.jsonl"),
+                                                                     str(tiny_model_dir), out)))
+    run.start()
+    deadline, killed = time.time() + 240, None
+    while killed is None and time.time() < deadline and run.is_alive():
+        try:
+            counters = ray.get_actor(counters_name(out))
+            replicas = ray.get(counters.replicas.remote())
+            done = ray.get(counters.snapshot.remote()).get("questions", 0)
+        except ValueError:  # the stage has not created its counters yet
+            replicas, done = [], 0
+        if replicas and 2 <= done < 20:
+            ray.kill(replicas[0], no_restart=False)  # Ray restarts it; Ray Data retries its batch
+            killed = done
+        time.sleep(0.2)
+    run.join(timeout=300)
+    assert killed is not None, "the stage finished before a replica could be killed"
+    assert not run.is_alive()
+    rows = read_rows(tmp_path / "rollouts" / "data")
+    assert sorted(r["id"] for r in rows) == sorted(ids) and result["questions"] == 24
+
+
+def _handmade_rollouts(path, n: int = 6) -> list:
+    """Rollouts of organism problems, one gold and one corrupted at a known step each."""
+    problems = list(generate(CFG.data.organism, "train", n))
+    rows = []
+    for j, p in enumerate(problems):
+        bad_at = j % len(p.steps)
+        wrong = corrupt(list(p.steps), bad_at)
+        texts = [p.solution(), render_solution(wrong, "0")]
+        rows.append(grade_rollouts(p, Generation("", 9, [Completion(t, 20, "stop") for t in texts])))
+    (path / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=ROLLOUTS_SCHEMA), path / "data" / "part-0.parquet")
+    return problems
+
+
+def test_orm_and_sorm_labels_and_the_pairs_they_make(ray_module, tiny_model_dir, tmp_path) -> None:
+    problems = _handmade_rollouts(tmp_path / "rollouts")
+    rollouts = str(tmp_path / "rollouts")
+
+    orm = run_labels(CFG, "orm", rollouts, None, str(tmp_path / "orm"))
+    orm_rows = read_rows(tmp_path / "orm" / "data")
+    assert orm["rows"] == len(orm_rows) == 12
+    assert all(r["labels"] == [r["id"].endswith("/r0")] * len(r["completions"]) for r in orm_rows)
+
+    # Efficient mode: each gold rollout is its own evidence, and the corrupted rollout shares
+    # the gold prefix up to its wrong step, so the labels are the exact truth even though the
+    # untrained policy's own continuations are noise.
+    cfg = replace(CFG, labels=replace(CFG.labels, balance=True))
+    sorm = run_labels(cfg, "sorm", rollouts, str(tiny_model_dir), str(tmp_path / "sorm"))
+    sorm_rows = {r["id"]: r for r in read_rows(tmp_path / "sorm" / "unbalanced")}
+    for j, p in enumerate(problems):
+        bad_at = j % len(p.steps)
+        assert sorm_rows[f"{p.id}/r0"]["labels"] == [True] * len(p.steps)
+        assert sorm_rows[f"{p.id}/r1"]["labels"] == [i < bad_at for i in range(len(p.steps))]
+    assert sorm["continuations"] > 0 and sorm["generated_tokens"] > 0
+    assert sorm["step_accuracy"] == 1.0 and sorm["negative_recall"] == 1.0  # of the balanced rows
+    indices = {int(k.rsplit("_", 1)[1]) for k in sorm if k.startswith("positives_at_")}
+    assert indices and all(sorm[f"positives_at_{i}"] == sorm[f"negatives_at_{i}"] for i in indices)
+    assert orm["step_accuracy"] < 1.0  # the ORM marks the right steps of a wrong rollout negative
+
+    pairs = run_pairs(rollouts, str(tmp_path / "sorm"), str(tmp_path / "pairs"))
+    assert pairs["global_pairs"] == len(problems)
+    local = {r["id"].split("/")[0]: r for r in read_rows(tmp_path / "pairs" / "local")}
+    assert local and pairs["local_pairs"] == len(local)
+    for j, p in enumerate(problems):
+        bad_at = j % len(p.steps)
+        if p.id not in local:
+            assert bad_at == 0  # no earlier prefix to continue from
+            continue
+        pair = local[p.id]
+        assert pair["bad_step"] == bad_at and pair["draft_steps"][:bad_at] == list(p.steps[:bad_at])
+        prompt = local_refine_prompt(p.question, pair["draft_steps"], pair["bad_step"])
+        assert f"{BAD_MARK} {pair['draft_steps'][bad_at]}" in prompt
+        assert pair["target"] == render_solution(p.steps[bad_at:], p.answer)
