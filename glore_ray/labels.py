@@ -12,8 +12,8 @@ then a positive step makes every earlier step positive, so a rollout's labels ar
   are labelled once; a binary search finds `f` (labels are monotone after propagation, so
   log2(n) + 1 prefixes per rollout instead of n); continuations come in rounds and a prefix stops
   at its first correct one; and the rollouts themselves are free continuations: a rollout that
-  starts with P_i is a policy sample conditioned on P_i, so its remainder is evidence too. The
-  engine's prefix caching shares the question's KV cache across all of them.
+  starts with P_i is a policy sample conditioned on P_i, so its remainder is one of P_i's K
+  samples. The engine's prefix caching shares the question's KV cache across all of them.
 
 Both modes keep, for each rollout with 0 < f < n, one correct continuation of P_{f-1} and one
 incorrect continuation of P_f: the local refiner's (target, draft) pair.
@@ -203,8 +203,10 @@ class SormLabeller:
             for r in q.rollouts:
                 for i in range(len(r.steps)):
                     ev = evidence.setdefault((q.id, tuple(r.steps[:i + 1])), PrefixEvidence())
-                    ev.add(r.steps[:i + 1], _remainder(r, i + 1), q.gold)
-                    self.stats.free_continuations += 1
+                    if ev.sampled < self.k:  # a policy sample given P_i: it counts towards the k
+                        ev.add(r.steps[:i + 1], _remainder(r, i + 1), q.gold)
+                        ev.sampled += 1
+                        self.stats.free_continuations += 1
         searches = [(q, r, _BinarySearch(len(r.steps))) for q in questions for r in q.rollouts]
         probed: set[tuple[str, tuple[str, ...]]] = set()
         round_ = 0

@@ -112,8 +112,9 @@ def test_efficient_mode_agrees_for_fewer_continuations() -> None:
     labels_a = exhaustive.label([question])[0][0].labels
     labels_b = efficient.label([question])[0][0].labels
     assert labels_a == labels_b == [True] * 4 + [False] * 3
-    # Binary search: step 3 (one good continuation suffices), then 5 and 4 (k each).
-    assert efficient.stats.continuations == 1 + 2 + 2 < exhaustive.stats.continuations == 7 * 2
+    # Binary search: step 3 (one good continuation suffices), then 5 and 4 (the rollout's own
+    # remainder is one of their k = 2 samples, one more is generated).
+    assert efficient.stats.continuations == 1 + 1 + 1 < exhaustive.stats.continuations == 7 * 2
 
 
 def test_efficient_mode_takes_a_correct_rollout_as_its_own_evidence() -> None:
@@ -130,7 +131,17 @@ def test_efficient_mode_labels_a_shared_prefix_once() -> None:
     policy = ScriptedPolicy(SCRIPT | {"13 + 2 = 15 apples.": ["#### 15"]})
     (labelled,) = SormLabeller(policy, "efficient", k=2, temperature=1.0, max_tokens=32).label([question])
     assert [lr.labels for lr in labelled] == [[False, False], [False, False]]
-    assert sum(n for last, n in policy.calls if last == WRONG.steps[0]) == 2  # k once, not once per rollout
+    # P_0 has two rollouts through it: they are its k = 2 samples, and nothing is generated for it.
+    assert not [n for last, n in policy.calls if last == WRONG.steps[0]]
+
+
+def test_efficient_mode_samples_a_prefix_k_times_at_most() -> None:
+    policy = ScriptedPolicy(SCRIPT)
+    efficient = SormLabeller(policy, "efficient", k=3, temperature=1.0, max_tokens=32)
+    (labelled,) = efficient.label([Question("q", Q, "10", [WRONG])])
+    assert labelled[0].labels == [False, False]
+    # Each probed prefix: its own rollout's remainder, then 2 generated (3 in all).
+    assert sorted(policy.calls) == sorted([(WRONG.steps[0], 1)] * 2 + [(WRONG.steps[1], 1)] * 2)
 
 
 def test_local_pair_marks_the_first_step_that_differs() -> None:
