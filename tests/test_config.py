@@ -35,6 +35,9 @@ def test_dotted_overrides_are_typed_by_the_schema() -> None:
     ("data=3", "data: expected a mapping"),
     ("eval.k.x=1", "eval.k.x: 'k' is a value, not a section"),
     ("data.source=files", "data.train_path: source 'files' needs both"),
+    ("labels.round_size=9", "labels.round_size: must be in \\[1, k\\]"),
+    ("rollouts.pool.cpus_per_replica=0", "rollouts.pool.cpus_per_replica: must be > 0"),
+    ("labels.mode=greedy", "labels.mode: 'greedy' is not one of 'efficient', 'exhaustive'"),
 ])
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):

@@ -8,7 +8,7 @@ import torch
 from glore_ray.config import GloreConfig
 from glore_ray.objectives import OBJECTIVES, encode_row
 from glore_ray.organism import generate
-from glore_ray.prompts import BAD_MARK, local_refine_prompt
+from glore_ray.prompts import local_refine_prompt
 from glore_ray.sft import IGNORE
 from glore_ray.step_reward import encode_step_example, step_reward_loss, step_scores
 from glore_ray.tiny_model import load_model_folder

@@ -11,7 +11,6 @@ from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from glore_ray.config import GloreConfig, LabelConfig, RolloutConfig, SamplingConfig
 from glore_ray.engines import Completion, Generation
@@ -139,3 +138,14 @@ def test_orm_and_sorm_labels_and_the_pairs_they_make(ray_module, tiny_model_dir,
         prompt = local_refine_prompt(p.question, pair["draft_steps"], pair["bad_step"])
         assert f"{BAD_MARK} {pair['draft_steps'][bad_at]}" in prompt
         assert pair["target"] == render_solution(p.steps[bad_at:], p.answer)
+
+
+def test_cli_labels_orm_and_reports(ray_module, tmp_path, capsys) -> None:
+    from glore_ray.cli import main
+
+    _handmade_rollouts(tmp_path / "rollouts", n=3)
+    assert main(["label", "orm", "--data", str(tmp_path / "rollouts"), "--out", str(tmp_path / "orm")]) == 0
+    assert "orm labels: {'rows': 6" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "orm" / "manifest.json").read_text())
+    assert manifest["stage"] == "orm_labels" and manifest["counts"]["rows"] == 6
+    assert manifest["inputs"]["rollouts"]["path"] == str(tmp_path / "rollouts")
