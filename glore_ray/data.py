@@ -27,7 +27,7 @@ from glore_ray.grading import (
     strip_calculator,
 )
 
-FORMATS = ("gsm8k", "svamp", "problems", "auto")
+FORMATS = ("gsm8k", "svamp", "problems", "parquet", "auto")
 MAX_RAW_CHARS = 2000
 _SENTENCE_END = (".", "!", "?")
 # SVAMP files are pretty-printed arrays: after a malformed element, the next one starts on a new line.
@@ -193,6 +193,27 @@ def iter_problems_jsonl(path: str, quarantine: Quarantine) -> Iterator[Problem]:
     return _iter_jsonl(path, quarantine, lambda record, _line: Problem.from_row(_require_object(record)))
 
 
+def iter_problems_parquet(path: str, quarantine: Quarantine) -> Iterator[Problem]:
+    """Stream our problems layout from a Parquet file, one row group batch at a time; a bad row is
+    quarantined with its 1-based row number as its line."""
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    if _is_uri(path):
+        filesystem, target = fs.FileSystem.from_uri(path)
+    else:
+        filesystem, target = fs.LocalFileSystem(), str(Path(path).resolve())
+    with filesystem.open_input_file(target) as source:
+        row_no = 0
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=4096):
+            for record in batch.to_pylist():
+                row_no += 1
+                try:
+                    yield Problem.from_row(record)
+                except ValueError as error:
+                    quarantine.add(path, row_no, str(error), json.dumps(record, default=str))
+
+
 def iter_svamp(path: str, quarantine: Quarantine) -> Iterator[Problem]:
     """Problems from a SVAMP JSON array of {ID, Body, Question, Answer[, Equation]} objects.
 
@@ -235,8 +256,8 @@ def load_problems(path: str, fmt: str = "auto", quarantine: Quarantine | None = 
                   keep_calculator: bool = False) -> Iterator[Problem]:
     """Stream problems from `path` in `fmt` (one of FORMATS); `keep_calculator` applies to GSM8K.
 
-    `auto` picks svamp for `.json`, and for `.jsonl` looks at the first record: `steps` -> our
-    problems format, `question` and `answer` -> gsm8k. Bad records go to `quarantine`; without
+    `auto` picks svamp for `.json`, our problems layout in Parquet for `.parquet`, and for `.jsonl`
+    looks at the first record: `steps` -> our problems format, `question` and `answer` -> gsm8k. Bad records go to `quarantine`; without
     one, the first bad record raises ValueError so that none is lost unnoticed.
     """
     if fmt not in FORMATS:
@@ -249,7 +270,9 @@ def load_problems(path: str, fmt: str = "auto", quarantine: Quarantine | None = 
     strict = quarantine is None
     sink = Quarantine() if quarantine is None else quarantine
     problems = (iter_gsm8k(path, sink, keep_calculator) if fmt == "gsm8k"
-                else iter_svamp(path, sink) if fmt == "svamp" else iter_problems_jsonl(path, sink))
+                else iter_svamp(path, sink) if fmt == "svamp"
+                else iter_problems_parquet(path, sink) if fmt == "parquet"
+                else iter_problems_jsonl(path, sink))
     for problem in problems:
         if strict and sink:  # loaders quarantine a bad record before yielding the next good one
             break
@@ -263,6 +286,8 @@ def _detect_format(path: str) -> str | None:
     suffix = _file_path(path).suffix
     if suffix == ".json":
         return "svamp"
+    if suffix == ".parquet":
+        return "parquet"
     if suffix != ".jsonl":
         raise ValueError(f"{path}: cannot detect the format of a {suffix or 'suffix-less'} file; pass fmt")
     with open_text(path) as file:

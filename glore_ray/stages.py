@@ -241,8 +241,8 @@ def run_rollouts(cfg: GloreConfig, questions: str, policy: str, out_dir: str, lo
                                                    "wall_s": round(time.perf_counter() - t0, 1)}
     if counts["questions"] != prepared["questions"]:
         raise RuntimeError(f"rollouts: {counts['questions']} questions written for {prepared['questions']} read")
-    write_manifest(out_dir, "rollouts", {k: dataclasses.asdict(getattr(cfg, k)) for k in ("rollouts", "engine", "sampling")},
-                   {"questions": questions, "policy": policy}, counts)
+    config = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("rollouts", "engine", "sampling")}
+    write_manifest(out_dir, "rollouts", config, {"questions": questions, "policy": policy}, counts)
     log(f"rollouts: {counts} -> {out_dir}")
     return counts
 

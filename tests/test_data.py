@@ -229,6 +229,20 @@ def test_problems_jsonl_round_trips_and_quarantines(tmp_path: Path) -> None:
     ]
 
 
+def test_problems_parquet_streams_and_quarantines_rows(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = Problem("p-1", "What is 2+3?", ("2+3=5",), "5")
+    rows = [good.to_row(), {**good.to_row(), "id": "p-2", "answer": "five"}, {**good.to_row(), "id": "p-3"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "q.parquet")
+    quarantine = Quarantine()
+    loaded = list(load_problems(str(tmp_path / "q.parquet"), quarantine=quarantine))
+    assert [p.id for p in loaded] == ["p-1", "p-3"]
+    assert [(r.line, r.reason) for r in quarantine.records] == [(2, "non-numeric answer 'five' in field 'answer'")]
+    assert quarantine.records[0].source.endswith("q.parquet")
+
+
 def test_problem_row_round_trip() -> None:
     problem = Problem("p-1", "What is 2+3?", ("2+3=5", "so 5"), "5")
     row = problem.to_row()
@@ -257,7 +271,7 @@ def test_load_problems_auto_detects_jsonl_formats(tmp_path: Path) -> None:
 
 
 def test_load_problems_rejects_unknown_formats(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="gsm8k, svamp, problems, auto"):
+    with pytest.raises(ValueError, match="gsm8k, svamp, problems, parquet, auto"):
         list(load_problems("x.jsonl", fmt="csv"))
     with pytest.raises(ValueError, match="pass fmt"):
         list(load_problems(write_lines(tmp_path / "p.txt", ["x"])))
