@@ -54,8 +54,8 @@ def main() -> None:
     results: dict = {"questions": args.questions, "k_rollouts": cfg.rollouts.k, "k_continuations": cfg.labels.k}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        write_jsonl(str(work / "q.jsonl"), (p.to_row() for p in generate(cfg.data.organism, "train", args.questions,
-                                                                          start=cfg.data.organism.n_train - args.questions)))
+        last = generate(cfg.data.organism, "train", args.questions, start=cfg.data.organism.n_train - args.questions)
+        write_jsonl(str(work / "q.jsonl"), (p.to_row() for p in last))
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(work / "ray"))
         rollouts = run_rollouts(cfg, str(work / "q.jsonl"), policy, str(work / "rollouts"), log=lambda m: None)
         results |= {"rollout_samples": rollouts["samples"], "rollout_unique": rollouts["unique"],

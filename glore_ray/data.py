@@ -257,8 +257,9 @@ def load_problems(path: str, fmt: str = "auto", quarantine: Quarantine | None = 
     """Stream problems from `path` in `fmt` (one of FORMATS); `keep_calculator` applies to GSM8K.
 
     `auto` picks svamp for `.json`, our problems layout in Parquet for `.parquet`, and for `.jsonl`
-    looks at the first record: `steps` -> our problems format, `question` and `answer` -> gsm8k. Bad records go to `quarantine`; without
-    one, the first bad record raises ValueError so that none is lost unnoticed.
+    looks at the first record: `steps` -> our problems format, `question` and `answer` -> gsm8k.
+    Bad records go to `quarantine`; without one, the first bad record raises ValueError so that
+    none is lost unnoticed.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown problem format {fmt!r}; valid: {', '.join(FORMATS)}")

@@ -1,0 +1,143 @@
+"""The GLoRe refinement ensemble: when, where and how to refine a draft, then rerank.
+
+For a batch of questions: a greedy draft from the policy (or one the caller gives); the ORM's
+score of the draft decides **when** to refine (below `orm_threshold`, or always); the step values
+of the SORM (or of the ORM) find **where**: the first step below `step_threshold`, which the local
+refiner rewrites from its `[BAD]` mark; the global refiner rewrites the whole draft (**how**);
+the ORM reranks {draft, global, local} and the best is the answer. Every decision is recorded.
+
+Engine- and deployment-agnostic: the evaluation calls it with in-process engines, the Serve
+app with handles to model deployments. Imports neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Protocol
+
+from glore_ray.engines import Engine, Sampling
+from glore_ray.grading import extract_answer, format_answer, split_steps
+from glore_ray.prompts import global_refine_prompt, local_refine_prompt, solve_prompt
+
+CANDIDATES = ("draft", "global", "local")
+
+
+class StepScorer(Protocol):
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        """P(good) at the end of every step of each solution."""
+        ...
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    orm_threshold: float = 0.5
+    """Refine a draft whose ORM score is below this."""
+    always_refine: bool = False
+    """Refine every draft (the paper's main table)."""
+    step_threshold: float = 0.5
+    """The first step whose value falls below this is where the local refiner starts."""
+    where: Literal["sorm", "orm"] = "sorm"
+    """Which reward model's step values locate the first bad step."""
+    max_tokens: int = 256
+
+
+@dataclass
+class Decision:
+    """Everything the ensemble decided for one question."""
+
+    question: str
+    draft: str
+    refined: bool
+    """Whether the ORM's draft score called for refinement (always, with always_refine)."""
+    global_: str | None = None
+    local: str | None = None
+    first_bad_step: int | None = None
+    """0-based step the local refiner rewrote from; None when no step fell below the threshold."""
+    step_values: list[float] = field(default_factory=list)
+    orm_scores: dict[str, float] = field(default_factory=dict)
+    chosen: str = "draft"
+    answer: str | None = None
+
+    def candidate(self, name: str) -> str | None:
+        return {"draft": self.draft, "global": self.global_, "local": self.local}[name]
+
+    def to_row(self) -> dict:
+        row = asdict(self)
+        row["global"] = row.pop("global_")
+        return row
+
+
+def _score(scorer: StepScorer, questions: Sequence[str], texts: Sequence[str]) -> list[float]:
+    """The ORM's solution score: its value at the end of the last step (0 for a solution with none)."""
+    steps = [split_steps(t) for t in texts]
+    values = scorer.score(questions, steps)
+    return [v[-1] if v else 0.0 for v in values]
+
+
+def _greedy(engine: Engine, prompts: list[str], max_tokens: int) -> list[str]:
+    if not prompts:
+        return []
+    sampling = Sampling(n=1, temperature=0.0, max_tokens=max_tokens)
+    return [g.completions[0].text for g in engine.generate(prompts, sampling)]
+
+
+def _answer(text: str) -> str | None:
+    value = extract_answer(text)
+    return None if value is None else format_answer(value)
+
+
+@dataclass
+class RefinementEnsemble:
+    policy: Engine
+    global_refiner: Engine
+    local_refiner: Engine
+    orm: StepScorer
+    sorm: StepScorer
+    settings: EnsembleSettings = field(default_factory=EnsembleSettings)
+
+    def solve(self, questions: Sequence[str], drafts: Sequence[str | None] | None = None) -> list[Decision]:
+        s = self.settings
+        drafts = list(drafts) if drafts is not None else [None] * len(questions)
+        missing = [i for i, d in enumerate(drafts) if d is None]
+        for i, text in zip(missing, _greedy(self.policy, [solve_prompt(questions[i]) for i in missing],
+                                             s.max_tokens)):
+            drafts[i] = text
+        draft_scores = _score(self.orm, questions, drafts)
+        decisions = [Decision(q, d, s.always_refine or score < s.orm_threshold, orm_scores={"draft": score})
+                     for q, d, score in zip(questions, drafts, draft_scores, strict=True)]
+        todo = [d for d in decisions if d.refined]
+        if not todo:
+            return self._choose(decisions)
+
+        where = self.sorm if s.where == "sorm" else self.orm
+        values = where.score([d.question for d in todo], [split_steps(d.draft) for d in todo])
+        for d, v in zip(todo, values, strict=True):
+            d.step_values = v
+            d.first_bad_step = next((i for i, value in enumerate(v) if value < s.step_threshold), None)
+
+        globals_ = _greedy(self.global_refiner, [global_refine_prompt(d.question, d.draft) for d in todo], s.max_tokens)
+        local_todo = [d for d in todo if d.first_bad_step is not None]
+        locals_ = _greedy(self.local_refiner, [local_refine_prompt(d.question, split_steps(d.draft), d.first_bad_step)
+                                               for d in local_todo], s.max_tokens)
+        for d, text in zip(todo, globals_, strict=True):
+            d.global_ = text
+        for d, text in zip(local_todo, locals_, strict=True):
+            # The local refiner's output replaces the draft from the marked step on.
+            d.local = "\n".join(split_steps(d.draft)[:d.first_bad_step] + [text.strip()])
+
+        for name in ("global", "local"):
+            have = [d for d in todo if d.candidate(name) is not None]
+            scores = _score(self.orm, [d.question for d in have], [d.candidate(name) for d in have])
+            for d, score in zip(have, scores, strict=True):
+                d.orm_scores[name] = score
+        return self._choose(decisions)
+
+    @staticmethod
+    def _choose(decisions: list[Decision]) -> list[Decision]:
+        for d in decisions:
+            # Highest ORM score wins; ties keep the earlier candidate (the draft first).
+            d.chosen = max((n for n in CANDIDATES if n in d.orm_scores), key=lambda n: (d.orm_scores[n],
+                                                                                      -CANDIDATES.index(n)))
+            d.answer = _answer(d.candidate(d.chosen))
+        return decisions

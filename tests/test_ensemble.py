@@ -1,0 +1,102 @@
+"""The refinement ensemble's when/where/how/rerank decisions, with scripted models standing in for
+the policy, refiners and reward models (each case states what every model says), plus the HF
+step scorer on a real tiny token-classification folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from glore_ray.engines import Completion, Generation, Sampling
+from glore_ray.ensemble import EnsembleSettings, RefinementEnsemble
+from glore_ray.prompts import BAD_MARK
+
+Q1, Q2 = "Ava has 3 boxes of 4 apples. She eats 2. How many are left?", "Ben has 5 cards. He finds 3. How many?"
+DRAFT1 = "3 * 4 = 12 apples.\n12 - 3 = 9 apples.\n#### 9"
+DRAFT2 = "5 + 3 = 8 cards.\n#### 8"
+
+
+class ScriptedEngine:
+    name = "scripted"
+
+    def __init__(self, reply: Callable[[str], str]):
+        self.reply, self.calls = reply, []
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+        assert sampling.temperature == 0  # the ensemble decodes greedily
+        self.calls.append(list(prompts))
+        return [Generation(p, 5, [Completion(self.reply(p), 5, "stop")]) for p in prompts]
+
+
+class ScriptedScorer:
+    def __init__(self, values: Callable[[str, list[str]], list[float]]):
+        self.values = values
+
+    def score(self, questions, steps):
+        return [self.values(q, list(s)) for q, s in zip(questions, steps)]
+
+
+def orm_values(question: str, steps: list[str]) -> list[float]:
+    """The ORM likes solutions ending in 10, dislikes 9, is lukewarm otherwise."""
+    last = steps[-1] if steps else ""
+    score = 0.9 if "= 10" in last else 0.1 if "= 9" in last else 0.6
+    return [0.5] * (len(steps) - 1) + [score]
+
+
+def sorm_values(question: str, steps: list[str]) -> list[float]:
+    return [0.2 if "12 - 3" in s else 0.9 for s in steps]
+
+
+def ensemble(settings: EnsembleSettings = EnsembleSettings()) -> RefinementEnsemble:
+    policy = ScriptedEngine(lambda p: DRAFT1 if "apples" in p else DRAFT2)
+    global_refiner = ScriptedEngine(lambda p: "3 * 4 = 12 apples.\n12 - 2 = 11 apples.\n#### 11")
+    local_refiner = ScriptedEngine(lambda p: "12 - 2 = 10 apples.\n#### 10")
+    return RefinementEnsemble(policy, global_refiner, local_refiner, ScriptedScorer(orm_values),
+                              ScriptedScorer(sorm_values), settings)
+
+
+def test_a_low_scoring_draft_is_refined_where_the_sorm_drops_and_reranked() -> None:
+    e = ensemble()
+    first, second = e.solve([Q1, Q2])
+    assert first.refined and first.first_bad_step == 1 and first.step_values == [0.9, 0.2]
+    assert first.local == "3 * 4 = 12 apples.\n12 - 2 = 10 apples.\n#### 10"
+    assert first.orm_scores == {"draft": 0.1, "global": 0.6, "local": 0.9}
+    assert first.chosen == "local" and first.answer == "10"
+    (local_prompt,) = e.local_refiner.calls[0]
+    assert f"3 * 4 = 12 apples.\n{BAD_MARK} 12 - 3 = 9 apples." in local_prompt
+    # The second draft scores 0.6 >= 0.5: kept as it is, no refiner sees it.
+    assert not second.refined and second.chosen == "draft" and second.answer == "8"
+    assert second.global_ is None and second.local is None
+    assert [len(c) for c in e.policy.calls] == [2] and [len(c) for c in e.global_refiner.calls] == [1]
+
+
+def test_always_refine_still_keeps_a_draft_the_orm_prefers() -> None:
+    e = ensemble(EnsembleSettings(always_refine=True))
+    _, second = e.solve([Q1, Q2])
+    assert second.refined and second.global_ is not None
+    assert second.first_bad_step is None and second.local is None  # no step below the threshold
+    assert second.orm_scores == {"draft": 0.6, "global": 0.6} and second.chosen == "draft"  # ties keep the draft
+
+
+def test_where_can_come_from_the_orm_and_drafts_can_be_given() -> None:
+    e = ensemble(EnsembleSettings(where="orm", step_threshold=0.55))
+    (decision,) = e.solve([Q1], drafts=[DRAFT1])
+    assert e.policy.calls == []
+    assert decision.step_values == [0.5, 0.1] and decision.first_bad_step == 0
+    assert decision.local.startswith("12 - 2 = 10") and decision.to_row()["global"] == decision.global_
+
+
+def test_hf_step_scorer_scores_every_step(tiny_model_dir, tmp_path) -> None:
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from glore_ray.reward_models import HFStepScorer
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    model.save_pretrained(tmp_path / "orm")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "orm")
+    scorer = HFStepScorer(str(tmp_path / "orm"))
+    values = scorer.score([Q1, Q2, Q2], [["3 * 4 = 12 apples.", "12 - 3 = 9 apples."], [], ["5 + 3 = 8 cards."]])
+    assert [len(v) for v in values] == [2, 0, 1] and all(0 < x < 1 for v in values for x in v)
+    # Batched with padding or alone: the same values.
+    assert scorer.score([Q2], [["5 + 3 = 8 cards."]])[0] == pytest.approx(values[2], abs=1e-5)
