@@ -303,6 +303,11 @@ class GloreConfig:
         _check(self.engine.max_model_len <= self.model.max_position_embeddings, "engine.max_model_len",
                f"{self.engine.max_model_len} exceeds model.max_position_embeddings "
                f"{self.model.max_position_embeddings}")
+        for key, pool in (("rollouts.pool", self.rollouts.pool), ("labels.pool", self.labels.pool)):
+            # A replica holds one engine, sharded over tensor_parallel_size GPUs.
+            _check(pool.gpus_per_replica == 0 or pool.gpus_per_replica >= self.engine.tensor_parallel_size,
+                   f"{key}.gpus_per_replica", f"{pool.gpus_per_replica} GPUs cannot hold an engine with "
+                   f"engine.tensor_parallel_size {self.engine.tensor_parallel_size}")
 
 
 def _check(ok: bool, key: str, message: str) -> None:

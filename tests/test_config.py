@@ -66,3 +66,10 @@ def test_cli_reports_config_errors_without_a_traceback(capsys) -> None:
 def test_train_batch_size_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="policy.batch_size: must be > 0"):
         load_config(None, ["policy.batch_size=0"])
+
+
+def test_an_engine_replica_needs_a_gpu_per_tensor_parallel_shard() -> None:
+    sharded = ["engine.tensor_parallel_size=2", "rollouts.pool.gpus_per_replica=2"]
+    assert load_config(TINY, sharded).rollouts.pool.gpus_per_replica == 2
+    with pytest.raises(ConfigError, match="labels.pool.gpus_per_replica: 1.0 GPUs cannot hold an engine"):
+        load_config(TINY, sharded + ["labels.pool.gpus_per_replica=1"])
