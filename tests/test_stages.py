@@ -38,28 +38,11 @@ def write_questions(path, n: int, bad_lines: list[str] = ()) -> list[str]:
     return [p.id for p in problems]
 
 
-def test_rollouts_are_graded_deduplicated_and_bad_rows_quarantined(ray_module, tiny_model_dir, tmp_path) -> None:
-    ids = write_questions(tmp_path / "q.jsonl", 10, ['{"id": "x", "question": "Hi?"}', "not json"])
-    counts = run_rollouts(CFG, str(tmp_path / "q.jsonl"), str(tiny_model_dir), str(tmp_path / "rollouts"))
-    rows = read_rows(tmp_path / "rollouts" / "data")
-    assert sorted(r["id"] for r in rows) == sorted(ids)
-    for row in rows:
-        assert row["n_samples"] == 4 and sum(r["count"] for r in row["rollouts"]) == 4
-        texts = [" ".join(r["text"].split()) for r in row["rollouts"]]
-        assert len(set(texts)) == len(texts)
-    manifest = json.loads((tmp_path / "rollouts" / "manifest.json").read_text())
-    assert manifest["counts"] == counts
-    assert counts["questions"] == 10 and counts["samples"] == 40 and counts["quarantined"] == 2
-    assert counts["unique"] == sum(len(r["rollouts"]) for r in rows) and counts["generated_tokens"] > 0
-    quarantined = [json.loads(line) for line in (tmp_path / "rollouts" / "quarantine.jsonl").read_text().splitlines()]
-    assert [q["line"] for q in quarantined] == [3, 6] and "missing field" in quarantined[0]["reason"]
-    assert len(manifest["config_hash"]) == 16
-
-
-def test_a_killed_rollout_replica_still_yields_every_question_once(ray_module, tiny_model_dir, tmp_path) -> None:
+def test_rollouts_graded_deduplicated_quarantined_and_a_killed_replica_loses_nothing(
+        ray_module, tiny_model_dir, tmp_path) -> None:
     import ray
 
-    ids = write_questions(tmp_path / "q.jsonl", 24)
+    ids = write_questions(tmp_path / "q.jsonl", 24, ['{"id": "x", "question": "Hi?"}', "not json"])
     cfg = replace(CFG, rollouts=replace(CFG.rollouts, pool=replace(CFG.rollouts.pool, batch_size=2)))
     out = str(tmp_path / "rollouts")
     result: dict = {}
@@ -81,8 +64,20 @@ def test_a_killed_rollout_replica_still_yields_every_question_once(ray_module, t
     run.join(timeout=300)
     assert killed is not None, "the stage finished before a replica could be killed"
     assert not run.is_alive()
+
     rows = read_rows(tmp_path / "rollouts" / "data")
-    assert sorted(r["id"] for r in rows) == sorted(ids) and result["questions"] == 24
+    assert sorted(r["id"] for r in rows) == sorted(ids)  # every question exactly once
+    for row in rows:
+        assert row["n_samples"] == 4 and sum(r["count"] for r in row["rollouts"]) == 4
+        texts = [" ".join(r["text"].split()) for r in row["rollouts"]]
+        assert len(set(texts)) == len(texts)
+    manifest = json.loads((tmp_path / "rollouts" / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts == result and len(manifest["config_hash"]) == 16
+    assert counts["questions"] == 24 and counts["samples"] == 96 and counts["quarantined"] == 2
+    assert counts["unique"] == sum(len(r["rollouts"]) for r in rows) and counts["generated_tokens"] > 0
+    quarantined = [json.loads(line) for line in (tmp_path / "rollouts" / "quarantine.jsonl").read_text().splitlines()]
+    assert [q["line"] for q in quarantined] == [3, 6] and "missing field" in quarantined[0]["reason"]
 
 
 def _handmade_rollouts(path, n: int = 6) -> list:
