@@ -252,7 +252,7 @@ def _rollout_counts(path: str) -> dict:
 
     counts: Counter = Counter()
     ids = set()
-    for batch in ray.data.read_parquet(path, columns=["id", "n_samples", "rollouts"]).iter_batches(
+    for batch in ray.data.read_parquet(path).select_columns(["id", "n_samples", "rollouts"]).iter_batches(
             batch_format="pyarrow", batch_size=1024):
         for row in batch.to_pylist():
             if row["id"] in ids:
@@ -325,7 +325,8 @@ def _write_balanced(unbalanced: str, out: str, seed: int) -> None:
     import ray.data
 
     ids, labels = [], []
-    for batch in ray.data.read_parquet(unbalanced, columns=["id", "labels"]).iter_batches(batch_format="pyarrow"):
+    rows = ray.data.read_parquet(unbalanced).select_columns(["id", "labels"])
+    for batch in rows.iter_batches(batch_format="pyarrow"):
         ids += batch.column("id").to_pylist()
         labels += batch.column("labels").to_pylist()
     keep = ray.put(dict(zip(ids, balance_lengths(labels, seed), strict=True)))
@@ -348,7 +349,7 @@ def label_counts(path: str) -> dict:
     import ray.data
 
     c: Counter = Counter()
-    for batch in ray.data.read_parquet(path, columns=["labels", "first_wrong", "step_truth"]).iter_batches(
+    for batch in ray.data.read_parquet(path).select_columns(["labels", "first_wrong", "step_truth"]).iter_batches(
             batch_format="pyarrow", batch_size=4096):
         for row in batch.to_pylist():
             c["rows"] += 1
