@@ -10,7 +10,6 @@ Prints a table and writes bench/results/labels.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import pyarrow.parquet as pq  # noqa: E402
 
+from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig  # noqa: E402
 from glore_ray.data import write_jsonl  # noqa: E402
 from glore_ray.organism import generate  # noqa: E402
@@ -82,11 +82,7 @@ def main() -> None:
                 "efficient_vs_exhaustive_agreement": round(sum(a == b for a, b in pairs) / len(pairs), 4),
                 "token_ratio_efficient_vs_exhaustive": round(
                     results["efficient_generated_tokens"] / results["exhaustive_generated_tokens"], 4)}
-    width = max(map(len, results))
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))
-    out = ROOT / "bench" / "results" / "labels.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    publish("labels", results)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ core-count or workload difference.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import sys
@@ -30,6 +29,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
+from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig, TrainConfig  # noqa: E402
 from glore_ray.objectives import encode_row  # noqa: E402
 from glore_ray.organism import generate  # noqa: E402
@@ -100,11 +100,7 @@ def main() -> None:
         "ratio_ray_ddp_vs_bare": round(per_worker["ray_ddp"] / bare, 3),
         "ratio_ray_deepspeed_1_worker_vs_bare": round(per_worker["ray_zero2_1_worker"] / bare, 3),
     }
-    width = max(map(len, results))
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))
-    out = ROOT / "bench" / "results" / "train.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    publish("train", results)
 
 
 if __name__ == "__main__":

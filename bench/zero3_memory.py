@@ -7,7 +7,6 @@ Prints a table and writes bench/results/zero3_memory.json (no GPU needed).
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results_table import publish  # noqa: E402
 from glore_ray.config import load_config  # noqa: E402
 from glore_ray.memory_plan import LLAMA2_13B, zero3_model_states_gib  # noqa: E402
 
@@ -27,7 +27,5 @@ for name, offload in [("no_offload", {}), ("offload_optimizer", {"offload_optimi
     results[f"{name}.cpu_gib"] = round(plan["cpu_gib"], 2)
 results["gpus"] = cfg.num_workers
 results["total_params"] = LLAMA2_13B.total_params
-width = max(map(len, results))
 print("LLaMA-2 13B, ZeRO-3, zero.Init, 8 GPUs per node: model states (DeepSpeed estimator)")
-print("\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))
-(ROOT / "bench" / "results" / "zero3_memory.json").write_text(json.dumps(results, indent=2) + "\n")
+publish("zero3_memory", results)

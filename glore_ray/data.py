@@ -131,6 +131,15 @@ class Quarantine:
                 f"first: {self.records[0]}")
 
 
+def filesystem_for(path: str):
+    """The pyarrow filesystem of a local path or URI, and the path within it (absolute if local)."""
+    from pyarrow import fs  # lazy: pyarrow is heavy
+
+    if _is_uri(path):
+        return fs.FileSystem.from_uri(path)
+    return fs.LocalFileSystem(), str(Path(path).resolve())
+
+
 @contextmanager
 def open_text(path: str) -> Iterator[TextIO]:
     """Open a local path or a URI (s3://, gs://, file://, ... as pyarrow.fs understands them,
@@ -197,12 +206,8 @@ def iter_problems_parquet(path: str, quarantine: Quarantine) -> Iterator[Problem
     """Stream our problems layout from a Parquet file, one row group batch at a time; a bad row is
     quarantined with its 1-based row number as its line."""
     import pyarrow.parquet as pq
-    from pyarrow import fs
 
-    if _is_uri(path):
-        filesystem, target = fs.FileSystem.from_uri(path)
-    else:
-        filesystem, target = fs.LocalFileSystem(), str(Path(path).resolve())
+    filesystem, target = filesystem_for(path)
     with filesystem.open_input_file(target) as source:
         row_no = 0
         for batch in pq.ParquetFile(source).iter_batches(batch_size=4096):

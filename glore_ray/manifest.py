@@ -7,6 +7,8 @@ import hashlib
 import json
 from typing import Any
 
+from glore_ray.data import filesystem_for
+
 MANIFEST = "manifest.json"
 
 
@@ -20,7 +22,7 @@ def input_fingerprint(path: str) -> str:
     times): cheap on object stores, and it changes whenever an input is rewritten."""
     from pyarrow import fs
 
-    filesystem, root = fs.FileSystem.from_uri(path) if "://" in path else (fs.LocalFileSystem(), path)
+    filesystem, root = filesystem_for(path)
     info = filesystem.get_file_info(root)
     if info.type == fs.FileType.NotFound:
         raise FileNotFoundError(f"input not found: {path}")
@@ -39,12 +41,7 @@ def write_manifest(out_dir: str, stage: str, config: Any, inputs: dict[str, str]
 
 
 def write_text(path: str, text: str) -> None:
-    from pyarrow import fs
-
-    if "://" in path:
-        filesystem, target = fs.FileSystem.from_uri(path)
-    else:
-        filesystem, target = fs.LocalFileSystem(), path
+    filesystem, target = filesystem_for(path)
     filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(target) as sink:
         sink.write(text.encode())

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from glore_ray.config import EngineConfig, EnginePoolConfig, GloreConfig
-from glore_ray.data import Problem, Quarantine, load_problems
+from glore_ray.data import Problem, Quarantine, filesystem_for, load_problems
 from glore_ray.engines import Sampling, make_engine
 from glore_ray.labels import (
     SormLabeller,
@@ -188,9 +188,8 @@ def _stage_counters(out_dir: str):
 
 def _write_parquet(path: str, rows: list[dict]) -> None:
     import pyarrow.parquet as pq
-    from pyarrow import fs
 
-    filesystem, target = fs.FileSystem.from_uri(path) if "://" in path else (fs.LocalFileSystem(), path)
+    filesystem, target = filesystem_for(path)
     filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
     pq.write_table(pa.Table.from_pylist(rows), target, filesystem=filesystem)
 
@@ -418,6 +417,6 @@ def _labelled_row(row: dict):
 def _exists(path: str) -> bool:
     from pyarrow import fs
 
-    filesystem, target = fs.FileSystem.from_uri(path) if "://" in path else (fs.LocalFileSystem(), path)
+    filesystem, target = filesystem_for(path)
     return filesystem.get_file_info(target).type != fs.FileType.NotFound
 
