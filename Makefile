@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/glore demo --config cluster/configs/tiny-cpu.yaml --out runs/demo
+	$(BIN)/glore pipeline --config cluster/configs/tiny-cpu.yaml --out runs/demo
 
 test: install
 	$(BIN)/python -m pytest

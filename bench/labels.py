@@ -32,7 +32,7 @@ from glore_ray.stages import run_labels, run_rollouts  # noqa: E402
 
 
 def trained_policy(path: Path, cfg: GloreConfig) -> str:
-    from glore_ray.demo import build_tiny_policy, train_policy_local, write_split
+    from glore_ray.single_process import build_tiny_policy, train_policy_local, write_split
 
     if not (path / "config.json").is_file():
         work = path.parent / "policy-work"

@@ -55,14 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     _verb(verbs, "sample", "sample and grade solutions for a data file with a model",
           data="problems (GSM8K/SVAMP/our JSONL)", model="Hugging Face model folder",
           out="directory for samples.jsonl and summary.json")
-    p = _verb(verbs, "demo", "the whole job on the config: data, tiny policy, SFT, sample, grade")
-    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p = _verb(verbs, "pipeline", "every GLoRe stage on a Ray cluster, from data to the evaluation report; "
+              "finished stages are skipped, an interrupted one resumes",
+              out="run directory: one sub-directory per stage, report.json, report.md, plots")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run this stage and every later one")
     return parser
 
 
 def _connect_ray() -> None:
+    import os
+
     import ray
 
+    # Ray Data's progress bars redraw thousands of lines into `ray job logs` and piped output; the
+    # stages print their own progress lines.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if not ray.is_initialized():
         ray.init()  # the cluster in RAY_ADDRESS, else a local one
 
@@ -74,37 +81,44 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"glore: config error: {e}", file=sys.stderr)
         return 2
-    from glore_ray import demo  # after parsing: `glore --help` stays instant
+    from glore_ray import single_process  # after parsing: `glore --help` stays instant
 
     if args.verb == "organism":
         cfg.data.source = "organism"
-        demo.write_split(cfg, args.split, args.out)
+        single_process.write_split(cfg, args.split, args.out)
     elif args.verb == "build-model":
-        demo.build_tiny_policy(cfg, args.data, args.out)
+        single_process.build_tiny_policy(cfg, args.data, args.out)
     elif args.verb == "sft":
-        demo.train_policy_local(cfg, args.data, args.model, args.out)
+        single_process.train_policy_local(cfg, args.data, args.model, args.out)
     elif args.verb == "train":
         from glore_ray.trainer import fit
 
         _connect_ray()
         fit(args.objective, cfg.training(args.objective), args.data, args.model, args.out,
-            f"{cfg.run_name}-{args.objective}", demo.echo)
+            f"{cfg.run_name}-{args.objective}", single_process.echo)
     elif args.verb in ("rollouts", "label", "pairs"):
         from glore_ray import stages
 
         _connect_ray()
         if args.verb == "rollouts":
-            stages.run_rollouts(cfg, args.data, args.model, args.out, demo.echo)
+            stages.run_rollouts(cfg, args.data, args.model, args.out, single_process.echo)
         elif args.verb == "label":
             if args.mode:
                 cfg.labels.mode = args.mode
-            stages.run_labels(cfg, args.kind, args.data, args.model, args.out, demo.echo)
+            stages.run_labels(cfg, args.kind, args.data, args.model, args.out, single_process.echo)
         else:
-            stages.run_pairs(args.data, args.sorm, args.out, demo.echo)
+            stages.run_pairs(args.data, args.sorm, args.out, single_process.echo)
     elif args.verb == "sample":
-        demo.evaluate_policy(cfg, args.data, args.model, args.out)
-    elif args.verb == "demo":
-        demo.run_demo(cfg, args.out)
+        single_process.evaluate_policy(cfg, args.data, args.model, args.out)
+    elif args.verb == "pipeline":
+        from glore_ray.pipeline import run_pipeline
+
+        _connect_ray()
+        try:
+            run_pipeline(cfg, args.out, args.from_stage, single_process.echo)
+        except ValueError as e:
+            print(f"glore: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -77,8 +77,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A tiny Llama built from scratch (the organism's policy and, later, its reward models)."""
+    """The policy's starting point: a pretrained Hugging Face folder, or a tiny Llama built from
+    scratch (the model organism's) when `pretrained` is empty."""
 
+    pretrained: str = ""
+    """A Hugging Face model folder every node can read (e.g. LLaMA-2 13B on shared storage)."""
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -101,7 +104,7 @@ class ModelConfig:
 class TrainConfig:
     """One supervised fine-tuning run (causal LM, loss on target tokens only)."""
 
-    steps: int = 1200
+    steps: int = 300
     """Optimizer steps."""
     batch_size: int = 32
     """Examples per step (per worker); a tiny model learns more per token from small batches."""
@@ -157,6 +160,10 @@ class TrainConfig:
         _check(self.log_every > 0, f"{key}.log_every", "must be > 0")
 
 
+_FINE_TUNE = TrainConfig(steps=80, lr=1e-3, warmup_steps=10, log_every=20)
+"""The reward models' and refiners' default: a short run from the trained policy."""
+
+
 @dataclass
 class EngineConfig:
     """The generation engine: vLLM (GPU or CPU build) or transformers `generate`."""
@@ -198,22 +205,6 @@ class SamplingConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Sampling-based evaluation of a policy on the test split."""
-
-    n_problems: int = 500
-    """Test problems to evaluate (the first n of the split)."""
-    k: int = 8
-    """Samples per problem for per-sample accuracy and pass@k."""
-    temperature: float = 1.0
-
-    def validate(self, key: str) -> None:
-        _check(self.n_problems > 0, f"{key}.n_problems", "must be > 0")
-        _check(self.k >= 1, f"{key}.k", "must be >= 1")
-        _check(self.temperature > 0, f"{key}.temperature", "must be > 0 (greedy is always measured)")
-
-
-@dataclass
 class EnginePoolConfig:
     """The engine replicas of a Ray Data stage: an actor pool, one engine per replica."""
 
@@ -230,6 +221,55 @@ class EnginePoolConfig:
         _check(self.cpus_per_replica > 0, f"{key}.cpus_per_replica", "must be > 0")
         _check(self.gpus_per_replica >= 0, f"{key}.gpus_per_replica", "must be >= 0")
         _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on the test split: the policy's samples, the reward models and the refinement
+    ensemble (one model server per model, `pool.replicas` of each)."""
+
+    n_problems: int = 500
+    """Test problems to evaluate (the first n of the split)."""
+    k: int = 3
+    """Samples per problem: per-sample accuracy, pass@k and the ORM-reranked best-of-k baseline."""
+    temperature: float = 1.0
+    always_refine: bool = True
+    """Refine every draft, as the paper's main table does; else only drafts the ORM scores below
+    `orm_threshold`."""
+    orm_threshold: float = 0.5
+    step_threshold: float = 0.5
+    """The first step whose value is below this is where the local refiner starts."""
+    pool: EnginePoolConfig = field(default_factory=lambda: EnginePoolConfig(cpus_per_replica=0.25, batch_size=64))
+    """Resources of each of the five model servers; batch_size is questions per ensemble call."""
+
+    def validate(self, key: str) -> None:
+        _check(self.n_problems > 0, f"{key}.n_problems", "must be > 0")
+        _check(self.k >= 1, f"{key}.k", "must be >= 1")
+        _check(self.temperature > 0, f"{key}.temperature", "must be > 0 (greedy is always measured)")
+        for name in ("orm_threshold", "step_threshold"):
+            _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")
+        self.pool.validate(f"{key}.pool")
+
+
+@dataclass
+class ExpertIterationConfig:
+    """Rounds of: sample K solutions per training question, keep the correct ones (de-duplicated),
+    fine-tune the policy on them together with the gold solutions."""
+
+    rounds: int = 1
+    k: int = 4
+    temperature: float = 1.0
+    max_questions: int = 2000
+    """Training questions sampled per round (the first n); 0 uses all."""
+    steps: int = 200
+    """SFT steps per round, continuing from the current policy (the other settings are `policy`'s)."""
+
+    def validate(self, key: str) -> None:
+        _check(self.rounds >= 0, f"{key}.rounds", "must be >= 0")
+        _check(self.k >= 1, f"{key}.k", "must be >= 1")
+        _check(self.temperature > 0, f"{key}.temperature", "must be > 0: greedy samples are all alike")
+        _check(self.max_questions >= 0, f"{key}.max_questions", "must be >= 0")
+        _check(self.steps >= 1, f"{key}.steps", "must be >= 1")
 
 
 @dataclass
@@ -281,13 +321,14 @@ class GloreConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     policy: TrainConfig = field(default_factory=TrainConfig)
-    orm: TrainConfig = field(default_factory=TrainConfig)
-    sorm: TrainConfig = field(default_factory=TrainConfig)
-    global_refiner: TrainConfig = field(default_factory=TrainConfig)
-    local_refiner: TrainConfig = field(default_factory=TrainConfig)
+    orm: TrainConfig = field(default_factory=lambda: dataclasses.replace(_FINE_TUNE))
+    sorm: TrainConfig = field(default_factory=lambda: dataclasses.replace(_FINE_TUNE))
+    global_refiner: TrainConfig = field(default_factory=lambda: dataclasses.replace(_FINE_TUNE))
+    local_refiner: TrainConfig = field(default_factory=lambda: dataclasses.replace(_FINE_TUNE))
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    expert_iteration: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
 
@@ -303,7 +344,8 @@ class GloreConfig:
         _check(self.engine.max_model_len <= self.model.max_position_embeddings, "engine.max_model_len",
                f"{self.engine.max_model_len} exceeds model.max_position_embeddings "
                f"{self.model.max_position_embeddings}")
-        for key, pool in (("rollouts.pool", self.rollouts.pool), ("labels.pool", self.labels.pool)):
+        for key, pool in (("rollouts.pool", self.rollouts.pool), ("labels.pool", self.labels.pool),
+                          ("eval.pool", self.eval.pool)):
             # A replica holds one engine, sharded over tensor_parallel_size GPUs.
             _check(pool.gpus_per_replica == 0 or pool.gpus_per_replica >= self.engine.tensor_parallel_size,
                    f"{key}.gpus_per_replica", f"{pool.gpus_per_replica} GPUs cannot hold an engine with "

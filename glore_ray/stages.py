@@ -186,12 +186,20 @@ def _stage_counters(out_dir: str):
         ray.kill(counters)
 
 
-def _write_parquet(path: str, rows: list[dict]) -> None:
+def _write_parquet(path: str, rows: list[dict], schema: pa.Schema | None = None) -> None:
     import pyarrow.parquet as pq
 
     filesystem, target = filesystem_for(path)
     filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(pa.Table.from_pylist(rows), target, filesystem=filesystem)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), target, filesystem=filesystem)
+
+
+def write_dataset(dataset, path: str, schema: pa.Schema) -> None:
+    """`write_parquet`, plus an empty file with the schema when there is no row: Ray Data writes
+    nothing then, and the next stage must read an empty dataset, not a missing one."""
+    dataset.write_parquet(path)
+    if not _exists(path):
+        _write_parquet(f"{path}/empty.parquet", [], schema)
 
 
 def _abs(path: str) -> str:
@@ -230,10 +238,10 @@ def run_rollouts(cfg: GloreConfig, questions: str, policy: str, out_dir: str, lo
                                            top_p=cfg.sampling.top_p, max_tokens=cfg.sampling.max_tokens,
                                            seed=cfg.sampling.seed))
     with _stage_counters(out_dir) as counters, _Progress("rollouts", counters, log):
-        ray.data.read_parquet(f"{out_dir}/questions").map_batches(
+        write_dataset(ray.data.read_parquet(f"{out_dir}/questions").map_batches(
             RolloutSampler, fn_constructor_kwargs={"model": _abs(policy), "engine": dataclasses.asdict(cfg.engine),
                                                    "counters": counters, "sampling": sampling},
-            **_pool_args(cfg.rollouts.pool)).write_parquet(f"{out_dir}/data")
+            **_pool_args(cfg.rollouts.pool)), f"{out_dir}/data", ROLLOUTS_SCHEMA)
         totals = ray.get(counters.snapshot.remote())
     counts = _rollout_counts(f"{out_dir}/data") | {"quarantined": prepared["quarantined"],
                                                    "generated_tokens": totals.get("generated_tokens", 0),
@@ -265,6 +273,25 @@ def _rollout_counts(path: str) -> dict:
     return dict(counts)
 
 
+def write_expert_iteration_rows(sft_rows: str, rollouts: str, out: str) -> dict:
+    """The next expert-iteration round's SFT rows: the gold rows plus every correct unique rollout."""
+    import ray.data
+
+    def correct_rows(batch: pa.Table) -> pa.Table:
+        rows = [{"id": r["id"], "question": row["question"], "solution": r["text"]}
+                for row in batch.to_pylist() for r in row["rollouts"] if r["correct"]]
+        return pa.Table.from_pylist(rows, schema=SFT_SCHEMA)
+
+    gold = ray.data.read_json(_abs(sft_rows)).select_columns(["id", "question", "solution"])
+    samples = ray.data.read_parquet(f"{_abs(rollouts)}/data").map_batches(correct_rows, batch_format="pyarrow")
+    write_dataset(gold.union(samples), _abs(out), SFT_SCHEMA)
+    rows = ray.data.read_parquet(_abs(out)).count()
+    return {"rows": rows, "correct_samples": rows - gold.count()}
+
+
+SFT_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("solution", pa.string())])
+
+
 def _orm_rows(batch: pa.Table) -> pa.Table:
     out = []
     for row in batch.to_pylist():
@@ -291,7 +318,7 @@ def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, o
     config: dict[str, Any] = {"kind": kind}
     totals: dict = {}
     if kind == "orm":
-        source.map_batches(_orm_rows, batch_format="pyarrow").write_parquet(f"{out_dir}/data")
+        write_dataset(source.map_batches(_orm_rows, batch_format="pyarrow"), f"{out_dir}/data", ORM_SCHEMA)
     elif kind == "sorm":
         if policy is None:
             raise ValueError("SORM labels need the policy (--model) to sample continuations")
@@ -299,11 +326,11 @@ def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, o
                    "max_tokens": cfg.sampling.max_tokens}
         target = f"{out_dir}/unbalanced" if cfg.labels.balance else f"{out_dir}/data"
         with _stage_counters(out_dir) as counters, _Progress(f"sorm labels ({cfg.labels.mode})", counters, log):
-            source.map_batches(
+            write_dataset(source.map_batches(
                 SormLabelBatch, fn_constructor_kwargs={"model": _abs(policy), "engine": dataclasses.asdict(cfg.engine),
                                                        "counters": counters, "labels": dataclasses.asdict(cfg.labels),
                                                        "max_tokens": cfg.sampling.max_tokens},
-                **_pool_args(cfg.labels.pool)).write_parquet(target)
+                **_pool_args(cfg.labels.pool)), target, SORM_SCHEMA)
             totals = ray.get(counters.snapshot.remote())
         if cfg.labels.balance:
             _write_balanced(target, f"{out_dir}/data", cfg.labels.seed)
@@ -339,7 +366,7 @@ def _write_balanced(unbalanced: str, out: str, seed: int) -> None:
                 rows.append(row | {"completions": row["completions"][:n], "labels": row["labels"][:n]})
         return pa.Table.from_pylist(rows, schema=batch.schema)
 
-    ray.data.read_parquet(unbalanced).map_batches(cut, batch_format="pyarrow").write_parquet(out)
+    write_dataset(ray.data.read_parquet(unbalanced).map_batches(cut, batch_format="pyarrow"), out, SORM_SCHEMA)
 
 
 def label_counts(path: str) -> dict:
@@ -391,9 +418,10 @@ def run_pairs(rollouts: str, sorm: str, out_dir: str, log: Log = print) -> dict:
 
     sorm_rows = f"{_abs(sorm)}/unbalanced"
     sorm_rows = sorm_rows if _exists(sorm_rows) else f"{_abs(sorm)}/data"
-    ray.data.read_parquet(f"{_abs(rollouts)}/data").map_batches(global_rows, batch_format="pyarrow").write_parquet(
-        f"{out_dir}/global")
-    ray.data.read_parquet(sorm_rows).map_batches(local_rows, batch_format="pyarrow").write_parquet(f"{out_dir}/local")
+    write_dataset(ray.data.read_parquet(f"{_abs(rollouts)}/data").map_batches(global_rows, batch_format="pyarrow"),
+                  f"{out_dir}/global", GLOBAL_SCHEMA)
+    write_dataset(ray.data.read_parquet(sorm_rows).map_batches(local_rows, batch_format="pyarrow"),
+                  f"{out_dir}/local", LOCAL_SCHEMA)
     counts = {"global_pairs": ray.data.read_parquet(f"{out_dir}/global").count(),
               "local_pairs": ray.data.read_parquet(f"{out_dir}/local").count()}
     write_manifest(out_dir, "pairs", {}, {"rollouts": rollouts, "sorm": sorm}, counts)

@@ -33,6 +33,26 @@ def read_rows(path: str):
     return ray.data.read_json(path) if path.endswith((".jsonl", ".json")) else ray.data.read_parquet(path)
 
 
+def count_rows(path: str) -> int:
+    """Rows in a training data set (0 for an empty Parquet directory)."""
+    return read_rows(path).count()
+
+
+def export_untrained(objective: str, init_model: str, out: str) -> None:
+    """The model `fit` would start from, exported as the result: the initial causal LM, or for a
+    reward model its body with a new (seeded) value head."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    if objective in STEP_REWARD:
+        model = AutoModelForTokenClassification.from_pretrained(init_model, num_labels=1)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(init_model)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(init_model).save_pretrained(out)
+
+
 def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, run_name: str,
         log: Callable[[str], None] = print) -> dict:
     """Train `objective` from the Hugging Face folder `init_model` on `data`; write the result to
@@ -161,6 +181,8 @@ def train_worker(config: dict) -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         model, update = engine, DeepSpeedUpdate(engine, optimizer)
+    # DDP and DeepSpeed wrap the model; prepare_model leaves a single worker's model bare.
+    bare = getattr(model, "module", model)
 
     start_step = 0
     last = {"loss": float("nan"), "resumed_from": None}
@@ -170,7 +192,7 @@ def train_worker(config: dict) -> None:
             start_step = last["resumed_from"] = json.loads((Path(d) / META).read_text())["step"]
             if engine is None:
                 state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
-                model.module.load_state_dict(state["model"])
+                bare.load_state_dict(state["model"])
                 update.optimizer.load_state_dict(state["optimizer"])
             else:
                 engine.load_checkpoint(d, tag=DS_TAG)
@@ -188,12 +210,12 @@ def train_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if engine is None:
                 if rank == 0:
-                    torch.save({"model": model.module.state_dict(), "optimizer": update.optimizer.state_dict()},
+                    torch.save({"model": bare.state_dict(), "optimizer": update.optimizer.state_dict()},
                                Path(tmp) / "state.pt")
             else:
                 engine.save_checkpoint(tmp, tag=DS_TAG)
             if export:
-                _export(model, engine, tokenizer, Path(tmp) / EXPORT, rank)
+                _export(bare, engine, tokenizer, Path(tmp) / EXPORT, rank)
             if rank == 0:
                 (Path(tmp) / META).write_text(json.dumps({"step": step, "objective": objective, **last}))
             metrics = {"step": step, "skipped_long": skipped[0], **last}
@@ -209,7 +231,7 @@ def train_worker(config: dict) -> None:
     save(cfg.steps, export=True)
 
 
-def _export(model, engine, tokenizer, out: Path, rank: int) -> None:
+def _export(bare, engine, tokenizer, out: Path, rank: int) -> None:
     """Hugging Face folder (safetensors) of the trained model; under ZeRO-3 the 16-bit weights are
     gathered from all ranks (every rank must call this)."""
     import torch
@@ -221,7 +243,6 @@ def _export(model, engine, tokenizer, out: Path, rank: int) -> None:
                 state = torch.load(Path(tmp) / "consolidated.bin", map_location="cpu", weights_only=True)
                 engine.module.save_pretrained(out, state_dict=state, safe_serialization=True)
     elif rank == 0:
-        module = model.module
-        module.save_pretrained(out, safe_serialization=True)
+        bare.save_pretrained(out, safe_serialization=True)
     if rank == 0:
         tokenizer.save_pretrained(out)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from glore_ray.config import GloreConfig, TrainConfig
-from glore_ray.demo import encode_problems
+from glore_ray.single_process import encode_problems
 from glore_ray.organism import generate
 from glore_ray.prompts import solve_prompt
 from glore_ray.sft import IGNORE, ExampleTooLong, causal_lm_batch_loss, causal_lm_loss, collate, encode_example

@@ -1,6 +1,5 @@
-"""The foundation's end-to-end job, in one process: problems -> tiny policy -> SFT -> sample with
-the engine -> grade -> table. Each step is a function the CLI also exposes on its own.
-"""
+"""Single-process building blocks behind the CLI's verbs and the pipeline's first stages: data
+splits, the tiny policy, local SFT, and sampling a policy's solutions with a table."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from glore_ray.config import GloreConfig, TrainConfig, config_to_dict
+from glore_ray.config import GloreConfig, TrainConfig
 from glore_ray.data import Problem, Quarantine, load_problems, write_jsonl
 from glore_ray.organism import generate
 from glore_ray.prompts import solve_prompt
@@ -60,6 +59,17 @@ def write_split(cfg: GloreConfig, split: str, out: str, log: Log = echo) -> int:
     count = write_jsonl(out, (p.to_row() for p in problems_for_split(cfg, split, quarantine)))
     log(f"{split}: {count} problems -> {out}")
     report_quarantine(quarantine, f"{out}.quarantine.jsonl", log)
+    return count
+
+
+def write_sft_rows(problems_path: str, out: str) -> int:
+    """The policy's SFT rows (id, question, solution: the gold steps), streamed from a problems file
+    that the data stage already validated."""
+    quarantine = Quarantine()
+    count = write_jsonl(out, ({"id": p.id, "question": p.question, "solution": p.solution()}
+                              for p in load_problems(problems_path, quarantine=quarantine)))
+    if quarantine:
+        raise ValueError(f"{problems_path}: {quarantine.summary()} in a file the data stage wrote")
     return count
 
 
@@ -134,19 +144,4 @@ def evaluate_policy(cfg: GloreConfig, test_data: str, model_dir: str, out_dir: s
     write_jsonl(str(out / "samples.jsonl"), (s.to_row() for s in samples))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log(summary_table(summary, f"{cfg.run_name}: policy on {test_data} ({engine.name} engine)"))
-    return summary
-
-
-def run_demo(cfg: GloreConfig, out_dir: str, log: Log = echo) -> dict:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
-    t0 = time.perf_counter()
-    train, test = str(out / "data" / "train.jsonl"), str(out / "data" / "test.jsonl")
-    write_split(cfg, "train", train, log)
-    write_split(cfg, "test", test, log)
-    init = build_tiny_policy(cfg, train, str(out / "policy-init"), log)
-    policy = train_policy_local(cfg, train, init, str(out / "policy"), log)
-    summary = evaluate_policy(cfg, test, policy, str(out / "eval"), log)
-    log(f"demo finished in {time.perf_counter() - t0:.0f} s; artifacts in {out}")
     return summary

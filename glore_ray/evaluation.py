@@ -1,0 +1,203 @@
+"""The evaluation stage: the policy, both reward models and the refinement ensemble on the test split.
+
+Each of the five models runs in its own actor (a model server with its own CPUs/GPUs from
+`eval.pool`, `pool.replicas` sets of them); the driver streams the test questions in batches and
+runs the same `RefinementEnsemble` the Serve app runs, with the actors behind the engine and
+scorer interfaces. Per batch: a greedy draft and k samples per question, both reward models'
+step values on all of them, then the ensemble twice (where = SORM, where = ORM). Every question's
+record goes to `decisions.jsonl`; `report.build_report` turns them into the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from glore_ray.config import GloreConfig
+from glore_ray.data import Problem, Quarantine, load_problems
+from glore_ray.engines import Engine, Generation, Sampling
+from glore_ray.ensemble import EnsembleSettings, RefinementEnsemble, StepScorer
+from glore_ray.grading import is_correct, split_steps
+from glore_ray.organism import check_solution, is_organism_problem
+from glore_ray.prompts import solve_prompt
+
+Log = Callable[[str], None]
+GENERATORS = ("policy", "global_refiner", "local_refiner")
+SCORERS = ("orm", "sorm")
+
+
+class ModelServer:
+    """One model in an actor: a generation engine (`make_engine`) or a step scorer (an ORM/SORM)."""
+
+    def __init__(self, model_dir: str, kind: str, engine: dict):
+        from glore_ray.config import EngineConfig
+
+        if kind == "scorer":
+            from glore_ray.reward_models import HFStepScorer
+
+            self.model = HFStepScorer(model_dir)
+        else:
+            from glore_ray.engines import make_engine
+
+            self.model = make_engine(model_dir, EngineConfig(**engine))
+
+    def name(self) -> str:
+        return getattr(self.model, "name", "scorer")
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+        return self.model.generate(prompts, sampling)
+
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        return self.model.score(questions, steps)
+
+
+class ActorEngine:
+    """The Engine interface over a ModelServer actor."""
+
+    def __init__(self, handle):
+        import ray
+
+        self.handle = handle
+        self.name = ray.get(handle.name.remote())
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+        import ray
+
+        return ray.get(self.handle.generate.remote(list(prompts), sampling))
+
+
+class ActorScorer:
+    """The StepScorer interface over a ModelServer actor."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        import ray
+
+        return ray.get(self.handle.score.remote(list(questions), [list(s) for s in steps]))
+
+
+@dataclasses.dataclass
+class EnsembleModels:
+    policy: Engine
+    global_refiner: Engine
+    local_refiner: Engine
+    orm: StepScorer
+    sorm: StepScorer
+
+    def stop(self) -> None:
+        import ray
+
+        for model in vars(self).values():
+            ray.kill(model.handle)
+
+    def ensemble(self, settings: EnsembleSettings) -> RefinementEnsemble:
+        return RefinementEnsemble(self.policy, self.global_refiner, self.local_refiner, self.orm, self.sorm, settings)
+
+
+def start_model_servers(cfg: GloreConfig, models: dict[str, str]) -> EnsembleModels:
+    """One actor per model with `eval.pool`'s resources; the five load in parallel."""
+    import ray
+
+    pool = cfg.eval.pool
+    server = ray.remote(ModelServer).options(num_cpus=pool.cpus_per_replica, num_gpus=pool.gpus_per_replica)
+    engine = dataclasses.asdict(cfg.engine)
+    handles = {name: server.remote(path, "scorer" if name in SCORERS else "engine", engine)
+               for name, path in models.items()}
+    return EnsembleModels(**{name: (ActorScorer if name in SCORERS else ActorEngine)(h) for name, h in handles.items()})
+
+
+def _grade(problem: Problem, text: str) -> tuple[bool, int | None]:
+    """Correctness, and the exact first wrong step on the model organism (None elsewhere)."""
+    correct = is_correct(text, problem.gold)
+    first_wrong = check_solution(problem, text).first_wrong if is_organism_problem(problem) else None
+    return correct, first_wrong
+
+
+def _orm_best(scores: list[list[float]]) -> int:
+    """Index of the solution with the highest final ORM value (the first on ties)."""
+    finals = [v[-1] if v else 0.0 for v in scores]
+    return max(range(len(finals)), key=lambda i: (finals[i], -i))
+
+
+def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: GloreConfig) -> list[dict]:
+    """The records of a batch of test problems (see the module docstring)."""
+    ev, max_tokens = cfg.eval, cfg.sampling.max_tokens
+    prompts = [solve_prompt(p.question) for p in problems]
+    questions = [p.question for p in problems]
+    greedy = models.policy.generate(prompts, Sampling(n=1, temperature=0.0, max_tokens=max_tokens))
+    sampled = models.policy.generate(prompts, Sampling(n=ev.k, temperature=ev.temperature, top_p=cfg.sampling.top_p,
+                                                       max_tokens=max_tokens, seed=cfg.sampling.seed))
+    drafts = [g.completions[0].text for g in greedy]
+    texts = [[d] + [c.text for c in g.completions] for d, g in zip(drafts, sampled, strict=True)]
+    flat_q = [q for q, ts in zip(questions, texts) for _ in ts]
+    flat_steps = [split_steps(t) for ts in texts for t in ts]
+    values = {m: iter(getattr(models, m).score(flat_q, flat_steps)) for m in SCORERS}
+
+    settings = EnsembleSettings(orm_threshold=ev.orm_threshold, always_refine=ev.always_refine,
+                                step_threshold=ev.step_threshold, where="sorm", max_tokens=max_tokens)
+    by_sorm = models.ensemble(settings).solve(questions, drafts)
+    by_orm = models.ensemble(dataclasses.replace(settings, where="orm")).solve(questions, drafts)
+
+    records = []
+    for problem, solutions, d_sorm, d_orm in zip(problems, texts, by_sorm, by_orm, strict=True):
+        scored = []
+        for text in solutions:
+            correct, first_wrong = _grade(problem, text)
+            scored.append({"text": text, "correct": correct, "first_wrong": first_wrong,
+                           "orm": next(values["orm"]), "sorm": next(values["sorm"])})
+
+        def right(text: str | None, draft_ok: bool = scored[0]["correct"]) -> bool:
+            return draft_ok if text is None else is_correct(text, problem.gold)  # no candidate: the draft stands
+
+        samples = scored[1:]
+        correct = {"draft": scored[0]["correct"],
+                   "best_of_k": samples[_orm_best([s["orm"] for s in samples])]["correct"],
+                   "global": right(d_sorm.global_), "local": right(d_sorm.local), "local_orm": right(d_orm.local),
+                   "chosen": right(d_sorm.candidate(d_sorm.chosen))}
+        records.append({"id": problem.id, "question": problem.question, "answer": problem.answer,
+                        "step_truth": is_organism_problem(problem), "solutions": scored, "correct": correct,
+                        "decision": d_sorm.to_row(), "local_orm": d_orm.local,
+                        "orm_first_bad_step": d_orm.first_bad_step})
+    return records
+
+
+def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_dir: str, report_dir: str,
+                   log: Log = print) -> dict:
+    """Evaluate on the first `eval.n_problems` test problems; writes `stage_dir/decisions.jsonl` and
+    the report (report.json, report.md, plots) under `report_dir`. Returns counts for the manifest."""
+    from glore_ray.report import build_report, write_report
+
+    t0 = time.perf_counter()
+    quarantine = Quarantine()
+    problems = itertools.islice(load_problems(test, quarantine=quarantine), cfg.eval.n_problems)
+    replicas = [start_model_servers(cfg, models) for _ in range(cfg.eval.pool.replicas)]
+    log(f"evaluate: {5 * len(replicas)} model servers up in {time.perf_counter() - t0:.0f} s")
+    batches = iter(lambda: list(itertools.islice(problems, cfg.eval.pool.batch_size)), [])
+    records: list[dict] = []
+    decisions = Path(stage_dir) / "decisions.jsonl"
+    try:
+        with decisions.open("w") as sink, ThreadPoolExecutor(len(replicas)) as threads:
+            # One batch in flight per replica set; results are written in input order.
+            while window := [threads.submit(evaluate_batch, m, b, cfg) for m, b in zip(replicas, batches)]:
+                for future in window:
+                    for record in future.result():
+                        sink.write(json.dumps(record) + "\n")
+                        records.append(record)
+                log(f"evaluate: {len(records)} questions, {time.perf_counter() - t0:.0f} s")
+    finally:
+        for models_set in replicas:
+            models_set.stop()
+    if quarantine:
+        raise ValueError(f"{test}: {quarantine.summary()} in a file the data stage wrote")
+    settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold")}
+    report = build_report(records, cfg.eval.k, settings, cfg.run_name)
+    files = write_report(report, report_dir)
+    log(f"evaluate: report -> {', '.join(str(f) for f in files)}")
+    return {"questions": len(records), "wall_s": round(time.perf_counter() - t0, 1)}
