@@ -1,7 +1,7 @@
 """Step labels on the model organism: cost of exhaustive vs efficient SORM labelling, and the
 quality of ORM and SORM labels against the exact checker, in one run on a local Ray cluster.
 
-    .venv/bin/python bench/labels.py [--policy runs/demo/policy] [--questions 120]
+    .venv/bin/python bench/labels.py [--policy runs/demo/policy/model] [--questions 120]
 
 Without a trained policy at --policy, one is trained first with the tiny-cpu settings (~10 min).
 Prints a table and writes bench/results/labels.json.
@@ -44,7 +44,7 @@ def trained_policy(path: Path, cfg: GloreConfig) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--policy", default=str(ROOT / "runs" / "demo" / "policy"))
+    parser.add_argument("--policy", default=str(ROOT / "runs" / "demo" / "policy" / "model"))
     parser.add_argument("--questions", type=int, default=120)
     args = parser.parse_args()
     import ray

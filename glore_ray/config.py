@@ -127,6 +127,9 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     """0 trains on CPU (gloo); 1 gives each worker a GPU (nccl)."""
+    torch_threads: int = 2
+    """Intra-op threads per worker; 0 keeps Ray's default (one per reserved CPU). More than the
+    reserved CPUs speeds up CPU training on a node that is otherwise idle while it trains."""
     bf16: bool | None = None
     """bfloat16 mixed precision under DeepSpeed; None: on when the GPU supports it."""
     activation_checkpointing: bool = False
@@ -147,6 +150,7 @@ class TrainConfig:
         _check(self.num_workers >= 1, f"{key}.num_workers", "must be >= 1")
         _check(self.cpus_per_worker > 0, f"{key}.cpus_per_worker", "must be > 0")
         _check(self.gpus_per_worker >= 0, f"{key}.gpus_per_worker", "must be >= 0")
+        _check(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
         _check(self.checkpoint_every > 0, f"{key}.checkpoint_every", "must be > 0")
         _check(not self.offload_params or self.strategy == "zero3", f"{key}.offload_params",
                "parameter offload needs strategy zero3")
@@ -160,7 +164,7 @@ class TrainConfig:
         _check(self.log_every > 0, f"{key}.log_every", "must be > 0")
 
 
-_FINE_TUNE = TrainConfig(steps=80, lr=1e-3, warmup_steps=10, log_every=20)
+_FINE_TUNE = TrainConfig(steps=60, batch_size=16, lr=1e-3, warmup_steps=10, log_every=20, checkpoint_every=30, torch_threads=2)
 """The reward models' and refiners' default: a short run from the trained policy."""
 
 
@@ -228,7 +232,7 @@ class EvalConfig:
     """Evaluation on the test split: the policy's samples, the reward models and the refinement
     ensemble (one model server per model, `pool.replicas` of each)."""
 
-    n_problems: int = 500
+    n_problems: int = 100
     """Test problems to evaluate (the first n of the split)."""
     k: int = 3
     """Samples per problem: per-sample accuracy, pass@k and the ORM-reranked best-of-k baseline."""
@@ -259,9 +263,9 @@ class ExpertIterationConfig:
     rounds: int = 1
     k: int = 4
     temperature: float = 1.0
-    max_questions: int = 2000
+    max_questions: int = 200
     """Training questions sampled per round (the first n); 0 uses all."""
-    steps: int = 200
+    steps: int = 40
     """SFT steps per round, continuing from the current policy (the other settings are `policy`'s)."""
 
     def validate(self, key: str) -> None:
@@ -278,7 +282,7 @@ class RolloutConfig:
 
     k: int = 8
     temperature: float = 1.0
-    max_questions: int = 0
+    max_questions: int = 120
     """Use the first n questions of the input; 0 uses all."""
     pool: EnginePoolConfig = field(default_factory=EnginePoolConfig)
 

@@ -202,12 +202,12 @@ def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None, 
     from glore_ray.config import config_to_dict
 
     out = Path(out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
     all_stages = build_stages(cfg, str(out), log)
     names = [s.name for s in all_stages]
     if from_stage is not None and from_stage not in names:
         raise ValueError(f"--from {from_stage!r}: not a stage of this config; stages: {', '.join(names)}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
     forced = names[names.index(from_stage):] if from_stage else []
     progress = PipelineProgress(out, names, log)
     for stage in all_stages:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -154,6 +155,8 @@ def train_worker(config: dict) -> None:
     objective, cfg, init_model = config["objective"], TrainConfig(**config["cfg"]), config["init_model"]
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(cfg.seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     on_gpu = torch.cuda.is_available() and cfg.gpus_per_worker > 0
     bf16 = (on_gpu and torch.cuda.is_bf16_supported()) if cfg.bf16 is None else cfg.bf16
     ds_config = deepspeed_config(cfg, bf16) if cfg.strategy != "ddp" else None
@@ -203,8 +206,11 @@ def train_worker(config: dict) -> None:
         last.setdefault("first_loss", log.loss)
         last.update(loss=log.loss, lr=log.lr, tokens_per_s=log.tokens_per_s)
         if rank == 0:
-            print(f"{objective} step {log.step}/{cfg.steps}  loss {log.loss:.4f}  lr {log.lr:.2e}  "
-                  f"{log.tokens_per_s:,.0f} tok/s/worker", flush=True)
+            # Not print(): Ray Train's patched print logs the line and also tees it to stdout, so
+            # every line would reach the driver twice.
+            sys.stdout.write(f"{objective} step {log.step}/{cfg.steps}  loss {log.loss:.4f}  lr {log.lr:.2e}  "
+                             f"{log.tokens_per_s:,.0f} tok/s/worker\n")
+            sys.stdout.flush()
 
     def save(step: int, export: bool) -> None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,105 @@
+"""`glore pipeline` end to end on a miniature config: every stage on a local Ray cluster, the report,
+then a re-run that skips every finished stage, resumes an interrupted training stage from its
+Ray Train checkpoint and re-runs the stage whose config changed.
+
+The miniature uses the transformers engine: vLLM's start (~45 s per stage here) is covered by
+test_stages and test_engines, and this test is about the pipeline's mechanics.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from glore_ray.cli import main
+
+MINIATURE = ["data.organism.n_train=300", "data.organism.n_test=20", "engine.backend=hf", "sampling.max_tokens=48",
+             "policy.steps=6", "policy.warmup_steps=1", "policy.batch_size=16", "policy.log_every=3",
+             "expert_iteration.max_questions=8", "expert_iteration.k=2", "expert_iteration.steps=2",
+             "rollouts.max_questions=8", "rollouts.k=3", "labels.k=2", "eval.n_problems=8",
+             *[f"{m}.{key}" for m in ("orm", "sorm", "global_refiner", "local_refiner")
+               for key in ("steps=4", "warmup_steps=1", "checkpoint_every=2")]]
+STAGES = ["data", "init_model", "policy", "expert_iteration_1_samples", "expert_iteration_1_rows",
+          "expert_iteration_1", "rollouts", "orm_labels", "sorm_labels", "orm", "sorm", "pairs",
+          "global_refiner", "local_refiner", "evaluate"]
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(ray_module, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    assert main(["pipeline", "--out", str(out), *_sets(MINIATURE)]) == 0
+    return out
+
+
+def _manifest(out, stage: str) -> dict:
+    return json.loads((out / stage / "manifest.json").read_text())
+
+
+def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -> None:
+    out = pipeline_run
+    states = json.loads((out / "pipeline.json").read_text())["stages"]
+    assert list(states) == STAGES and all(s["state"] == "done" for s in states.values())
+    for stage in STAGES:
+        manifest = _manifest(out, stage)
+        assert manifest["stage"] == stage and manifest["counts"]["wall_s"] >= 0
+    assert _manifest(out, "rollouts")["counts"]["questions"] == 8
+    assert _manifest(out, "expert_iteration_1_rows")["counts"]["rows"] >= 300  # the gold rows and more
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_test"] == 8 and report["k"] == 3
+    for model in ("orm", "sorm"):
+        for metric in ("step_accuracy", "final_accuracy"):
+            assert 0.0 <= report["reward_models"][model][metric] <= 1.0
+    for method in ("greedy", "best_of_3", "global", "local", "local_orm", "global_local_rerank", "oracle"):
+        row = report["refinement"][method]
+        assert 0.0 <= row["ci95_low"] <= row["accuracy"] <= row["ci95_high"] <= 1.0
+    # The oracle is right whenever the draft or a refinement is.
+    assert report["refinement"]["oracle"]["accuracy"] >= max(
+        report["refinement"][m]["accuracy"] for m in ("greedy", "global", "local"))
+    # A refiner with no pairs to learn from is kept untrained, and the report says so.
+    pairs = _manifest(out, "pairs")["counts"]
+    for refiner, kind in (("global_refiner", "global_pairs"), ("local_refiner", "local_pairs")):
+        untrained = bool(_manifest(out, refiner)["counts"].get("untrained"))
+        assert untrained == (pairs[kind] == 0)
+        assert any(w.startswith(refiner) for w in report.get("warnings", [])) == untrained
+
+    decisions = [json.loads(line) for line in (out / "evaluate" / "decisions.jsonl").read_text().splitlines()]
+    assert len(decisions) == 8 and all(d["decision"]["refined"] for d in decisions)  # always_refine
+    assert all(len(d["solutions"]) == 1 + 3 for d in decisions)
+    md = (out / "report.md").read_text()
+    assert "| SORM |" in md and "| global + local + ORM rerank |" in md
+    for plot in ("calibration.png", "refinement.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_skips_finished_stages_resumes_an_interrupted_one_and_reruns_a_changed_one(
+        pipeline_run, capsys) -> None:
+    out = pipeline_run
+    before = {stage: (out / stage / "manifest.json").stat().st_mtime_ns for stage in STAGES}
+    # The ORM's training was interrupted after its checkpoints (no manifest, no exported model), and
+    # the evaluation's config changed.
+    (out / "orm" / "manifest.json").unlink()
+    shutil.rmtree(out / "orm" / "model")
+    capsys.readouterr()
+    assert main(["pipeline", "--out", str(out), *_sets(MINIATURE + ["eval.n_problems=5"])]) == 0
+    printed = capsys.readouterr().out
+
+    assert "== [10/15] orm: resuming" in printed
+    assert _manifest(out, "orm")["counts"]["resumed_from"] == 4  # the final checkpoint: no step redone
+    assert "== [15/15] evaluate: running" in printed
+    assert json.loads((out / "report.json").read_text())["n_test"] == 5
+    for stage in STAGES:
+        if stage not in ("orm", "evaluate"):
+            assert f"{stage}: up to date, skipped" in printed
+            assert (out / stage / "manifest.json").stat().st_mtime_ns == before[stage]
+
+
+def test_from_names_an_unknown_stage(pipeline_run, capsys) -> None:
+    assert main(["pipeline", "--out", str(pipeline_run), "--from", "sorm-labels", *_sets(MINIATURE)]) == 2
+    assert "--from 'sorm-labels': not a stage of this config; stages: data, init_model" in capsys.readouterr().err
