@@ -164,7 +164,7 @@ class TrainConfig:
         _check(self.log_every > 0, f"{key}.log_every", "must be > 0")
 
 
-_FINE_TUNE = TrainConfig(steps=60, batch_size=16, lr=1e-3, warmup_steps=10, log_every=20, checkpoint_every=30, torch_threads=2)
+_FINE_TUNE = TrainConfig(steps=60, batch_size=16, lr=1e-3, warmup_steps=10, log_every=20, checkpoint_every=30)
 """The reward models' and refiners' default: a short run from the trained policy."""
 
 

@@ -47,8 +47,8 @@ def _asdict(cfg: GloreConfig, *sections: str) -> dict:
     return {name: dataclasses.asdict(getattr(cfg, name)) for name in sections}
 
 
-def _train_stage(name: str, objective: str, cfg: GloreConfig, rows: str, init: str, out: str,
-                 train_cfg=None, log: Log = print) -> Stage:
+def _train_stage(name: str, objective: str, cfg: GloreConfig, rows: str, init: str, log: Log,
+                 train_cfg=None) -> Stage:
     from glore_ray.trainer import count_rows, export_untrained, fit
 
     train_cfg = train_cfg or cfg.training(objective)
@@ -73,12 +73,6 @@ def model_dir(out: str, stage: str) -> str:
     return f"{out}/{stage}/model"
 
 
-def policy_stage(cfg: GloreConfig) -> str:
-    """The stage whose model is the final policy (the last expert-iteration round's)."""
-    rounds = cfg.expert_iteration.rounds
-    return f"expert_iteration_{rounds}" if rounds else "policy"
-
-
 def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
     from glore_ray import single_process, stages
     from glore_ray.evaluation import run_evaluation
@@ -87,7 +81,8 @@ def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
     sft_rows = f"{out}/data/sft.jsonl"
 
     def run_data(stage_dir: str, key: str) -> dict:
-        counts = {split: single_process.write_split(cfg, split, f"{stage_dir}/{split}.jsonl", log) for split in ("train", "test")}
+        counts = {split: single_process.write_split(cfg, split, f"{stage_dir}/{split}.jsonl", log)
+                  for split in ("train", "test")}
         counts["sft_rows"] = single_process.write_sft_rows(f"{stage_dir}/train.jsonl", f"{stage_dir}/sft.jsonl")
         return counts
 
@@ -104,7 +99,7 @@ def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
         init = model_dir(out, "init_model")
         out_stages.append(Stage("init_model", {"train": train}, {"model": dataclasses.asdict(cfg.model),
                                                                  "seed": cfg.policy.seed}, run_init))
-    out_stages.append(_train_stage("policy", "policy", cfg, sft_rows, init, f"{out}/policy", log=log))
+    out_stages.append(_train_stage("policy", "policy", cfg, sft_rows, init, log))
     policy = model_dir(out, "policy")
     ei = cfg.expert_iteration
     for r in range(1, ei.rounds + 1):
@@ -117,14 +112,14 @@ def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
             return stages.run_rollouts(ei_cfg, train, policy, stage_dir, log)
 
         def run_ei_rows(stage_dir: str, key: str, samples=samples) -> dict:
-            return stages.write_expert_iteration_rows(sft_rows, f"{samples}", f"{stage_dir}/rows")
+            return stages.write_expert_iteration_rows(sft_rows, samples, f"{stage_dir}/rows")
 
         out_stages += [
             Stage(f"expert_iteration_{r}_samples", {"train": train, "policy": policy},
                   _asdict(ei_cfg, "rollouts", "engine", "sampling"), run_samples),
             Stage(f"expert_iteration_{r}_rows", {"sft": sft_rows, "samples": f"{samples}/data"}, {}, run_ei_rows),
-            _train_stage(f"expert_iteration_{r}", "policy", cfg, f"{out}/expert_iteration_{r}_rows/rows", policy,
-                         f"{out}/expert_iteration_{r}", dataclasses.replace(cfg.policy, steps=ei.steps), log),
+            _train_stage(f"expert_iteration_{r}", "policy", cfg, f"{out}/expert_iteration_{r}_rows/rows", policy, log,
+                         dataclasses.replace(cfg.policy, steps=ei.steps)),
         ]
         policy = model_dir(out, f"expert_iteration_{r}")
 
@@ -138,14 +133,14 @@ def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
         Stage("sorm_labels", {"rollouts": f"{rollouts}/data", "policy": policy},
               _asdict(cfg, "labels", "engine", "sampling"),
               lambda d, k: stages.run_labels(cfg, "sorm", rollouts, policy, d, log)),
-        _train_stage("orm", "orm", cfg, f"{orm_labels}/data", policy, f"{out}/orm", log=log),
-        _train_stage("sorm", "sorm", cfg, f"{sorm_labels}/data", policy, f"{out}/sorm", log=log),
-        Stage("pairs", {"rollouts": f"{rollouts}/data", "sorm": f"{sorm_labels}/data"}, {},
+        _train_stage("orm", "orm", cfg, f"{orm_labels}/data", policy, log),
+        _train_stage("sorm", "sorm", cfg, f"{sorm_labels}/data", policy, log),
+        # Local pairs come from the labelled rows before balancing, with their continuations.
+        Stage("pairs", {"rollouts": f"{rollouts}/data",
+                        "sorm": f"{sorm_labels}/{'unbalanced' if cfg.labels.balance else 'data'}"}, {},
               lambda d, k: stages.run_pairs(rollouts, sorm_labels, d, log)),
-        _train_stage("global_refiner", "global-refiner", cfg, f"{pairs}/global", policy, f"{out}/global_refiner",
-                     log=log),
-        _train_stage("local_refiner", "local-refiner", cfg, f"{pairs}/local", policy, f"{out}/local_refiner",
-                     log=log),
+        _train_stage("global_refiner", "global-refiner", cfg, f"{pairs}/global", policy, log),
+        _train_stage("local_refiner", "local-refiner", cfg, f"{pairs}/local", policy, log),
     ]
     models = {"policy": policy} | {m: model_dir(out, m) for m in ("orm", "sorm", "global_refiner", "local_refiner")}
     out_stages.append(Stage("evaluate", {"test": test} | models, _asdict(cfg, "eval", "engine", "sampling"),
@@ -193,7 +188,8 @@ class PipelineProgress:
 
     def table(self) -> str:
         lines = ["| stage | state | wall s |", "|---|---|---|"]
-        lines += [f"| {n} | {r['state']} | {'' if r['wall_s'] is None else r['wall_s']} |" for n, r in self.rows.items()]
+        lines += [f"| {n} | {r['state']} | {'' if r['wall_s'] is None else r['wall_s']} |"
+                  for n, r in self.rows.items()]
         return "\n".join(lines)
 
 
