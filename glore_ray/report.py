@@ -67,10 +67,33 @@ def refinement_table(records: Sequence[dict]) -> dict:
     return table
 
 
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Probability that a random correct solution scores above a random wrong one (ties count
+    half): how well a model ranks, whatever its threshold. None without both kinds."""
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):  # average ranks over ties
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    positives = sum(labels)
+    negatives = len(labels) - positives
+    if not positives or not negatives:
+        return None
+    rank_sum = sum(r for r, label in zip(ranks, labels) if label)
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
 def reward_model_metrics(records: Sequence[dict], model: str) -> dict:
-    """Step-level and final-answer accuracy (value >= 0.5 means good) and calibration bins of the
-    final value against correctness, over every scored solution (drafts and samples)."""
+    """Step-level and final-answer accuracy (value >= 0.5 means good), the final value's AUROC and
+    calibration bins of it against correctness, over every scored solution (drafts and samples)."""
     steps_right = steps_n = final_right = solutions = 0
+    finals: list[float] = []
+    outcomes: list[bool] = []
     bins = [[0, 0.0, 0] for _ in range(CALIBRATION_BINS)]  # count, sum of values, correct
     for record in records:
         for s in record["solutions"]:
@@ -82,10 +105,13 @@ def reward_model_metrics(records: Sequence[dict], model: str) -> dict:
             steps_n += len(values)
             final_right += (values[-1] >= 0.5) == s["correct"]
             solutions += 1
+            finals.append(values[-1])
+            outcomes.append(s["correct"])
             b = bins[min(int(values[-1] * CALIBRATION_BINS), CALIBRATION_BINS - 1)]
             b[0], b[1], b[2] = b[0] + 1, b[1] + values[-1], b[2] + s["correct"]
     return {"step_accuracy": steps_right / steps_n if steps_n else 0.0,
             "final_accuracy": final_right / solutions if solutions else 0.0,
+            "final_auroc": auroc(finals, outcomes), "correct_share": sum(outcomes) / solutions if solutions else 0.0,
             "n_steps": steps_n, "n_solutions": solutions,
             "calibration": [{"bin": i / CALIBRATION_BINS, "count": c, "mean_value": s / c, "accuracy": k / c}
                             for i, (c, s, k) in enumerate(bins) if c]}
@@ -121,11 +147,13 @@ def tables(report: dict) -> str:
     k = report["k"]
     lines = [f"Reward models on {report['n_test']} test questions' drafts and samples "
              f"(step truth: {report['step_truth']})", "",
-             "| model | step accuracy | final-answer accuracy | steps | solutions |", "|---|---|---|---|---|"]
+             "| model | step accuracy | final-answer accuracy | final AUROC | steps | solutions (correct) |",
+             "|---|---|---|---|---|---|"]
     for m in ("orm", "sorm"):
         r = report["reward_models"][m]
-        lines.append(f"| {m.upper()} | {_pct(r['step_accuracy'])} | {_pct(r['final_accuracy'])} | {r['n_steps']} "
-                     f"| {r['n_solutions']} |")
+        roc = "–" if r["final_auroc"] is None else f"{r['final_auroc']:.3f}"
+        lines.append(f"| {m.upper()} | {_pct(r['step_accuracy'])} | {_pct(r['final_accuracy'])} | {roc} "
+                     f"| {r['n_steps']} | {r['n_solutions']} ({_pct(r['correct_share'])}%) |")
     lines += ["", f"Refinement on {report['n_test']} test questions (accuracy %, 95% Wilson interval; fixed = "
               "share of wrong drafts made right, broken = share of right drafts made wrong)", "",
               "| method | accuracy | 95% CI | fixed | broken |", "|---|---|---|---|---|"]

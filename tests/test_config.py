@@ -38,6 +38,10 @@ def test_dotted_overrides_are_typed_by_the_schema() -> None:
     ("labels.round_size=9", "labels.round_size: must be in \\[1, k\\]"),
     ("rollouts.pool.cpus_per_replica=0", "rollouts.pool.cpus_per_replica: must be > 0"),
     ("labels.mode=greedy", "labels.mode: 'greedy' is not one of 'efficient', 'exhaustive'"),
+    ("expert_iteration.steps=0", "expert_iteration.steps: must be >= 1"),
+    ("eval.step_threshold=2", "eval.step_threshold: must be in \\[0, 1\\]"),
+    ("eval.pool.cpus_per_replica=0", "eval.pool.cpus_per_replica: must be > 0"),
+    ("policy.torch_threads=-1", "policy.torch_threads: must be >= 0"),
 ])
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):

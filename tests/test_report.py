@@ -7,7 +7,14 @@ import json
 
 import pytest
 
-from glore_ray.report import build_report, refinement_table, reward_model_metrics, wilson_interval, write_report
+from glore_ray.report import (
+    auroc,
+    build_report,
+    refinement_table,
+    reward_model_metrics,
+    wilson_interval,
+    write_report,
+)
 
 
 def record(draft: bool, best: bool, global_: bool, local: bool, local_orm: bool, chosen: bool,
@@ -24,6 +31,14 @@ def test_wilson_interval_matches_the_closed_form() -> None:
     assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_auroc_is_the_chance_a_correct_solution_outranks_a_wrong_one() -> None:
+    assert auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert auroc([0.1, 0.9], [True, False]) == 0.0
+    assert auroc([0.5, 0.5, 0.5], [True, False, False]) == 0.5  # ties count half
+    assert auroc([0.3, 0.5, 0.7], [True, False, True]) == 0.5
+    assert auroc([0.3, 0.4], [True, True]) is None
 
 
 def test_refinement_table_counts_fixed_and_broken_drafts() -> None:
