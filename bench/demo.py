@@ -64,7 +64,9 @@ def interrupt_and_resume(config: str, out: Path) -> dict:
     # The finished run's checkpoints are there until the forced stage clears its directory.
     while run.poll() is None and states(out)[INTERRUPTED_STAGE]["state"] != "running":
         time.sleep(0.5)
-    while run.poll() is None and not list(checkpoints.glob("*/checkpoint_*/meta.json")):
+    # A checkpoint counts once the controller has registered it in its snapshot; one only on disk
+    # is not restored.
+    while run.poll() is None and not list(checkpoints.glob("*/checkpoint_manager_snapshot.json")):
         time.sleep(0.5)
     run.send_signal(signal.SIGINT)
     run.wait()
