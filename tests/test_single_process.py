@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 from glore_ray.cli import main
-from glore_ray.data import Quarantine, load_problems
 
 
 def test_cli_writes_organism_splits_and_samples_gsm8k_files(tmp_path, capsys) -> None:
