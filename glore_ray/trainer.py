@@ -92,13 +92,20 @@ def _plain(value: Any) -> Any:
 
 def row_batches(shard, objective: str, tokenizer, cfg: TrainConfig, skipped: list[int]) -> Iterator[dict]:
     """Endless collated batches from a Ray Data shard, epoch after epoch. Over-long rows fail the run
-    (naming the row) unless `skip_long`, which counts them in `skipped[0]`."""
+    (naming the row) unless `skip_long`, which counts them in `skipped[0]`. A shard of at most
+    `replay_rows` rows is read once and replayed from memory in the same order."""
     from glore_ray.sft import ExampleTooLong, collate
 
+    kept: list[dict] | None = [] if cfg.replay_rows else None
+    kept_rows = 0
     while True:
+        if kept:
+            yield from kept
+            continue
         for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
             examples = []
-            for i in range(len(next(iter(batch.values())))):
+            n_rows = len(next(iter(batch.values())))
+            for i in range(n_rows):
                 row = {k: _plain(v[i]) for k, v in batch.items()}
                 try:
                     examples.append(encode_row(objective, tokenizer, row, cfg.max_length))
@@ -106,8 +113,16 @@ def row_batches(shard, objective: str, tokenizer, cfg: TrainConfig, skipped: lis
                     if not cfg.skip_long:
                         raise
                     skipped[0] += 1
-            if examples:
-                yield collate(examples, tokenizer.pad_token_id)
+            if not examples:
+                continue
+            collated = collate(examples, tokenizer.pad_token_id)
+            if kept is not None:
+                kept_rows += n_rows
+                if kept_rows <= cfg.replay_rows:
+                    kept.append(collated)
+                else:
+                    kept = None
+            yield collated
 
 
 def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict:

@@ -124,3 +124,33 @@ def test_a_killed_worker_resumes_from_its_checkpoint(ray_module, tiny_model_dir,
     assert not run.is_alive()
     assert result["step"] == 40
     assert result["resumed_from"] is not None and 4 <= result["resumed_from"] < 40
+
+
+class CountingShard:
+    """A real Ray Data iterator that counts how often it is read (each read re-executes the dataset)."""
+
+    def __init__(self, iterator):
+        self.iterator, self.reads = iterator, 0
+
+    def iter_batches(self, **kwargs):
+        self.reads += 1
+        return self.iterator.iter_batches(**kwargs)
+
+
+@pytest.mark.parametrize("replay_rows, reads", [(4096, 1), (0, 3)])
+def test_a_small_shard_is_read_once_and_replayed(replay_rows, reads, ray_module, tiny_model_dir) -> None:
+    import itertools
+
+    import ray.data
+    from transformers import AutoTokenizer
+
+    from glore_ray.trainer import row_batches
+
+    shard = CountingShard(ray.data.from_items(rows("orm", 12)).iterator())
+    cfg = replace(TWO_WORKERS, batch_size=8, replay_rows=replay_rows)
+    batches = list(itertools.islice(row_batches(shard, "orm", AutoTokenizer.from_pretrained(tiny_model_dir), cfg,
+                                                [0]), 6))  # three epochs of two batches
+    assert shard.reads == reads
+    for epoch in (1, 2):  # every epoch is the first one again, in the same order
+        for first, again in zip(batches[:2], batches[2 * epoch:2 * epoch + 2], strict=True):
+            assert all(torch.equal(first[k], again[k]) for k in first)
