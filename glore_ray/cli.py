@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
               "finished stages are skipped, an interrupted one resumes",
               out="run directory: one sub-directory per stage, report.json, report.md, plots")
     p.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run this stage and every later one")
+    _verb(verbs, "serve", "the refinement ensemble over HTTP (Ray Serve) until interrupted; serve.* in the "
+          "config sets host, port, token, replicas and batching",
+          models="pipeline run directory (--out of `glore pipeline` with the same config)")
     return parser
 
 
@@ -117,6 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_pipeline(cfg, args.out, args.from_stage, single_process.echo)
         except ValueError as e:
+            print(f"glore: {e}", file=sys.stderr)
+            return 2
+    elif args.verb == "serve":
+        from glore_ray.serve_app import run_server
+
+        _connect_ray()
+        try:
+            run_server(cfg, args.models, single_process.echo)
+        except (FileNotFoundError, ValueError) as e:
             print(f"glore: {e}", file=sys.stderr)
             return 2
     return 0

@@ -261,6 +261,82 @@ class EvalConfig:
 
 
 @dataclass
+class ModelDeploymentConfig:
+    """One model's Ray Serve deployment: replicas, resources and dynamic batching."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    """Above min_replicas, Serve's autoscaler adds replicas while the ongoing requests per replica
+    exceed target_ongoing_requests."""
+    target_ongoing_requests: float = 16
+    cpus: float = 0.25
+    gpus: float = 0.0
+    """GPUs per replica: engine.tensor_parallel_size of them for a generator on a cluster, 0 on CPU."""
+    max_batch_size: int = 16
+    """Requests merged into one engine or scorer call (`@serve.batch`); 1 turns batching off."""
+    batch_wait_timeout_s: float = 0.01
+    """How long a batch waits to fill once its first request is in."""
+    max_ongoing_requests: int = 64
+    """Requests a replica accepts at once; keep it >= max_batch_size or batches never fill."""
+
+    def validate(self, key: str) -> None:
+        _check(1 <= self.min_replicas <= self.max_replicas, f"{key}.min_replicas/max_replicas",
+               f"need 1 <= min_replicas <= max_replicas, got {self.min_replicas} and {self.max_replicas}")
+        _check(self.target_ongoing_requests > 0, f"{key}.target_ongoing_requests", "must be > 0")
+        _check(self.cpus > 0, f"{key}.cpus", "must be > 0")
+        _check(self.gpus >= 0, f"{key}.gpus", "must be >= 0")
+        _check(self.max_batch_size >= 1, f"{key}.max_batch_size", "must be >= 1")
+        _check(self.batch_wait_timeout_s >= 0, f"{key}.batch_wait_timeout_s", "must be >= 0")
+        _check(self.max_ongoing_requests >= self.max_batch_size, f"{key}.max_ongoing_requests",
+               f"{self.max_ongoing_requests} is below max_batch_size {self.max_batch_size}: batches could never fill")
+
+
+@dataclass
+class ServeConfig:
+    """The online refinement ensemble (`glore serve`): an HTTP ingress and one deployment per model."""
+
+    host: str = "127.0.0.1"
+    """Where the HTTP proxy listens; 0.0.0.0 exposes it beyond this machine (put a token on it)."""
+    port: int = 8000
+    token_file: str = ""
+    """A file (e.g. a mounted Kubernetes secret) holding the bearer token /v1/solve requires."""
+    token_env: str = "GLORE_SERVE_TOKEN"
+    """Else the environment variable holding it; neither set: no token is required."""
+    model_timeout_s: float = 60.0
+    """A model call slower than this (a dead or restarting replica) answers 503."""
+    max_question_chars: int = 2000
+    max_draft_chars: int = 8000
+    always_refine: bool = False
+    """Refine every draft, or (the default online) only those the ORM scores below orm_threshold;
+    a request's own settings override these three."""
+    orm_threshold: float = 0.5
+    step_threshold: float = 0.5
+    ingress: ModelDeploymentConfig = field(default_factory=lambda: ModelDeploymentConfig(max_batch_size=1))
+    """The FastAPI deployment running the ensemble (its max_batch_size is unused)."""
+    policy: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+    global_refiner: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+    local_refiner: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+    orm: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+    sorm: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+
+    def validate(self, key: str) -> None:
+        _check(0 < self.port < 65536, f"{key}.port", "must be in [1, 65535]")
+        _check(self.model_timeout_s > 0, f"{key}.model_timeout_s", "must be > 0")
+        _check(self.max_question_chars > 0, f"{key}.max_question_chars", "must be > 0")
+        _check(self.max_draft_chars > 0, f"{key}.max_draft_chars", "must be > 0")
+        for name in ("orm_threshold", "step_threshold"):
+            _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")
+        for name in ("ingress", *SERVED_MODELS):
+            getattr(self, name).validate(f"{key}.{name}")
+
+
+GENERATORS = ("policy", "global_refiner", "local_refiner")
+SCORERS = ("orm", "sorm")
+SERVED_MODELS = GENERATORS + SCORERS
+"""The ensemble's five models, by their stage and deployment names."""
+
+
+@dataclass
 class ExpertIterationConfig:
     """Rounds of: sample K solutions per training question, keep the correct ones (de-duplicated),
     fine-tune the policy on them together with the gold solutions."""
@@ -340,6 +416,7 @@ class GloreConfig:
     expert_iteration: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def training(self, objective: str) -> TrainConfig:
         """The training section of an objective (`global-refiner` -> `global_refiner`)."""
@@ -353,12 +430,14 @@ class GloreConfig:
         _check(self.engine.max_model_len <= self.model.max_position_embeddings, "engine.max_model_len",
                f"{self.engine.max_model_len} exceeds model.max_position_embeddings "
                f"{self.model.max_position_embeddings}")
-        for key, pool in (("rollouts.pool", self.rollouts.pool), ("labels.pool", self.labels.pool),
-                          ("eval.pool", self.eval.pool)):
+        gpu_replicas = [(f"{key}.gpus_per_replica", pool.gpus_per_replica) for key, pool in (
+            ("rollouts.pool", self.rollouts.pool), ("labels.pool", self.labels.pool), ("eval.pool", self.eval.pool))]
+        gpu_replicas += [(f"serve.{m}.gpus", getattr(self.serve, m).gpus) for m in GENERATORS]
+        for key, gpus in gpu_replicas:
             # A replica holds one engine, sharded over tensor_parallel_size GPUs.
-            _check(pool.gpus_per_replica == 0 or pool.gpus_per_replica >= self.engine.tensor_parallel_size,
-                   f"{key}.gpus_per_replica", f"{pool.gpus_per_replica} GPUs cannot hold an engine with "
-                   f"engine.tensor_parallel_size {self.engine.tensor_parallel_size}")
+            _check(gpus == 0 or gpus >= self.engine.tensor_parallel_size, key,
+                   f"{gpus} GPUs cannot hold an engine with engine.tensor_parallel_size "
+                   f"{self.engine.tensor_parallel_size}")
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -21,6 +21,8 @@ from glore_ray.grading import extract_answer, format_answer, split_steps
 from glore_ray.prompts import global_refine_prompt, local_refine_prompt, solve_prompt
 
 CANDIDATES = ("draft", "global", "local")
+SCORE_TIE = 1e-5
+"""ORM scores closer than this are equal (float noise across batch shapes is ~1e-7)."""
 
 
 class StepScorer(Protocol):
@@ -136,8 +138,10 @@ class RefinementEnsemble:
     @staticmethod
     def _choose(decisions: list[Decision]) -> list[Decision]:
         for d in decisions:
-            # Highest ORM score wins; ties keep the earlier candidate (the draft first).
-            d.chosen = max((n for n in CANDIDATES if n in d.orm_scores), key=lambda n: (d.orm_scores[n],
-                                                                                      -CANDIDATES.index(n)))
+            # Highest ORM score wins. Scores within SCORE_TIE of the best are a tie, which the earlier
+            # candidate (the draft first) wins: a score moves in its last digits with the batch it
+            # was computed in, and that must not change the answer.
+            best = max(d.orm_scores.values())
+            d.chosen = next(n for n in CANDIDATES if n in d.orm_scores and d.orm_scores[n] >= best - SCORE_TIE)
             d.answer = _answer(d.candidate(d.chosen))
         return decisions

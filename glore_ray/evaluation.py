@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from glore_ray.config import GloreConfig
+from glore_ray.config import SCORERS, GloreConfig
 from glore_ray.data import Problem, Quarantine, load_problems
 from glore_ray.engines import Engine, Generation, Sampling
 from glore_ray.ensemble import EnsembleSettings, RefinementEnsemble, StepScorer
@@ -27,8 +27,6 @@ from glore_ray.organism import check_solution, is_organism_problem
 from glore_ray.prompts import solve_prompt
 
 Log = Callable[[str], None]
-GENERATORS = ("policy", "global_refiner", "local_refiner")
-SCORERS = ("orm", "sorm")
 
 
 class ModelServer:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glore_ray.config import GloreConfig, RolloutConfig
+from glore_ray.config import SERVED_MODELS, GloreConfig, RolloutConfig
 from glore_ray.manifest import MANIFEST, fingerprint, input_fingerprint, write_manifest
 
 Log = Callable[[str], None]
@@ -71,6 +71,14 @@ def _train_stage(name: str, objective: str, cfg: GloreConfig, rows: str, init: s
 
 def model_dir(out: str, stage: str) -> str:
     return f"{out}/{stage}/model"
+
+
+def ensemble_models(cfg: GloreConfig, out: str) -> dict[str, str]:
+    """The five models the evaluation and the Serve app load, by name: the policy is the last
+    expert-iteration round's."""
+    rounds = cfg.expert_iteration.rounds
+    policy = model_dir(out, f"expert_iteration_{rounds}" if rounds else "policy")
+    return {m: policy if m == "policy" else model_dir(out, m) for m in SERVED_MODELS}
 
 
 def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
@@ -142,7 +150,7 @@ def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
         _train_stage("global_refiner", "global-refiner", cfg, f"{pairs}/global", policy, log),
         _train_stage("local_refiner", "local-refiner", cfg, f"{pairs}/local", policy, log),
     ]
-    models = {"policy": policy} | {m: model_dir(out, m) for m in ("orm", "sorm", "global_refiner", "local_refiner")}
+    models = ensemble_models(cfg, out)
     out_stages.append(Stage("evaluate", {"test": test} | models, _asdict(cfg, "eval", "engine", "sampling"),
                             lambda d, k: run_evaluation(cfg, test, models, d, out, log)))
     return out_stages

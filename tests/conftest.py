@@ -59,6 +59,21 @@ def _local_ray(tmp_path_factory: pytest.TempPathFactory):
         ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def miniature_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`glore pipeline` on the miniature config (tests/miniature.py), once per session on its own
+    local Ray cluster: its stages, report and exported models. GLORE_MINIATURE_RUN names a
+    directory to keep it in between sessions (the pipeline then skips its up-to-date stages)."""
+    from glore_ray.cli import main
+    from tests.miniature import MINIATURE, as_sets
+
+    kept = os.environ.get("GLORE_MINIATURE_RUN")
+    out = Path(kept) if kept else tmp_path_factory.mktemp("pipeline") / "run"
+    for _ in _local_ray(tmp_path_factory):
+        assert main(["pipeline", "--out", str(out), *as_sets(MINIATURE)]) == 0
+    return out
+
+
 @pytest.fixture
 def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh local Ray cluster for one test."""

@@ -100,3 +100,15 @@ def test_hf_step_scorer_scores_every_step(tiny_model_dir, tmp_path) -> None:
     assert [len(v) for v in values] == [2, 0, 1] and all(0 < x < 1 for v in values for x in v)
     # Batched with padding or alone: the same values.
     assert scorer.score([Q2], [["5 + 3 = 8 cards."]])[0] == pytest.approx(values[2], abs=1e-5)
+
+
+@pytest.mark.parametrize("margin, chosen", [(4e-6, "draft"), (-4e-6, "draft"), (5e-4, "global")])
+def test_scores_within_float_noise_are_a_tie_the_draft_wins(margin, chosen) -> None:
+    """The same text scores a little differently in different batches; that must not flip the answer."""
+    def orm(question: str, steps: list[str]) -> list[float]:
+        return [0.5 + margin if "11 apples" in " ".join(steps) else 0.5]
+
+    e = ensemble(EnsembleSettings(always_refine=True))
+    e.orm = ScriptedScorer(orm)
+    (decision,) = e.solve([Q1])
+    assert decision.chosen == chosen

@@ -2,8 +2,7 @@
 then a re-run that skips every finished stage, resumes an interrupted training stage from its
 Ray Train checkpoint and re-runs the stage whose config changed.
 
-The miniature uses the transformers engine: vLLM's start (~45 s per stage here) is covered by
-test_stages and test_engines, and this test is about the pipeline's mechanics.
+The miniature run is the session's (conftest `miniature_run`): test_serve serves its models.
 """
 
 from __future__ import annotations
@@ -14,27 +13,14 @@ import shutil
 import pytest
 
 from glore_ray.cli import main
+from tests.miniature import MINIATURE, as_sets
 
-MINIATURE = ["data.organism.n_train=300", "data.organism.n_test=20", "engine.backend=hf", "sampling.max_tokens=48",
-             "policy.steps=6", "policy.warmup_steps=1", "policy.batch_size=16", "policy.log_every=3",
-             "expert_iteration.max_questions=8", "expert_iteration.k=2", "expert_iteration.steps=2",
-             "rollouts.max_questions=8", "rollouts.k=3", "labels.k=2", "eval.n_problems=8",
-             *[f"{m}.{key}" for m in ("orm", "sorm", "global_refiner", "local_refiner")
-               for key in ("steps=4", "warmup_steps=1", "checkpoint_every=2")]]
+# The first test's set-up runs the miniature pipeline (~4-5 min here) unless an earlier module did.
+pytestmark = pytest.mark.timeout(900)
+
 STAGES = ["data", "init_model", "policy", "expert_iteration_1_samples", "expert_iteration_1_rows",
           "expert_iteration_1", "rollouts", "orm_labels", "sorm_labels", "orm", "sorm", "pairs",
           "global_refiner", "local_refiner", "evaluate"]
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(ray_module, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipeline") / "run"
-    assert main(["pipeline", "--out", str(out), *_sets(MINIATURE)]) == 0
-    return out
 
 
 def _manifest(out, stage: str) -> dict:
@@ -87,7 +73,7 @@ def test_rerun_skips_finished_stages_resumes_an_interrupted_one_and_reruns_a_cha
     (out / "orm" / "manifest.json").unlink()
     shutil.rmtree(out / "orm" / "model")
     capsys.readouterr()
-    assert main(["pipeline", "--out", str(out), *_sets(MINIATURE + ["eval.n_problems=5"])]) == 0
+    assert main(["pipeline", "--out", str(out), *as_sets(MINIATURE + ["eval.n_problems=5"])]) == 0
     printed = capsys.readouterr().out
 
     assert "== [10/15] orm: resuming" in printed
@@ -101,5 +87,5 @@ def test_rerun_skips_finished_stages_resumes_an_interrupted_one_and_reruns_a_cha
 
 
 def test_from_names_an_unknown_stage(pipeline_run, capsys) -> None:
-    assert main(["pipeline", "--out", str(pipeline_run), "--from", "sorm-labels", *_sets(MINIATURE)]) == 2
+    assert main(["pipeline", "--out", str(pipeline_run), "--from", "sorm-labels", *as_sets(MINIATURE)]) == 2
     assert "--from 'sorm-labels': not a stage of this config; stages: data, init_model" in capsys.readouterr().err

@@ -1,0 +1,112 @@
+"""The HTTP contract of the Serve app, free of Ray: request and response schemas, the per-request
+ensemble settings, and the bearer-token check. `serve_app` wires them into FastAPI routes.
+
+Requests carry text and numbers only: nothing in them names a file, a model or a path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from glore_ray.config import ServeConfig
+from glore_ray.ensemble import Decision, EnsembleSettings
+
+
+class RequestError(ValueError):
+    """A request the schema accepts but the server's limits do not; answered with a 422."""
+
+
+class SolveSettings(BaseModel):
+    """Per-request overrides of the server's ensemble settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    always_refine: bool | None = None
+    orm_threshold: float | None = Field(None, ge=0, le=1)
+    step_threshold: float | None = Field(None, ge=0, le=1)
+    where: Literal["sorm", "orm"] | None = None
+    """Which reward model locates the first bad step."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Tokens per generation, at most the server's `sampling.max_tokens`."""
+
+
+class SolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1)
+    draft: str | None = None
+    """A solution to refine instead of the policy's greedy draft (one step per line)."""
+    settings: SolveSettings = Field(default_factory=SolveSettings)
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the question is blank")
+        return value
+
+
+class SolveResponse(BaseModel):
+    answer: str | None
+    """The chosen candidate's final answer (None when it states none)."""
+    chosen: Literal["draft", "global", "local"]
+    draft: str
+    global_: str | None = Field(alias="global")
+    local: str | None
+    orm_scores: dict[str, float]
+    """The ORM's score of each candidate it saw."""
+    first_bad_step: int | None
+    """0-based step the local refiner rewrote from; None when no step fell below the threshold."""
+    step_values: list[float]
+    refined: bool
+    """Whether the draft was refined (its ORM score was below the threshold, or always_refine)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @classmethod
+    def from_decision(cls, d: Decision) -> SolveResponse:
+        return cls(answer=d.answer, chosen=d.chosen, draft=d.draft, global_=d.global_, local=d.local,
+                   orm_scores=d.orm_scores, first_bad_step=d.first_bad_step, step_values=d.step_values,
+                   refined=d.refined)
+
+
+def ensemble_settings(request: SolveRequest, cfg: ServeConfig, max_tokens: int) -> EnsembleSettings:
+    """The server's settings with the request's overrides, within the server's limits."""
+    if len(request.question) > cfg.max_question_chars:
+        raise RequestError(f"question: {len(request.question)} characters; the limit is {cfg.max_question_chars}")
+    if request.draft is not None and len(request.draft) > cfg.max_draft_chars:
+        raise RequestError(f"draft: {len(request.draft)} characters; the limit is {cfg.max_draft_chars}")
+    s = request.settings
+    if s.max_tokens is not None and s.max_tokens > max_tokens:
+        raise RequestError(f"settings.max_tokens: {s.max_tokens} exceeds the server's {max_tokens}")
+    defaults = EnsembleSettings(orm_threshold=cfg.orm_threshold, always_refine=cfg.always_refine,
+                                step_threshold=cfg.step_threshold, max_tokens=max_tokens)
+    overrides = {k: v for k, v in s.model_dump().items() if v is not None}
+    return EnsembleSettings(**(vars(defaults) | overrides))
+
+
+def load_token(cfg: ServeConfig) -> str | None:
+    """The bearer token /v1/solve requires: from `token_file`, else `$token_env`; None: no token."""
+    if cfg.token_file:
+        path = Path(cfg.token_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"serve.token_file: {path} does not exist")
+        token = path.read_text().strip()
+        if not token:
+            raise ValueError(f"serve.token_file: {path} is empty")
+        return token
+    return os.environ.get(cfg.token_env) or None
+
+
+def authorized(header: str | None, token: str | None) -> bool:
+    """Whether an `Authorization` header carries the token (always, when none is set)."""
+    if token is None:
+        return True
+    scheme, _, given = (header or "").partition(" ")
+    # Constant-time comparison: response timing must not reveal how much of a guess was right.
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())

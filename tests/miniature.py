@@ -1,0 +1,16 @@
+"""The miniature pipeline config the pipeline and Serve tests share: every stage, tiny sizes, the
+transformers engine (vLLM's start, ~45 s per stage here, is covered by test_stages and test_engines)."""
+
+from __future__ import annotations
+
+MINIATURE = ["data.organism.n_train=300", "data.organism.n_test=20", "engine.backend=hf", "sampling.max_tokens=48",
+             "policy.steps=6", "policy.warmup_steps=1", "policy.batch_size=16", "policy.log_every=3",
+             "expert_iteration.max_questions=8", "expert_iteration.k=2", "expert_iteration.steps=2",
+             "rollouts.max_questions=8", "rollouts.k=3", "labels.k=2", "eval.n_problems=8",
+             *[f"{m}.{key}" for m in ("orm", "sorm", "global_refiner", "local_refiner")
+               for key in ("steps=4", "warmup_steps=1", "checkpoint_every=2")]]
+
+
+def as_sets(overrides: list[str]) -> list[str]:
+    """`--set` arguments for the CLI."""
+    return [a for o in overrides for a in ("--set", o)]

@@ -1,0 +1,163 @@
+"""The Serve app on a local Ray cluster with the miniature pipeline's models, called over real HTTP
+on loopback: answers and decisions match the offline ensemble, bad requests get 4xx, /healthz and
+the OpenAPI schema, the bearer token, and a killed model replica answers 503 then recovers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+
+import pytest
+
+from glore_ray.config import load_config
+from tests.miniature import MINIATURE
+
+# The first test's set-up runs the miniature pipeline (~4-5 min here) unless an earlier module did.
+pytestmark = pytest.mark.timeout(900)
+
+TOKEN = "test-token-8f2c"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: bytes | dict | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null") | {"_headers": dict(e.headers)}
+
+
+@pytest.fixture(scope="module")
+def served(miniature_run, ray_module, tmp_path_factory):
+    from ray import serve
+
+    from glore_ray.pipeline import ensemble_models
+    from glore_ray.serve_app import APP_NAME, build_app
+
+    token_file = tmp_path_factory.mktemp("secret") / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = _free_port()
+    # A short model timeout: a request that meets a dead replica answers 503 within seconds.
+    cfg = load_config(None, MINIATURE + [f"serve.port={port}", f"serve.token_file={token_file}",
+                                         "serve.model_timeout_s=3"])
+    models = ensemble_models(cfg, str(miniature_run))
+    serve.start(http_options={"host": cfg.serve.host, "port": port})
+    try:
+        serve.run(build_app(cfg, models), name=APP_NAME, route_prefix="/")
+        yield f"http://127.0.0.1:{port}", cfg, models
+    finally:
+        serve.shutdown()
+
+
+def _questions(miniature_run, n: int) -> list[str]:
+    lines = (miniature_run / "data" / "test.jsonl").read_text().splitlines()[:n]
+    return [json.loads(line)["question"] for line in lines]
+
+
+def test_answers_and_decisions_match_the_offline_ensemble(served, miniature_run) -> None:
+    from glore_ray.config import EngineConfig
+    from glore_ray.engines import HFEngine
+    from glore_ray.ensemble import EnsembleSettings, RefinementEnsemble
+    from glore_ray.reward_models import HFStepScorer
+
+    url, cfg, models = served
+    questions = _questions(miniature_run, 4)
+    engines = [HFEngine(models[m], EngineConfig(backend="hf")) for m in ("policy", "global_refiner", "local_refiner")]
+    offline = RefinementEnsemble(*engines, HFStepScorer(models["orm"]), HFStepScorer(models["sorm"]),
+                                 EnsembleSettings(always_refine=True, max_tokens=cfg.sampling.max_tokens))
+    expected = offline.solve(questions)
+    for question, want in zip(questions, expected, strict=True):
+        status, got = http("POST", f"{url}/v1/solve", {"question": question, "settings": {"always_refine": True}})
+        assert status == 200, got
+        assert got["refined"] and got["draft"] == want.draft
+        assert (got["global"], got["local"], got["first_bad_step"]) == (want.global_, want.local, want.first_bad_step)
+        assert (got["chosen"], got["answer"]) == (want.chosen, want.answer)
+        assert got["orm_scores"] == pytest.approx(want.orm_scores, abs=1e-4)
+        assert got["step_values"] == pytest.approx(want.step_values, abs=1e-4)
+
+    # A caller's own draft, refined only when the ORM scores it below a threshold of 1 (always).
+    draft = "Step 1: 2 + 3 = 6\nThe answer is 6"
+    by_threshold = replace(offline, settings=EnsembleSettings(orm_threshold=1.0, max_tokens=cfg.sampling.max_tokens))
+    (want,) = by_threshold.solve([questions[0]], [draft])
+    status, got = http("POST", f"{url}/v1/solve", {"question": questions[0], "draft": draft,
+                                                  "settings": {"orm_threshold": 1.0}})
+    assert status == 200 and got["draft"] == draft and got["refined"] is want.refined
+    assert (got["chosen"], got["answer"], got["local"]) == (want.chosen, want.answer, want.local)
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json", b"[1, 2]", {}, {"question": ""}, {"question": "   "}, {"question": 3},
+    {"question": "x" * 2001}, {"question": "q", "model_path": "/etc/passwd"},
+    {"question": "q", "settings": {"max_tokens": 49}}, {"question": "q", "settings": {"orm_threshold": "high"}},
+])
+def test_bad_requests_get_a_4xx_with_a_message(served, body) -> None:
+    url, _, _ = served
+    status, got = http("POST", f"{url}/v1/solve", body)
+    assert status == 422, got
+    assert got["detail"]
+
+
+def test_the_token_is_required_when_configured(served) -> None:
+    url, _, _ = served
+    for token in (None, "wrong"):
+        status, got = http("POST", f"{url}/v1/solve", {"question": "q"}, token=token)
+        assert status == 401 and "bearer token" in got["detail"]
+        assert got["_headers"]["www-authenticate"] == "Bearer"
+    # Checked before the body: an unauthenticated caller learns nothing from validation errors.
+    assert http("POST", f"{url}/v1/solve", {}, token=None)[0] == 401
+
+
+def test_healthz_and_the_openapi_schema(served) -> None:
+    url, _, _ = served
+    status, got = http("GET", f"{url}/healthz", token=None)
+    assert status == 200 and got == {"status": "ok", "models": {m: "ok" for m in
+                                                                  ("policy", "global_refiner", "local_refiner",
+                                                                   "orm", "sorm")}}
+    status, schema = http("GET", f"{url}/openapi.json", token=None)
+    assert status == 200
+    solve = schema["paths"]["/v1/solve"]["post"]
+    assert {"401", "422", "503"} <= set(solve["responses"])
+    request = schema["components"]["schemas"]["SolveRequest"]
+    assert request["required"] == ["question"] and request["additionalProperties"] is False
+    assert "global" in schema["components"]["schemas"]["SolveResponse"]["properties"]
+
+
+def test_a_killed_model_replica_answers_503_then_recovers(served, miniature_run) -> None:
+    import psutil
+
+    url, _, _ = served
+    question = _questions(miniature_run, 1)[0]
+    status, before = http("POST", f"{url}/v1/solve", {"question": question})
+    assert status == 200
+    # Ray titles a replica's process `ray::ServeReplica:<app>:<deployment>`.
+    replicas = [p for p in psutil.process_iter(["cmdline"])
+                if "ServeReplica:glore:policy" in " ".join(p.info["cmdline"] or [])]
+    assert replicas, "no policy replica process"
+    for process in replicas:
+        os.kill(process.pid, signal.SIGKILL)
+
+    status, got = http("POST", f"{url}/v1/solve", {"question": question})
+    assert status == 503 and got["model"] == "policy" and "the policy model is unavailable" in got["detail"]
+    assert got["_headers"]["retry-after"] == "1"
+    deadline = time.time() + 150
+    while status != 200 and time.time() < deadline:
+        time.sleep(2)
+        status, got = http("POST", f"{url}/v1/solve", {"question": question})
+        assert status in (200, 503), got
+    assert status == 200 and got == before  # Serve replaced the replica; the same answer again
+    assert http("GET", f"{url}/healthz", token=None)[0] == 200

@@ -1,0 +1,63 @@
+"""The Serve app's HTTP contract without a cluster: per-request settings within the server's
+limits, the bearer token's sources and check."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from glore_ray.config import ServeConfig
+from glore_ray.serve_api import RequestError, SolveRequest, authorized, ensemble_settings, load_token
+
+
+def test_request_settings_override_the_server_defaults() -> None:
+    cfg = ServeConfig(always_refine=False, orm_threshold=0.4)
+    plain = ensemble_settings(SolveRequest(question="Ava has 3 apples."), cfg, max_tokens=64)
+    assert (plain.always_refine, plain.orm_threshold, plain.where, plain.max_tokens) == (False, 0.4, "sorm", 64)
+    request = SolveRequest.model_validate({"question": "q", "settings": {"always_refine": True, "where": "orm",
+                                                                        "max_tokens": 16}})
+    s = ensemble_settings(request, cfg, max_tokens=64)
+    assert (s.always_refine, s.orm_threshold, s.where, s.max_tokens) == (True, 0.4, "orm", 16)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"question": "x" * 2001}, "question: 2001 characters; the limit is 2000"),
+    ({"question": "q", "draft": "y" * 8001}, "draft: 8001 characters; the limit is 8000"),
+    ({"question": "q", "settings": {"max_tokens": 65}}, "settings.max_tokens: 65 exceeds the server's 64"),
+])
+def test_server_limits_are_request_errors(body, message) -> None:
+    with pytest.raises(RequestError, match=message):
+        ensemble_settings(SolveRequest.model_validate(body), ServeConfig(), max_tokens=64)
+
+
+@pytest.mark.parametrize("body", [
+    {}, {"question": ""}, {"question": "   "}, {"question": 3}, {"question": "q", "model_path": "/etc/passwd"},
+    {"question": "q", "settings": {"orm_threshold": 2}}, {"question": "q", "settings": {"where": "prm"}},
+    {"question": "q", "settings": {"max_tokens": 0}},
+])
+def test_the_schema_rejects_malformed_requests(body) -> None:
+    with pytest.raises(ValidationError):
+        SolveRequest.model_validate(body)
+
+
+def test_the_token_comes_from_the_file_else_the_environment(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("GLORE_SERVE_TOKEN", raising=False)
+    assert load_token(ServeConfig()) is None
+    monkeypatch.setenv("GLORE_SERVE_TOKEN", "from-env")
+    assert load_token(ServeConfig()) == "from-env"
+    (tmp_path / "token").write_text("from-file\n")
+    assert load_token(ServeConfig(token_file=str(tmp_path / "token"))) == "from-file"
+    with pytest.raises(FileNotFoundError, match="serve.token_file: .*missing does not exist"):
+        load_token(ServeConfig(token_file=str(tmp_path / "missing")))
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match="serve.token_file: .*empty is empty"):
+        load_token(ServeConfig(token_file=str(tmp_path / "empty")))
+
+
+@pytest.mark.parametrize("header, ok", [
+    ("Bearer s3cret", True), ("bearer s3cret", True), ("Bearer s3cre", False), ("Basic s3cret", False),
+    ("s3cret", False), (None, False), ("", False),
+])
+def test_the_bearer_check(header, ok) -> None:
+    assert authorized(header, "s3cret") is ok
+    assert authorized(header, None) is True  # no token configured: open
