@@ -273,7 +273,8 @@ class ModelDeploymentConfig:
     gpus: float = 0.0
     """GPUs per replica: engine.tensor_parallel_size of them for a generator on a cluster, 0 on CPU."""
     max_batch_size: int = 16
-    """Requests merged into one engine or scorer call (`@serve.batch`); 1 turns batching off."""
+    """Requests merged into one call (`@serve.batch`): of the ensemble at the ingress, of the
+    engine or scorer at a model; 1 turns batching off."""
     batch_wait_timeout_s: float = 0.01
     """How long a batch waits to fill once its first request is in."""
     max_ongoing_requests: int = 64
@@ -311,8 +312,9 @@ class ServeConfig:
     a request's own settings override these three."""
     orm_threshold: float = 0.5
     step_threshold: float = 0.5
-    ingress: ModelDeploymentConfig = field(default_factory=lambda: ModelDeploymentConfig(max_batch_size=1))
-    """The FastAPI deployment running the ensemble (its max_batch_size is unused)."""
+    ingress: ModelDeploymentConfig = field(default_factory=lambda: ModelDeploymentConfig(batch_wait_timeout_s=0.05))
+    """The FastAPI deployment running the ensemble: it batches whole requests (one ensemble call,
+    so one call per model and step, for a batch of questions)."""
     policy: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
     global_refiner: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
     local_refiner: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)

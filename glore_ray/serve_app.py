@@ -29,11 +29,13 @@ from ray import serve
 
 from glore_ray.config import GENERATORS, SERVED_MODELS, EngineConfig, GloreConfig, ModelDeploymentConfig, ServeConfig
 from glore_ray.engines import Generation, Sampling
-from glore_ray.ensemble import RefinementEnsemble
+from glore_ray.ensemble import Decision, EnsembleSettings, RefinementEnsemble
 from glore_ray.serve_api import (RequestError, SolveRequest, SolveResponse, authorized, ensemble_settings,
                                  load_token)
 
 APP_NAME = "glore"
+INGRESS_CONCURRENT_BATCHES = 2
+"""Request batches an ingress replica runs at once: one computes while the next one fills."""
 api = FastAPI(title="glore-ray refinement ensemble", version="1",
               description="GLoRe: a policy draft refined globally and locally, reranked by the ORM.")
 
@@ -48,16 +50,24 @@ class ModelUnavailable(RuntimeError):
 
 # ---- model deployments ---------------------------------------------------------------------------
 
-class _BatchedModel:
+class _Batching:
+    """A deployment whose `_batch` method is a `@serve.batch`. Its settings are the deployment's
+    `user_config`: a Serve config file's per-deployment `user_config` retunes live replicas
+    without reloading their models."""
+
+    def reconfigure(self, batching: dict) -> None:
+        self._batch.set_max_batch_size(batching["max_batch_size"])
+        self._batch.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
+
+
+class _BatchedModel(_Batching):
     """Runs merged batches on one worker thread (so the replica's event loop keeps queueing
     requests while the model computes) and, after a failed call, lets Serve's health check probe
     the model and replace the replica if it is broken."""
 
-    def _setup(self, batching: dict) -> None:
+    def _setup(self) -> None:
         self._worker = ThreadPoolExecutor(1)
         self._failed = False
-        self._batch.set_max_batch_size(batching["max_batch_size"])
-        self._batch.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
 
     async def _run(self, fn: Callable, *args) -> Any:
         try:
@@ -80,11 +90,11 @@ class _BatchedModel:
 class GeneratorDeployment(_BatchedModel):
     """A generation engine (vLLM, or transformers) on one model folder."""
 
-    def __init__(self, model_dir: str, engine: dict, batching: dict):
+    def __init__(self, model_dir: str, engine: dict):
         from glore_ray.engines import make_engine
 
         self.engine = make_engine(model_dir, EngineConfig(**engine))
-        self._setup(batching)
+        self._setup()
 
     async def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
         return await self._batch((list(prompts), sampling))
@@ -109,11 +119,11 @@ class GeneratorDeployment(_BatchedModel):
 class ScorerDeployment(_BatchedModel):
     """A trained ORM or SORM folder: P(good) at the end of every step."""
 
-    def __init__(self, model_dir: str, batching: dict):
+    def __init__(self, model_dir: str):
         from glore_ray.reward_models import HFStepScorer
 
         self.scorer = HFStepScorer(model_dir)
-        self._setup(batching)
+        self._setup()
 
     async def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
         return await self._batch((list(questions), [list(s) for s in steps]))
@@ -192,7 +202,11 @@ async def _model_unavailable(request: Request, exc: ModelUnavailable) -> JSONRes
 
 @serve.deployment
 @serve.ingress(api)
-class EnsembleIngress:
+class EnsembleIngress(_Batching):
+    """Batches whole requests: the ensemble solves a batch of questions with one call per model
+    and step, so every model deployment sees the batch (and merges batches of other ingress
+    replicas in its own `@serve.batch`)."""
+
     def __init__(self, policy, global_refiner, local_refiner, orm, sorm, cfg: ServeConfig, max_tokens: int):
         self.cfg, self.max_tokens = cfg, max_tokens
         timeout = cfg.model_timeout_s
@@ -200,17 +214,20 @@ class EnsembleIngress:
                         "orm": orm, "sorm": sorm}
         self.models = {name: (HandleEngine if name in GENERATORS else HandleScorer)(name, h, timeout)
                        for name, h in self.handles.items()}
+        # The ensemble blocks on its handle calls: it runs on these threads, never on the event loop.
+        self._threads = ThreadPoolExecutor(INGRESS_CONCURRENT_BATCHES)
         api.state.token = load_token(cfg)
 
     @api.get("/healthz")
-    def healthz(self) -> JSONResponse:
-        pings = {name: h.ping.remote() for name, h in self.handles.items()}
-        models = {}
-        for name, response in pings.items():
+    async def healthz(self) -> JSONResponse:
+        async def ping(name: str, handle) -> str:
             try:
-                models[name] = _result(name, response, min(self.cfg.model_timeout_s, 5.0))
-            except ModelUnavailable as e:
-                models[name] = str(e)
+                return await asyncio.wait_for(handle.ping.remote(), min(self.cfg.model_timeout_s, 5.0))
+            except Exception as e:  # dead, restarting or too slow
+                return f"the {name} model is unavailable: {type(e).__name__}"
+
+        answers = await asyncio.gather(*(ping(name, h) for name, h in self.handles.items()))
+        models = dict(zip(self.handles, answers))
         ok = all(v == "ok" for v in models.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "models": models}, status_code=200 if ok else 503)
 
@@ -219,23 +236,35 @@ class EnsembleIngress:
               responses={401: {"description": "missing or wrong bearer token"},
                          422: {"description": "invalid request"},
                          503: {"description": "a model failed or did not answer in time"}})
-    def solve(self, request: SolveRequest) -> SolveResponse:
-        # A plain `def`: FastAPI runs it on a worker thread, where the ensemble's blocking handle
-        # calls are allowed; requests still run concurrently (and batch in the model deployments).
+    async def solve(self, request: SolveRequest) -> SolveResponse:
         settings = ensemble_settings(request, self.cfg, self.max_tokens)
-        m = self.models
-        ensemble = RefinementEnsemble(m["policy"], m["global_refiner"], m["local_refiner"], m["orm"], m["sorm"],
-                                      settings)
-        (decision,) = ensemble.solve([request.question], [request.draft])
-        return SolveResponse.from_decision(decision)
+        return SolveResponse.from_decision(await self._batch((request.question, request.draft, settings)))
+
+    @serve.batch(max_concurrent_batches=INGRESS_CONCURRENT_BATCHES)
+    async def _batch(self, requests: list[tuple[str, str | None, EnsembleSettings]]) -> list[Decision]:
+        decisions: list[Decision | None] = [None] * len(requests)
+        loop = asyncio.get_running_loop()
+        for settings in dict.fromkeys(s for _, _, s in requests):  # one ensemble call per distinct settings
+            members = [i for i, (_, _, s) in enumerate(requests) if s == settings]
+            m = self.models
+            ensemble = RefinementEnsemble(m["policy"], m["global_refiner"], m["local_refiner"], m["orm"], m["sorm"],
+                                          settings)
+            solved = await loop.run_in_executor(self._threads, ensemble.solve, [requests[i][0] for i in members],
+                                                [requests[i][1] for i in members])
+            for i, decision in zip(members, solved, strict=True):
+                decisions[i] = decision
+        return decisions
 
 
 # ---- building and running the app ----------------------------------------------------------------
 
 def deployment_options(d: ModelDeploymentConfig) -> dict:
-    """Serve options of one deployment: fixed replicas, or autoscaling between min and max."""
+    """Serve options of one deployment: fixed replicas, or autoscaling between min and max; the
+    batching settings as its user_config (see `_Batching`)."""
     options: dict[str, Any] = {"ray_actor_options": {"num_cpus": d.cpus, "num_gpus": d.gpus},
-                               "max_ongoing_requests": d.max_ongoing_requests}
+                               "max_ongoing_requests": d.max_ongoing_requests,
+                               "user_config": {"max_batch_size": d.max_batch_size,
+                                               "batch_wait_timeout_s": d.batch_wait_timeout_s}}
     if d.max_replicas > d.min_replicas:
         options["autoscaling_config"] = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
                                          "target_ongoing_requests": d.target_ongoing_requests}
@@ -254,12 +283,11 @@ def build_app(cfg: GloreConfig, models: dict[str, str]) -> serve.Application:
     bound = {}
     for name in SERVED_MODELS:
         d = getattr(cfg.serve, name)
-        batching = {"max_batch_size": d.max_batch_size, "batch_wait_timeout_s": d.batch_wait_timeout_s}
+        options = deployment_options(d)
         if name in GENERATORS:
-            bound[name] = GeneratorDeployment.options(name=name, **deployment_options(d)).bind(
-                models[name], engine, batching)
+            bound[name] = GeneratorDeployment.options(name=name, **options).bind(models[name], engine)
         else:
-            bound[name] = ScorerDeployment.options(name=name, **deployment_options(d)).bind(models[name], batching)
+            bound[name] = ScorerDeployment.options(name=name, **options).bind(models[name])
     return EnsembleIngress.options(name="ensemble", **deployment_options(cfg.serve.ingress)).bind(
         **bound, cfg=cfg.serve, max_tokens=cfg.sampling.max_tokens)
 
