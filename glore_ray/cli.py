@@ -123,14 +123,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"glore: {e}", file=sys.stderr)
             return 2
     elif args.verb == "serve":
-        from glore_ray.serve_app import run_server
+        from glore_ray.pipeline import ensemble_models
+        from glore_ray.serve_app import build_app, run_server
 
-        _connect_ray()
         try:
-            run_server(cfg, args.models, single_process.echo)
-        except (FileNotFoundError, ValueError) as e:
+            app = build_app(cfg, ensemble_models(cfg, args.models))
+        except FileNotFoundError as e:
             print(f"glore: {e}", file=sys.stderr)
             return 2
+        _connect_ray()
+        run_server(app, cfg.serve, single_process.echo)
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -305,16 +306,18 @@ def app_builder(args: dict) -> serve.Application:
     return build_app(cfg, ensemble_models(cfg, args["models"]))
 
 
-def run_server(cfg: GloreConfig, models_dir: str, log: Callable[[str], None] = print) -> None:
-    """`glore serve`: deploy on the connected cluster and serve until interrupted."""
-    from glore_ray.pipeline import ensemble_models
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
-    app = build_app(cfg, ensemble_models(cfg, models_dir))
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+
+def run_server(app: serve.Application, cfg: ServeConfig, log: Callable[[str], None] = print) -> None:
+    """`glore serve`: deploy on the connected cluster and serve until interrupted."""
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
     t0 = time.perf_counter()
     serve.run(app, name=APP_NAME, route_prefix="/")
-    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    url = f"http://{cfg.host}:{cfg.port}"
     log(f"serve: up in {time.perf_counter() - t0:.0f} s: POST {url}/v1/solve, GET {url}/healthz, docs {url}/docs")
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, `ray job stop`, a pod's termination: as Ctrl-C
     try:
         while True:
             time.sleep(3600)

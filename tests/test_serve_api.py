@@ -61,3 +61,12 @@ def test_the_token_comes_from_the_file_else_the_environment(tmp_path, monkeypatc
 def test_the_bearer_check(header, ok) -> None:
     assert authorized(header, "s3cret") is ok
     assert authorized(header, None) is True  # no token configured: open
+
+
+def test_glore_serve_names_the_missing_model_folders_before_touching_ray(tmp_path, capsys) -> None:
+    from glore_ray.cli import main
+
+    assert main(["serve", "--models", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"no exported model folder for policy: {tmp_path}/expert_iteration_1/model" in err
+    assert "run `glore pipeline` with this config first" in err
