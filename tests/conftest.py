@@ -69,8 +69,9 @@ def miniature_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     kept = os.environ.get("GLORE_MINIATURE_RUN")
     out = Path(kept) if kept else tmp_path_factory.mktemp("pipeline") / "run"
-    for _ in _local_ray(tmp_path_factory):
-        assert main(["pipeline", "--out", str(out), *as_sets(MINIATURE)]) == 0
+    for _ in _local_ray(tmp_path_factory):  # the loop ends with the cluster's shutdown, pass or fail
+        code = main(["pipeline", "--out", str(out), *as_sets(MINIATURE)])
+    assert code == 0
     return out
 
 

@@ -23,6 +23,11 @@ STAGES = ["data", "init_model", "policy", "expert_iteration_1_samples", "expert_
           "global_refiner", "local_refiner", "evaluate"]
 
 
+@pytest.fixture
+def pipeline_run(miniature_run, ray_module):
+    return miniature_run
+
+
 def _manifest(out, stage: str) -> dict:
     return json.loads((out / stage / "manifest.json").read_text())
 
