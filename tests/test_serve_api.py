@@ -71,38 +71,3 @@ def test_glore_serve_names_the_missing_model_folders_before_touching_ray(tmp_pat
     assert f"no exported model folder for policy: {tmp_path}/expert_iteration_1/model" in err
     assert "run `glore pipeline` with this config first" in err
 
-
-def test_a_scorer_replica_merges_concurrent_calls_and_fails_its_health_check_while_broken(tiny_model_dir) -> None:
-    """The deployment class itself (no cluster): `@serve.batch` merges concurrent calls into one
-    scorer call with the same values as separate calls; after a failed call the health check
-    probes the model, failing while it is broken (Serve then replaces the replica) and passing
-    once it works again."""
-    import asyncio
-
-    from glore_ray.serve_app import ScorerDeployment
-
-    replica = ScorerDeployment.func_or_class(str(tiny_model_dir))
-    replica.reconfigure({"max_batch_size": 8, "batch_wait_timeout_s": 0.05})
-    questions = ["Ava has 3 apples. She buys 4 more.", "Ben has 5 cards."]
-    steps = [["3 + 4 = 7 apples.", "#### 7"], ["5 + 0 = 5 cards.", "#### 5"]]
-    separate = [replica.scorer.score([q], [s])[0] for q, s in zip(questions, steps)]
-    calls = []
-    score = replica.scorer.score
-    replica.scorer.score = lambda qs, ss: calls.append(len(qs)) or score(qs, ss)
-
-    async def scenario() -> None:
-        merged = await asyncio.gather(*(replica.score([q], [s]) for q, s in zip(questions, steps)))
-        assert [m[0] for m in merged] == pytest.approx(separate, abs=1e-5)
-        assert calls == [2]  # one scorer call for both requests
-
-        model = replica.scorer.model
-        replica.scorer.model = None  # the model breaks: every call raises
-        with pytest.raises(TypeError):
-            await replica.score(questions[:1], steps[:1])
-        with pytest.raises(TypeError):
-            await replica.check_health()
-        replica.scorer.model = model
-        await replica.check_health()  # the probe passes again
-        assert not replica._failed
-
-    asyncio.run(scenario())
