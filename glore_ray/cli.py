@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
               "finished stages are skipped, an interrupted one resumes",
               out="run directory: one sub-directory per stage, report.json, report.md, plots")
     p.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run this stage and every later one")
+    p.add_argument("--only", action="append", metavar="STAGE",
+                   help="run just this stage (repeatable; `expert_iteration` means every round); "
+                        "earlier stages must be done")
     _verb(verbs, "serve", "the refinement ensemble over HTTP (Ray Serve) until interrupted; serve.* in the "
           "config sets host, port, token, replicas and batching",
           models="pipeline run directory (--out of `glore pipeline` with the same config)")
@@ -94,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.verb == "sft":
         single_process.train_policy_local(cfg, args.data, args.model, args.out)
     elif args.verb == "train":
+        from glore_ray.metrics import StageMetrics
         from glore_ray.trainer import fit
 
         _connect_ray()
         fit(args.objective, cfg.training(args.objective), args.data, args.model, args.out,
-            f"{cfg.run_name}-{args.objective}", single_process.echo)
+            f"{cfg.run_name}-{args.objective}", single_process.echo, StageMetrics(args.objective, cfg.run_name))
     elif args.verb in ("rollouts", "label", "pairs"):
         from glore_ray import stages
 
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _connect_ray()
         try:
-            run_pipeline(cfg, args.out, args.from_stage, single_process.echo)
+            run_pipeline(cfg, args.out, args.from_stage, single_process.echo, args.only)
         except ValueError as e:
             print(f"glore: {e}", file=sys.stderr)
             return 2
@@ -134,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         _connect_ray()
         run_server(app, cfg.serve, single_process.echo)
     return 0
+
+
+def job_main(*verb: str) -> None:
+    """The body of a `jobs/` script: joins the cluster the job was submitted to with a plain
+    `ray.init()` (a job must not pass resources: the cluster has them), then runs `glore <verb>`
+    with the script's arguments."""
+    _connect_ray()
+    sys.exit(main([*verb, *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

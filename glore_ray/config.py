@@ -127,6 +127,9 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     """0 trains on CPU (gloo); 1 gives each worker a GPU (nccl)."""
+    accelerator_type: str = ""
+    """Ray's accelerator type the GPUs must be (e.g. A100-80G, as nodes advertise it in
+    `accelerator_type:<type>`); empty: any."""
     torch_threads: int = 2
     """Intra-op threads per worker; 0 keeps Ray's default (one per reserved CPU). More than the
     reserved CPUs speeds up CPU training on a node that is otherwise idle while it trains."""
@@ -154,6 +157,8 @@ class TrainConfig:
         _check(self.num_workers >= 1, f"{key}.num_workers", "must be >= 1")
         _check(self.cpus_per_worker > 0, f"{key}.cpus_per_worker", "must be > 0")
         _check(self.gpus_per_worker >= 0, f"{key}.gpus_per_worker", "must be >= 0")
+        _check(not self.accelerator_type or self.gpus_per_worker > 0, f"{key}.accelerator_type",
+               "needs gpus_per_worker > 0")
         _check(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
         _check(self.checkpoint_every > 0, f"{key}.checkpoint_every", "must be > 0")
         _check(self.replay_rows >= 0, f"{key}.replay_rows", "must be >= 0")
@@ -222,6 +227,9 @@ class EnginePoolConfig:
     """Keep it fractional on CPU machines: a pool holding every CPU starves Ray Data's read tasks."""
     gpus_per_replica: float = 0.0
     """GPUs per replica: engine.tensor_parallel_size of them on a cluster, 0 on CPU."""
+    accelerator_type: str = ""
+    """Ray's accelerator type the GPUs must be (e.g. A100-80G, as nodes advertise it in
+    `accelerator_type:<type>`); empty: any."""
     batch_size: int = 16
     """Questions per engine call."""
 
@@ -229,6 +237,8 @@ class EnginePoolConfig:
         _check(self.replicas >= 1, f"{key}.replicas", "must be >= 1")
         _check(self.cpus_per_replica > 0, f"{key}.cpus_per_replica", "must be > 0")
         _check(self.gpus_per_replica >= 0, f"{key}.gpus_per_replica", "must be >= 0")
+        _check(not self.accelerator_type or self.gpus_per_replica > 0, f"{key}.accelerator_type",
+               "needs gpus_per_replica > 0")
         _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
 
 
@@ -272,6 +282,9 @@ class ModelDeploymentConfig:
     cpus: float = 0.25
     gpus: float = 0.0
     """GPUs per replica: engine.tensor_parallel_size of them for a generator on a cluster, 0 on CPU."""
+    accelerator_type: str = ""
+    """Ray's accelerator type the GPUs must be (e.g. A100-80G, as nodes advertise it in
+    `accelerator_type:<type>`); empty: any."""
     max_batch_size: int = 16
     """Requests merged into one call (`@serve.batch`): of the ensemble at the ingress, of the
     engine or scorer at a model; 1 turns batching off."""
@@ -286,6 +299,8 @@ class ModelDeploymentConfig:
         _check(self.target_ongoing_requests > 0, f"{key}.target_ongoing_requests", "must be > 0")
         _check(self.cpus > 0, f"{key}.cpus", "must be > 0")
         _check(self.gpus >= 0, f"{key}.gpus", "must be >= 0")
+        _check(not self.accelerator_type or self.gpus > 0, f"{key}.accelerator_type",
+               "needs gpus > 0")
         _check(self.max_batch_size >= 1, f"{key}.max_batch_size", "must be >= 1")
         _check(self.batch_wait_timeout_s >= 0, f"{key}.batch_wait_timeout_s", "must be >= 0")
         _check(self.max_ongoing_requests >= self.max_batch_size, f"{key}.max_ongoing_requests",

@@ -23,6 +23,7 @@ from glore_ray.data import Problem, Quarantine, load_problems
 from glore_ray.engines import Engine, Generation, Sampling
 from glore_ray.ensemble import EnsembleSettings, RefinementEnsemble, StepScorer
 from glore_ray.grading import is_correct, split_steps
+from glore_ray.metrics import StageMetrics
 from glore_ray.organism import check_solution, is_organism_problem
 from glore_ray.prompts import solve_prompt
 
@@ -104,7 +105,8 @@ def start_model_servers(cfg: GloreConfig, models: dict[str, str]) -> EnsembleMod
     import ray
 
     pool = cfg.eval.pool
-    server = ray.remote(ModelServer).options(num_cpus=pool.cpus_per_replica, num_gpus=pool.gpus_per_replica)
+    server = ray.remote(ModelServer).options(num_cpus=pool.cpus_per_replica, num_gpus=pool.gpus_per_replica,
+                                             accelerator_type=pool.accelerator_type or None)
     engine = dataclasses.asdict(cfg.engine)
     handles = {name: server.remote(path, "scorer" if name in SCORERS else "engine", engine)
                for name, path in models.items()}
@@ -124,7 +126,8 @@ def _orm_best(scores: list[list[float]]) -> int:
     return max(range(len(finals)), key=lambda i: (finals[i], -i))
 
 
-def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: GloreConfig) -> list[dict]:
+def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: GloreConfig,
+                   metrics: StageMetrics) -> list[dict]:
     """The records of a batch of test problems (see the module docstring)."""
     ev, max_tokens = cfg.eval, cfg.sampling.max_tokens
     prompts = [solve_prompt(p.question) for p in problems]
@@ -143,6 +146,11 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
     by_sorm = models.ensemble(settings).solve(questions, drafts)
     by_orm = models.ensemble(dataclasses.replace(settings, where="orm")).solve(questions, drafts)
 
+    metrics.record("questions", len(problems))
+    metrics.record("samples", sum(len(ts) for ts in texts))
+    metrics.record("generated_tokens", sum(c.n_tokens for g in (*greedy, *sampled) for c in g.completions))
+    for decision in by_sorm:
+        metrics.record("chosen_candidates", candidate=decision.chosen)
     records = []
     for problem, solutions, d_sorm, d_orm in zip(problems, texts, by_sorm, by_orm, strict=True):
         scored = []
@@ -173,6 +181,7 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
     from glore_ray.report import build_report, write_report
 
     t0 = time.perf_counter()
+    metrics = StageMetrics.of_stage_dir(stage_dir, cfg.run_name)
     quarantine = Quarantine()
     problems = itertools.islice(load_problems(test, quarantine=quarantine), cfg.eval.n_problems)
     replicas = [start_model_servers(cfg, models) for _ in range(cfg.eval.pool.replicas)]
@@ -183,7 +192,7 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
     try:
         with decisions.open("w") as sink, ThreadPoolExecutor(len(replicas)) as threads:
             # One batch in flight per replica set; results are written in input order.
-            while window := [threads.submit(evaluate_batch, m, b, cfg) for m, b in zip(replicas, batches)]:
+            while window := [threads.submit(evaluate_batch, m, b, cfg, metrics) for m, b in zip(replicas, batches)]:
                 for future in window:
                     for record in future.result():
                         sink.write(json.dumps(record) + "\n")

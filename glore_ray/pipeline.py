@@ -49,6 +49,7 @@ def _asdict(cfg: GloreConfig, *sections: str) -> dict:
 
 def _train_stage(name: str, objective: str, cfg: GloreConfig, rows: str, init: str, log: Log,
                  train_cfg=None) -> Stage:
+    from glore_ray.metrics import StageMetrics
     from glore_ray.trainer import count_rows, export_untrained, fit
 
     train_cfg = train_cfg or cfg.training(objective)
@@ -62,7 +63,8 @@ def _train_stage(name: str, objective: str, cfg: GloreConfig, rows: str, init: s
             log(f"{name}: no training rows in {rows}; exporting the untrained initial model")
             export_untrained(objective, init, model)
             return {"rows": 0, "untrained": True}
-        meta = fit(objective, train_cfg, rows, init, model, f"{cfg.run_name}-{name}-{key}", log)
+        meta = fit(objective, train_cfg, rows, init, model, f"{cfg.run_name}-{name}-{key}", log,
+                   StageMetrics(name, cfg.run_name))
         return {"rows": n_rows, "steps": meta["step"], "first_loss": meta.get("first_loss"),
                 "final_loss": meta["loss"], "resumed_from": meta.get("resumed_from")}
 
@@ -201,8 +203,21 @@ class PipelineProgress:
         return "\n".join(lines)
 
 
-def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None, log: Log = print) -> dict:
-    """Run (or finish) the pipeline under `out_dir`; returns the report."""
+def select_stages(names: list[str], only: list[str]) -> list[str]:
+    """The stages `--only` names: a stage's name, or `expert_iteration` for every round's stages."""
+    selected = []
+    for wanted in only:
+        matches = [n for n in names if n == wanted or (wanted == "expert_iteration" and n.startswith(wanted))]
+        if not matches:
+            raise ValueError(f"--only {wanted!r}: not a stage of this config; stages: {', '.join(names)}")
+        selected += matches
+    return [n for n in names if n in selected]
+
+
+def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None, log: Log = print,
+                 only: list[str] | None = None) -> dict:
+    """Run (or finish) the pipeline under `out_dir`; returns the report. With `only`, run just those
+    stages (a job per stage): every earlier stage must be done, later ones are left alone."""
     from glore_ray.config import config_to_dict
 
     out = Path(out_dir).absolute()
@@ -210,11 +225,12 @@ def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None, 
     names = [s.name for s in all_stages]
     if from_stage is not None and from_stage not in names:
         raise ValueError(f"--from {from_stage!r}: not a stage of this config; stages: {', '.join(names)}")
+    selected = select_stages(names, only) if only else names
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
     forced = names[names.index(from_stage):] if from_stage else []
     progress = PipelineProgress(out, names, log)
-    for stage in all_stages:
+    for stage in all_stages[:names.index(selected[-1]) + 1]:
         stage_dir = out / stage.name
         state, signature = stage_state(stage, stage_dir)
         if stage.name in forced:
@@ -222,6 +238,9 @@ def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None, 
         if state == "done":
             progress.update(stage.name, "up to date, skipped")
             continue
+        if stage.name not in selected:
+            raise ValueError(f"{stage.name} is not done in {out} (or its config or inputs changed): "
+                             f"run it before {', '.join(selected)}")
         if state == "resume" and not stage.resumable:
             state = "run"
         if state == "run":
@@ -235,6 +254,8 @@ def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None, 
         write_manifest(str(stage_dir), stage.name, stage.config, stage.inputs, counts | {"wall_s": round(wall, 1)})
         progress.update(stage.name, "done", wall)
     log(progress.table())
+    if selected[-1] != names[-1]:
+        return {}
     report = _add_warnings(out, names)
     log((out / "report.md").read_text())
     return report

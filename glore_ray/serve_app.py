@@ -31,6 +31,7 @@ from ray import serve
 from glore_ray.config import GENERATORS, SERVED_MODELS, EngineConfig, GloreConfig, ModelDeploymentConfig, ServeConfig
 from glore_ray.engines import Generation, Sampling
 from glore_ray.ensemble import Decision, EnsembleSettings, RefinementEnsemble
+from glore_ray.metrics import StageMetrics
 from glore_ray.serve_api import (RequestError, SolveRequest, SolveResponse, authorized, ensemble_settings,
                                  load_token)
 
@@ -208,8 +209,10 @@ class EnsembleIngress(_Batching):
     and step, so every model deployment sees the batch (and merges batches of other ingress
     replicas in its own `@serve.batch`)."""
 
-    def __init__(self, policy, global_refiner, local_refiner, orm, sorm, cfg: ServeConfig, max_tokens: int):
+    def __init__(self, policy, global_refiner, local_refiner, orm, sorm, cfg: ServeConfig, max_tokens: int,
+                 run_name: str):
         self.cfg, self.max_tokens = cfg, max_tokens
+        self.metrics = StageMetrics("serve", run_name)
         timeout = cfg.model_timeout_s
         self.handles = {"policy": policy, "global_refiner": global_refiner, "local_refiner": local_refiner,
                         "orm": orm, "sorm": sorm}
@@ -238,8 +241,24 @@ class EnsembleIngress(_Batching):
                          422: {"description": "invalid request"},
                          503: {"description": "a model failed or did not answer in time"}})
     async def solve(self, request: SolveRequest) -> SolveResponse:
-        settings = ensemble_settings(request, self.cfg, self.max_tokens)
-        return SolveResponse.from_decision(await self._batch((request.question, request.draft, settings)))
+        t0, status = time.perf_counter(), "500"
+        try:
+            settings = ensemble_settings(request, self.cfg, self.max_tokens)
+            decision = await self._batch((request.question, request.draft, settings))
+            status = "200"
+        except RequestError:
+            status = "422"
+            raise
+        except ModelUnavailable:
+            status = "503"
+            raise
+        finally:
+            # Requests FastAPI rejects before this method (401, schema 422s) are in Serve's own
+            # per-route metrics.
+            self.metrics.record("serve_requests", status=status)
+            self.metrics.record("serve_latency_seconds", time.perf_counter() - t0)
+        self.metrics.record("chosen_candidates", candidate=decision.chosen)
+        return SolveResponse.from_decision(decision)
 
     @serve.batch(max_concurrent_batches=INGRESS_CONCURRENT_BATCHES)
     async def _batch(self, requests: list[tuple[str, str | None, EnsembleSettings]]) -> list[Decision]:
@@ -262,7 +281,9 @@ class EnsembleIngress(_Batching):
 def deployment_options(d: ModelDeploymentConfig) -> dict:
     """Serve options of one deployment: fixed replicas, or autoscaling between min and max; the
     batching settings as its user_config (see `_Batching`)."""
-    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": d.cpus, "num_gpus": d.gpus},
+    actor = {"num_cpus": d.cpus, "num_gpus": d.gpus} | ({"accelerator_type": d.accelerator_type}
+                                                         if d.accelerator_type else {})
+    options: dict[str, Any] = {"ray_actor_options": actor,
                                "max_ongoing_requests": d.max_ongoing_requests,
                                "user_config": {"max_batch_size": d.max_batch_size,
                                                "batch_wait_timeout_s": d.batch_wait_timeout_s}}
@@ -290,7 +311,7 @@ def build_app(cfg: GloreConfig, models: dict[str, str]) -> serve.Application:
         else:
             bound[name] = ScorerDeployment.options(name=name, **options).bind(models[name])
     return EnsembleIngress.options(name="ensemble", **deployment_options(cfg.serve.ingress)).bind(
-        **bound, cfg=cfg.serve, max_tokens=cfg.sampling.max_tokens)
+        **bound, cfg=cfg.serve, max_tokens=cfg.sampling.max_tokens, run_name=cfg.run_name)
 
 
 def app_builder(args: dict) -> serve.Application:

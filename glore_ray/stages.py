@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import threading
 import time
 from collections import Counter
@@ -31,6 +32,7 @@ from glore_ray.labels import (
     orm_labels,
 )
 from glore_ray.manifest import write_manifest
+from glore_ray.metrics import StageMetrics
 from glore_ray.prompts import solve_prompt
 from glore_ray.rollouts import grade_rollouts, question_from_row
 
@@ -44,23 +46,36 @@ def counters_name(out_dir: str) -> str:
     return f"glore-counters:{out_dir}"
 
 
+COUNT_METRICS = {"questions": "questions", "samples": "samples", "continuations": "samples",
+                 "generated_tokens": "generated_tokens"}
+"""The replicas' counts that are also metrics (metrics.py); SORM continuations are samples."""
+
+
 def _counters_class():
     import ray
 
     @ray.remote(num_cpus=0)
     class StageCounters:
         """Totals the replicas report (tokens, continuations, batches) and their handles, read by
-        the driver's progress line and at the end for the manifest."""
+        the driver's progress line and at the end for the manifest; also the stage's metrics."""
 
-        def __init__(self) -> None:
+        def __init__(self, metrics: StageMetrics) -> None:
             self.totals: Counter = Counter()
             self.handles: list = []
+            self.metrics = metrics
+            self.t0 = time.perf_counter()
 
         def register(self, handle) -> None:
             self.handles.append(handle)
 
         def add(self, counts: dict) -> None:
             self.totals.update(counts)
+            for key, metric in COUNT_METRICS.items():
+                self.metrics.record(metric, counts.get(key, 0))
+            for label in ("positive", "negative"):
+                self.metrics.record("sorm_steps", counts.get(f"{label}_steps", 0), label=label)
+            self.metrics.record("generation_tokens_per_second",
+                                self.totals["generated_tokens"] / (time.perf_counter() - self.t0))
 
         def snapshot(self) -> dict:
             return dict(self.totals)
@@ -91,8 +106,8 @@ class RolloutSampler(_Replica):
         problems = [Problem.from_row(row) for row in batch.to_pylist()]
         generations = self.engine.generate([solve_prompt(p.question) for p in problems], self.sampling)
         rows = [grade_rollouts(p, g) for p, g in zip(problems, generations, strict=True)]
-        self.counters.add.remote({"questions": len(rows), "generated_tokens": sum(
-            c.n_tokens for g in generations for c in g.completions)})
+        self.counters.add.remote({"questions": len(rows), "samples": sum(len(g.completions) for g in generations),
+                                  "generated_tokens": sum(c.n_tokens for g in generations for c in g.completions)})
         return pa.Table.from_pylist(rows, schema=ROLLOUTS_SCHEMA)
 
 
@@ -124,8 +139,9 @@ class SormLabelBatch(_Replica):
                             "completions": lr.rollout.steps, "labels": lr.labels,
                             "first_wrong": truth[lr.rollout.id], "step_truth": row["step_truth"],
                             "pos_continuation": lr.pos_continuation, "neg_continuation": lr.neg_continuation})
-        stats = dataclasses.asdict(labeller.stats)
-        self.counters.add.remote({"questions": len(rows), **stats})
+        steps = [label for row in out for label in row["labels"]]
+        self.counters.add.remote({"questions": len(rows), **dataclasses.asdict(labeller.stats),
+                                  "positive_steps": sum(steps), "negative_steps": len(steps) - sum(steps)})
         return pa.Table.from_pylist(out, schema=SORM_SCHEMA)
 
 
@@ -140,7 +156,11 @@ def _pool_args(pool: EnginePoolConfig) -> dict:
 
     args = {"compute": ray.data.ActorPoolStrategy(size=pool.replicas), "num_cpus": pool.cpus_per_replica,
             "batch_size": pool.batch_size, "batch_format": "pyarrow"}
-    return args | ({"num_gpus": pool.gpus_per_replica} if pool.gpus_per_replica else {})
+    if pool.gpus_per_replica:
+        args["num_gpus"] = pool.gpus_per_replica
+    if pool.accelerator_type:
+        args["accelerator_type"] = pool.accelerator_type
+    return args
 
 
 class _Progress:
@@ -175,11 +195,12 @@ class _Progress:
 
 
 @contextmanager
-def _stage_counters(out_dir: str):
-    """The stage's named counters actor, removed when the stage ends (a re-run can reuse the name)."""
+def _stage_counters(out_dir: str, run: str):
+    """The stage's named counters actor, removed when the stage ends (a re-run can reuse the name).
+    Its metrics are tagged with the stage directory's name (the pipeline's stage name) and the run."""
     import ray
 
-    counters = _counters_class().options(name=counters_name(out_dir)).remote()
+    counters = _counters_class().options(name=counters_name(out_dir)).remote(StageMetrics.of_stage_dir(out_dir, run))
     try:
         yield counters
     finally:
@@ -203,8 +224,6 @@ def write_dataset(dataset, path: str, schema: pa.Schema) -> None:
 
 
 def _abs(path: str) -> str:
-    import os
-
     return path if "://" in path else os.path.abspath(path)
 
 
@@ -237,7 +256,7 @@ def run_rollouts(cfg: GloreConfig, questions: str, policy: str, out_dir: str, lo
     sampling = dataclasses.asdict(Sampling(n=cfg.rollouts.k, temperature=cfg.rollouts.temperature,
                                            top_p=cfg.sampling.top_p, max_tokens=cfg.sampling.max_tokens,
                                            seed=cfg.sampling.seed))
-    with _stage_counters(out_dir) as counters, _Progress("rollouts", counters, log):
+    with _stage_counters(out_dir, cfg.run_name) as counters, _Progress("rollouts", counters, log):
         write_dataset(ray.data.read_parquet(f"{out_dir}/questions").map_batches(
             RolloutSampler, fn_constructor_kwargs={"model": _abs(policy), "engine": dataclasses.asdict(cfg.engine),
                                                    "counters": counters, "sampling": sampling},
@@ -325,7 +344,8 @@ def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, o
         config |= {"labels": dataclasses.asdict(cfg.labels), "engine": dataclasses.asdict(cfg.engine),
                    "max_tokens": cfg.sampling.max_tokens}
         target = f"{out_dir}/unbalanced" if cfg.labels.balance else f"{out_dir}/data"
-        with _stage_counters(out_dir) as counters, _Progress(f"sorm labels ({cfg.labels.mode})", counters, log):
+        with (_stage_counters(out_dir, cfg.run_name) as counters,
+              _Progress(f"sorm labels ({cfg.labels.mode})", counters, log)):
             write_dataset(source.map_batches(
                 SormLabelBatch, fn_constructor_kwargs={"model": _abs(policy), "engine": dataclasses.asdict(cfg.engine),
                                                        "counters": counters, "labels": dataclasses.asdict(cfg.labels),

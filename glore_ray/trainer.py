@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from glore_ray.config import TrainConfig
+from glore_ray.metrics import StageMetrics
 from glore_ray.objectives import OBJECTIVES, STEP_REWARD, encode_row
 
 META = "meta.json"
@@ -55,9 +56,10 @@ def export_untrained(objective: str, init_model: str, out: str) -> None:
 
 
 def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, run_name: str,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, metrics: StageMetrics | None = None) -> dict:
     """Train `objective` from the Hugging Face folder `init_model` on `data`; write the result to
-    `out` and return the run's summary (steps, first and last logged loss, resumed_from)."""
+    `out` and return the run's summary (steps, first and last logged loss, resumed_from). Rank 0
+    records loss, steps and throughput as `metrics` (default: stage = the objective, run = `run_name`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -67,9 +69,11 @@ def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, 
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"objective": objective, "cfg": dataclasses.asdict(cfg),
+                           "metrics": dataclasses.asdict(metrics or StageMetrics(objective, run_name)),
                            "init_model": os.path.abspath(init_model)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               accelerator_type=cfg.accelerator_type or None),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=cfg.storage_path or os.path.abspath(out) + ".ray_train",
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
@@ -168,6 +172,7 @@ def train_worker(config: dict) -> None:
     from glore_ray.train_loop import TorchUpdate, train_steps
 
     objective, cfg, init_model = config["objective"], TrainConfig(**config["cfg"]), config["init_model"]
+    stage_metrics = StageMetrics(**config["metrics"])
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(cfg.seed)
     if cfg.torch_threads:
@@ -216,11 +221,16 @@ def train_worker(config: dict) -> None:
                 engine.load_checkpoint(d, tag=DS_TAG)
 
     skipped = [0]
+    logged_step = [start_step]
 
     def on_log(log) -> None:
         last.setdefault("first_loss", log.loss)
         last.update(loss=log.loss, lr=log.lr, tokens_per_s=log.tokens_per_s)
         if rank == 0:
+            stage_metrics.record("train_steps", log.step - logged_step[0])
+            stage_metrics.record("train_loss", log.loss)
+            stage_metrics.record("train_tokens_per_second", log.tokens_per_s)
+            logged_step[0] = log.step
             # Not print(): Ray Train's patched print logs the line and also tees it to stdout, so
             # every line would reach the driver twice.
             sys.stdout.write(f"{objective} step {log.step}/{cfg.steps}  loss {log.loss:.4f}  lr {log.lr:.2e}  "

@@ -4,6 +4,9 @@ tiny model folder built once per session."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -59,20 +62,50 @@ def _local_ray(tmp_path_factory: pytest.TempPathFactory):
         ray.shutdown()
 
 
+@dataclass
+class MiniatureJob:
+    out: Path
+    status: str
+    submit_output: str
+    logs: str
+    scrapes: list
+    """The head's metrics pages read while the job ran (tests/ray_head.Scrape)."""
+
+
 @pytest.fixture(scope="session")
-def miniature_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`glore pipeline` on the miniature config (tests/miniature.py), once per session on its own
-    local Ray cluster: its stages, report and exported models. GLORE_MINIATURE_RUN names a
-    directory to keep it in between sessions (the pipeline then skips its up-to-date stages)."""
-    from glore_ray.cli import main
+def miniature_job(tmp_path_factory: pytest.TempPathFactory) -> MiniatureJob:
+    """The miniature pipeline (tests/miniature.py) the way users run it: a head started with
+    `ray start --head`, `jobs/pipeline.py` submitted with `ray job submit` and the project's runtime
+    env, its metrics endpoint read every 2 s meanwhile, its logs read back with `ray job logs`; then
+    the head stops. Once per session: its run directory and exported models serve test_pipeline,
+    test_jobs and test_serve. GLORE_MINIATURE_RUN names a directory to keep the run in between
+    sessions (the job then skips its up-to-date stages and re-runs only the evaluation)."""
+    from ray.job_submission import JobSubmissionClient
+
     from tests.miniature import MINIATURE, as_sets
+    from tests.ray_head import MetricsScraper, ray_cli, ray_head
 
     kept = os.environ.get("GLORE_MINIATURE_RUN")
     out = Path(kept) if kept else tmp_path_factory.mktemp("pipeline") / "run"
-    for _ in _local_ray(tmp_path_factory):  # the loop ends with the cluster's shutdown, pass or fail
-        code = main(["pipeline", "--out", str(out), *as_sets(MINIATURE)])
-    assert code == 0
-    return out
+    rerun = ["--from", "evaluate"] if (out / "report.json").exists() else []
+    with ray_head(tmp_path_factory.mktemp("head")) as head:
+        submit = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", f"--address={head.address}",
+             f"--working-dir={REPO}", f"--runtime-env={REPO / 'cluster' / 'runtime_env.yaml'}",
+             "--submission-id=glore-miniature", "--", sys.executable, "jobs/pipeline.py", "--out", str(out),
+             *rerun, *as_sets(MINIATURE)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with MetricsScraper(head.metrics_url, out) as scraper:
+            submit_output, _ = submit.communicate(timeout=850)
+        status = JobSubmissionClient(head.address).get_job_status("glore-miniature").value
+        logs = ray_cli("job", "logs", f"--address={head.address}", "glore-miniature")
+    return MiniatureJob(out, status, submit_output, logs, scraper.scrapes)
+
+
+@pytest.fixture(scope="session")
+def miniature_run(miniature_job: MiniatureJob) -> Path:
+    """The run directory of the miniature job, which must have succeeded."""
+    assert miniature_job.status == "SUCCEEDED", miniature_job.submit_output[-5000:]
+    return miniature_job.out
 
 
 @pytest.fixture

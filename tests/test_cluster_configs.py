@@ -75,3 +75,131 @@ def test_the_app_builder_rejects_unknown_arguments() -> None:
 
     with pytest.raises(ValueError, match=r"need `models`.*got \['config', 'model'\]"):
         app_builder({"config": "cluster/configs/tiny-cpu.yaml", "model": "runs/demo"})
+
+
+# ---- clusters: ray-up YAMLs, KubeRay manifests, and what the 13B stages ask of them ------------
+
+RAY_UP = [REPO / "cluster" / "ray-up" / f"{cloud}.yaml" for cloud in ("aws", "gcp")]
+KUBERAY = REPO / "cluster" / "kuberay"
+
+
+def _yaml(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_the_ray_up_yamls_pass_the_autoscalers_own_schema() -> None:
+    import jsonschema
+    import pytest
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    for path in RAY_UP:
+        config = _yaml(path)
+        validate_config(prepare_config(config))  # what `ray up` runs before it launches anything
+        assert config["docker"]["image"].endswith("glore-ray:0.1.0") and config["idle_timeout_minutes"] > 0
+        types = config["available_node_types"]
+        assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+        assert any(t.get("node_config", {}).get("InstanceMarketOptions") or
+                   t.get("node_config", {}).get("scheduling", {}).get("provisioningModel") == "SPOT"
+                   for t in types.values()), f"{path.name}: no spot node type"
+        # The validator bites: a misspelt node-type field fails.
+        broken = _yaml(path)
+        broken["available_node_types"]["gpu_a100"]["max_worker"] = 1
+        with pytest.raises(jsonschema.ValidationError, match="max_worker"):
+            validate_config(prepare_config(broken))
+
+
+def _kuberay_groups(cluster_spec: dict) -> dict[str, tuple[dict, int]]:
+    """Worker groups as Ray sees them: (resources per pod, maxReplicas); rayStartParams override
+    the container limits, as KubeRay does."""
+    import json
+
+    groups = {}
+    for group in cluster_spec["workerGroupSpecs"]:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        params = group["rayStartParams"]
+        resources = {"CPU": float(params.get("num-cpus", limits["cpu"])),
+                     "GPU": float(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))}
+        resources |= json.loads(json.loads(params["resources"])) if "resources" in params else {}
+        groups[group["groupName"]] = (resources, group["maxReplicas"])
+    return groups
+
+
+def test_the_kuberay_manifests_have_the_fields_kuberay_requires() -> None:
+    cluster = _yaml(KUBERAY / "raycluster.yaml")
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    spec = cluster["spec"]
+    assert spec["enableInTreeAutoscaling"] is True and spec["autoscalerOptions"]["idleTimeoutSeconds"] > 0
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        (container,) = group["template"]["spec"]["containers"]
+        assert container["image"].endswith("glore-ray:0.1.0") and container["resources"]["limits"]
+    for group in spec["workerGroupSpecs"]:
+        assert group["groupName"] and 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+    job = _yaml(KUBERAY / "rayjob.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    entry = job["spec"]["entrypoint"].split()
+    assert "jobs/pipeline.py" in entry and (REPO / entry[entry.index("--config") + 1]).is_file()
+    import yaml
+
+    runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    assert runtime_env["env_vars"] == _yaml(REPO / "cluster" / "runtime_env.yaml")["env_vars"]
+
+
+def _stage_requests(cfg) -> dict[str, tuple[dict, int]]:
+    """What each pipeline stage asks Ray for: (one bundle's resources, how many bundles at once)."""
+    def bundle(cpus: float, gpus: float, accelerator: str) -> dict:
+        return {"CPU": cpus, "GPU": gpus} | ({f"accelerator_type:{accelerator}": 0.001} if accelerator else {})
+
+    requests = {}
+    for name in ("rollouts", "labels"):
+        pool = getattr(cfg, name).pool
+        requests[name] = (bundle(pool.cpus_per_replica, pool.gpus_per_replica, pool.accelerator_type), pool.replicas)
+    pool = cfg.eval.pool
+    requests["evaluate"] = (bundle(pool.cpus_per_replica, pool.gpus_per_replica, pool.accelerator_type),
+                            5 * pool.replicas)
+    for objective in OBJECTIVES:
+        t = cfg.training(objective)
+        requests[f"train {objective}"] = (bundle(t.cpus_per_worker, t.gpus_per_worker, t.accelerator_type),
+                                          t.num_workers)
+    return requests
+
+
+def _serve_requests(cfg) -> dict[str, tuple[dict, int]]:
+    deployments = {name: getattr(cfg.serve, name) for name in (*SERVED_MODELS, "ingress")}
+    return {f"serve {name}": ({"CPU": d.cpus, "GPU": d.gpus}
+                              | ({f"accelerator_type:{d.accelerator_type}": 0.001} if d.accelerator_type else {}),
+                              d.max_replicas) for name, d in deployments.items()}
+
+
+def _unplaceable(requests: dict, node_types: dict[str, tuple[dict, int]]) -> list[str]:
+    """Requests no node type can hold, or that need more bundles than the cluster can grow to:
+    such a stage would wait for resources forever."""
+    problems = []
+    for stage, (want, count) in requests.items():
+        capacity = 0
+        for resources, max_nodes in node_types.values():
+            if all(resources.get(k, 0) >= v for k, v in want.items()):
+                capacity += max_nodes * int(min(resources[k] / v for k, v in want.items() if v > 0))
+        if capacity < count:
+            problems.append(f"{stage}: {count} x {want}, room for {capacity}")
+    return problems
+
+
+def test_every_resource_a_13b_stage_asks_for_exists_in_some_node_type() -> None:
+    cfg = load_config(CONFIG)
+    pipeline, served = _stage_requests(cfg), _serve_requests(cfg)
+    for path in RAY_UP:
+        config = _yaml(path)
+        types = {n: (t["resources"], t.get("max_workers", 0)) for n, t in config["available_node_types"].items()}
+        assert not _unplaceable(pipeline | served, types), path.name
+    cluster = _kuberay_groups(_yaml(KUBERAY / "raycluster.yaml")["spec"])
+    assert not _unplaceable(pipeline, cluster)
+    service = _kuberay_groups(_yaml(KUBERAY / "rayservice.yaml")["spec"]["rayClusterConfig"])
+    assert not _unplaceable(served, service)
+    # The check bites: a GPU type no node has, or more engines than the GPU nodes hold.
+    assert _unplaceable({"rollouts": ({"CPU": 4, "GPU": 1, "accelerator_type:H100": 0.001}, 1)}, cluster)
+    assert _unplaceable({"rollouts": ({"CPU": 4, "GPU": 1}, 100)}, cluster)

@@ -42,6 +42,9 @@ def test_dotted_overrides_are_typed_by_the_schema() -> None:
     ("eval.step_threshold=2", "eval.step_threshold: must be in \\[0, 1\\]"),
     ("eval.pool.cpus_per_replica=0", "eval.pool.cpus_per_replica: must be > 0"),
     ("policy.torch_threads=-1", "policy.torch_threads: must be >= 0"),
+    ("orm.accelerator_type=A100-80G", "orm.accelerator_type: needs gpus_per_worker > 0"),
+    ("rollouts.pool.accelerator_type=L4", "rollouts.pool.accelerator_type: needs gpus_per_replica > 0"),
+    ("serve.policy.accelerator_type=L4", "serve.policy.accelerator_type: needs gpus > 0"),
 ])
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):

@@ -161,3 +161,34 @@ def test_a_killed_model_replica_answers_503_then_recovers(served, miniature_run)
         assert status in (200, 503), got
     assert status == 200 and got == before  # Serve replaced the replica; the same answer again
     assert http("GET", f"{url}/healthz", token=None)[0] == 200
+
+
+def test_the_ingress_records_requests_latency_and_the_chosen_candidate(served) -> None:
+    """Runs after the tests above: their 200s (4 + 1 + 2), the killed replica's 503 and the settings
+    422 are on the node's metrics endpoint, tagged stage=serve and the run."""
+    import ray
+
+    from tests.ray_head import parse_metrics
+
+    _, cfg, _ = served
+    endpoint = f"http://127.0.0.1:{ray._private.worker.global_worker.node.metrics_export_port}/metrics"
+    deadline, totals = time.time() + 60, {}
+    while time.time() < deadline:  # Ray exports a process's metrics every 10 s by default
+        with urllib.request.urlopen(endpoint, timeout=10) as page:
+            series = [(n, tags, v) for n, tags, v in parse_metrics(page.read().decode())
+                      if tags.get("stage") == "serve" and tags.get("run") == cfg.run_name]
+        totals = {}
+        for name, tags, value in series:
+            key = name + "".join(f":{tags[k]}" for k in ("status", "candidate") if k in tags)
+            totals[key] = totals.get(key, 0) + value
+        if totals.get("ray_glore_serve_requests_total:200", 0) >= 7 and totals.get(
+                "ray_glore_serve_requests_total:503", 0) >= 1:
+            break
+        time.sleep(2)
+    assert totals.get("ray_glore_serve_requests_total:200", 0) >= 7, totals
+    assert totals.get("ray_glore_serve_requests_total:422", 0) >= 1, totals  # max_tokens above the server's
+    assert totals.get("ray_glore_serve_requests_total:503", 0) >= 1, totals
+    chosen = sum(v for k, v in totals.items() if k.startswith("ray_glore_chosen_candidates_total:"))
+    assert chosen == totals["ray_glore_serve_requests_total:200"]
+    assert totals.get("ray_glore_serve_latency_seconds_count", 0) == sum(
+        v for k, v in totals.items() if k.startswith("ray_glore_serve_requests_total:"))

@@ -1,0 +1,11 @@
+"""Ray job: the data stage: train/test problems and the SFT rows, from the model organism or GSM8K/SVAMP files.
+Every earlier stage must be done in the run directory; a finished stage is skipped.
+
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
+        python jobs/data.py --config cluster/configs/tiny-cpu.yaml --out <run directory>
+"""
+
+from glore_ray.cli import job_main
+
+if __name__ == "__main__":
+    job_main("pipeline", "--only", "data")

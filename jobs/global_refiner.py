@@ -1,0 +1,11 @@
+"""Ray job: global refiner training (Ray Train).
+Every earlier stage must be done in the run directory; a finished stage is skipped.
+
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
+        python jobs/global_refiner.py --config cluster/configs/tiny-cpu.yaml --out <run directory>
+"""
+
+from glore_ray.cli import job_main
+
+if __name__ == "__main__":
+    job_main("pipeline", "--only", "global_refiner")

@@ -1,0 +1,11 @@
+"""Ray job: the initial policy: a tokenizer and an untrained tiny Llama (skipped when model.pretrained is set).
+Every earlier stage must be done in the run directory; a finished stage is skipped.
+
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
+        python jobs/init_model.py --config cluster/configs/tiny-cpu.yaml --out <run directory>
+"""
+
+from glore_ray.cli import job_main
+
+if __name__ == "__main__":
+    job_main("pipeline", "--only", "init_model")
