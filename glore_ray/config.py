@@ -462,13 +462,14 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML value to the annotated type, or fail naming the key."""
+def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
+    """Convert a YAML value to the annotated type, or fail naming the key. A section is built over
+    its `default` (the parent's default for it), so unnamed keys keep that section's defaults."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping (section), got {type(value).__name__} {value!r}")
-        return _build(tp, value, key)
+        return _build(tp, value, key, default)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -498,7 +499,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, values: dict, prefix: str) -> Any:
+def _build(cls: type, values: dict, prefix: str, base: Any = None) -> Any:
+    """`values` over `base` (default: the class's defaults): the eval section's pool keeps its own
+    defaults (0.25 CPUs) when a YAML or an override names only its batch size."""
+    base = cls() if base is None else base
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -506,8 +510,8 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in names:
             raise ConfigError(f"{key}: unknown key (valid keys here: {', '.join(sorted(names))})")
-        kwargs[name] = _coerce(value, hints[name], key)
-    return cls(**kwargs)
+        kwargs[name] = _coerce(value, hints[name], key, getattr(base, name))
+    return dataclasses.replace(base, **kwargs)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -100,8 +100,11 @@ class EnsembleModels:
         return RefinementEnsemble(self.policy, self.global_refiner, self.local_refiner, self.orm, self.sorm, settings)
 
 
-def start_model_servers(cfg: GloreConfig, models: dict[str, str]) -> EnsembleModels:
-    """One actor per model with `eval.pool`'s resources; the five load in parallel."""
+def start_model_servers(cfg: GloreConfig, models: dict[str, str], log: Log = print,
+                        wait_log_s: float = 60.0) -> EnsembleModels:
+    """One actor per model with `eval.pool`'s resources; the five load in parallel. Returns once
+    all five answer, saying every `wait_log_s` which ones still wait (for resources, or a node the
+    autoscaler is adding) instead of hanging silently."""
     import ray
 
     pool = cfg.eval.pool
@@ -110,6 +113,10 @@ def start_model_servers(cfg: GloreConfig, models: dict[str, str]) -> EnsembleMod
     engine = dataclasses.asdict(cfg.engine)
     handles = {name: server.remote(path, "scorer" if name in SCORERS else "engine", engine)
                for name, path in models.items()}
+    ready = {handle.name.remote(): name for name, handle in handles.items()}
+    while pending := ray.wait(list(ready), num_returns=len(ready), timeout=wait_log_s)[1]:
+        log(f"evaluate: waiting for model servers {', '.join(ready[r] for r in pending)} "
+            f"({pool.cpus_per_replica} CPUs, {pool.gpus_per_replica} GPUs each; `ray status` shows pending demands)")
     return EnsembleModels(**{name: (ActorScorer if name in SCORERS else ActorEngine)(h) for name, h in handles.items()})
 
 
@@ -137,6 +144,8 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
                                                        max_tokens=max_tokens, seed=cfg.sampling.seed))
     drafts = [g.completions[0].text for g in greedy]
     texts = [[d] + [c.text for c in g.completions] for d, g in zip(drafts, sampled, strict=True)]
+    metrics.record("samples", sum(len(ts) for ts in texts))
+    metrics.record("generated_tokens", sum(c.n_tokens for g in (*greedy, *sampled) for c in g.completions))
     flat_q = [q for q, ts in zip(questions, texts) for _ in ts]
     flat_steps = [split_steps(t) for ts in texts for t in ts]
     values = {m: iter(getattr(models, m).score(flat_q, flat_steps)) for m in SCORERS}
@@ -147,8 +156,6 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
     by_orm = models.ensemble(dataclasses.replace(settings, where="orm")).solve(questions, drafts)
 
     metrics.record("questions", len(problems))
-    metrics.record("samples", sum(len(ts) for ts in texts))
-    metrics.record("generated_tokens", sum(c.n_tokens for g in (*greedy, *sampled) for c in g.completions))
     for decision in by_sorm:
         metrics.record("chosen_candidates", candidate=decision.chosen)
     records = []
@@ -184,7 +191,8 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
     metrics = StageMetrics.of_stage_dir(stage_dir, cfg.run_name)
     quarantine = Quarantine()
     problems = itertools.islice(load_problems(test, quarantine=quarantine), cfg.eval.n_problems)
-    replicas = [start_model_servers(cfg, models) for _ in range(cfg.eval.pool.replicas)]
+    with ThreadPoolExecutor(cfg.eval.pool.replicas) as threads:  # the replica sets load in parallel
+        replicas = list(threads.map(lambda _: start_model_servers(cfg, models, log), range(cfg.eval.pool.replicas)))
     log(f"evaluate: {5 * len(replicas)} model servers up in {time.perf_counter() - t0:.0f} s")
     batches = iter(lambda: list(itertools.islice(problems, cfg.eval.pool.batch_size)), [])
     records: list[dict] = []

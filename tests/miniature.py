@@ -1,12 +1,15 @@
-"""The miniature pipeline config the pipeline and Serve tests share: every stage, tiny sizes, the
-transformers engine (vLLM's start, ~45 s per stage here, is covered by test_stages and test_engines)."""
+"""The miniature pipeline config the job, pipeline and Serve tests share: every stage but expert
+iteration, tiny sizes, the transformers engine (vLLM's start, ~45 s per stage here, is covered by
+test_stages and test_engines). Expert iteration's rows are tested in test_stages and its wiring
+in test_pipeline; `make demo` runs a round (~60 s more here)."""
 
 from __future__ import annotations
 
 MINIATURE = ["data.organism.n_train=300", "data.organism.n_test=20", "engine.backend=hf", "sampling.max_tokens=48",
              "policy.steps=6", "policy.warmup_steps=1", "policy.batch_size=16", "policy.log_every=3",
-             "expert_iteration.max_questions=8", "expert_iteration.k=2", "expert_iteration.steps=2",
+             "expert_iteration.rounds=0",
              "rollouts.max_questions=8", "rollouts.k=3", "labels.k=2", "eval.n_problems=8",
+             "eval.pool.batch_size=4",  # two batches: the first one's metrics are exported while the second runs
              *[f"{m}.{key}" for m in ("orm", "sorm", "global_refiner", "local_refiner")
                for key in ("steps=4", "warmup_steps=1", "checkpoint_every=2")]]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from glore_ray.cli import main
@@ -80,3 +82,13 @@ def test_an_engine_replica_needs_a_gpu_per_tensor_parallel_shard() -> None:
     assert load_config(TINY, sharded).rollouts.pool.gpus_per_replica == 2
     with pytest.raises(ConfigError, match="labels.pool.gpus_per_replica: 1.0 GPUs cannot hold an engine"):
         load_config(TINY, sharded + ["labels.pool.gpus_per_replica=1"])
+
+
+def test_a_partial_section_keeps_that_sections_own_defaults() -> None:
+    """The reward models' and refiners' sections default to fine-tuning settings, and the
+    evaluation's pool to 0.25 CPUs: naming one key must not reset the others to the class's."""
+    cfg = load_config(None, ["orm.steps=40", "eval.pool.batch_size=4", "serve.ingress.max_batch_size=4"])
+    default = load_config(None)
+    assert replace(cfg.orm, steps=default.orm.steps) == default.orm and cfg.orm.steps == 40
+    assert replace(cfg.eval.pool, batch_size=default.eval.pool.batch_size) == default.eval.pool
+    assert cfg.serve.ingress.batch_wait_timeout_s == default.serve.ingress.batch_wait_timeout_s

@@ -144,3 +144,16 @@ def test_cli_labels_orm_and_reports(ray_module, tmp_path, capsys) -> None:
     manifest = json.loads((tmp_path / "orm" / "manifest.json").read_text())
     assert manifest["stage"] == "orm_labels" and manifest["counts"]["rows"] == 6
     assert manifest["inputs"]["rollouts"]["path"] == str(tmp_path / "rollouts")
+
+
+def test_expert_iteration_rows_are_the_gold_rows_and_every_correct_unique_rollout(ray_module, tmp_path) -> None:
+    from glore_ray.stages import write_expert_iteration_rows
+
+    problems = _handmade_rollouts(tmp_path / "samples")  # a gold and a wrong rollout per question
+    gold = [{"id": p.id, "question": p.question, "solution": p.solution()} for p in problems]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in gold))
+    counts = write_expert_iteration_rows(str(tmp_path / "sft.jsonl"), str(tmp_path / "samples"), str(tmp_path / "rows"))
+    assert counts == {"rows": 2 * len(problems), "correct_samples": len(problems)}
+    rows = read_rows(tmp_path / "rows")
+    sampled = [r for r in rows if r["id"] not in {g["id"] for g in gold}]
+    assert sorted(r["solution"] for r in sampled) == sorted(p.solution() for p in problems)
