@@ -28,6 +28,7 @@ from glore_ray.organism import check_solution, is_organism_problem
 from glore_ray.prompts import solve_prompt
 
 Log = Callable[[str], None]
+SERVER_WAIT_LOG_S = 60.0
 
 
 class ModelServer:
@@ -100,11 +101,10 @@ class EnsembleModels:
         return RefinementEnsemble(self.policy, self.global_refiner, self.local_refiner, self.orm, self.sorm, settings)
 
 
-def start_model_servers(cfg: GloreConfig, models: dict[str, str], log: Log = print,
-                        wait_log_s: float = 60.0) -> EnsembleModels:
+def start_model_servers(cfg: GloreConfig, models: dict[str, str], log: Log = print) -> EnsembleModels:
     """One actor per model with `eval.pool`'s resources; the five load in parallel. Returns once
-    all five answer, saying every `wait_log_s` which ones still wait (for resources, or a node the
-    autoscaler is adding) instead of hanging silently."""
+    all five answer, saying every SERVER_WAIT_LOG_S which ones still wait (for resources, or a node
+    the autoscaler is adding) instead of hanging silently."""
     import ray
 
     pool = cfg.eval.pool
@@ -114,7 +114,7 @@ def start_model_servers(cfg: GloreConfig, models: dict[str, str], log: Log = pri
     handles = {name: server.remote(path, "scorer" if name in SCORERS else "engine", engine)
                for name, path in models.items()}
     ready = {handle.name.remote(): name for name, handle in handles.items()}
-    while pending := ray.wait(list(ready), num_returns=len(ready), timeout=wait_log_s)[1]:
+    while pending := ray.wait(list(ready), num_returns=len(ready), timeout=SERVER_WAIT_LOG_S)[1]:
         log(f"evaluate: waiting for model servers {', '.join(ready[r] for r in pending)} "
             f"({pool.cpus_per_replica} CPUs, {pool.gpus_per_replica} GPUs each; `ray status` shows pending demands)")
     return EnsembleModels(**{name: (ActorScorer if name in SCORERS else ActorEngine)(h) for name, h in handles.items()})

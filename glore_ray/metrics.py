@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Literal
 
 TAG_KEYS = ("stage", "run")
 LATENCY_BOUNDARIES_S = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
@@ -18,7 +19,7 @@ LATENCY_BOUNDARIES_S = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 
 @dataclass(frozen=True)
 class MetricSpec:
-    kind: str  # counter | gauge | histogram
+    kind: Literal["counter", "gauge", "histogram"]
     description: str
     extra_tags: tuple[str, ...] = ()
 
