@@ -83,14 +83,14 @@ def miniature_job(tmp_path_factory: pytest.TempPathFactory) -> MiniatureJob:
     from ray.job_submission import JobSubmissionClient
 
     from tests.miniature import MINIATURE, as_sets
-    from tests.ray_head import MetricsScraper, ray_cli, ray_head
+    from tests.ray_head import RAY, MetricsScraper, ray_cli, ray_head
 
     kept = os.environ.get("GLORE_MINIATURE_RUN")
     out = Path(kept) if kept else tmp_path_factory.mktemp("pipeline") / "run"
     rerun = ["--from", "evaluate"] if (out / "report.json").exists() else []
     with ray_head(tmp_path_factory.mktemp("head")) as head:
         submit = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ray"), "job", "submit", f"--address={head.address}",
+            [RAY, "job", "submit", f"--address={head.address}",
              f"--working-dir={REPO}", f"--runtime-env={REPO / 'cluster' / 'runtime_env.yaml'}",
              "--submission-id=glore-miniature", "--", sys.executable, "jobs/pipeline.py", "--out", str(out),
              *rerun, *as_sets(MINIATURE)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
