@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
           out="stage directory: data/, manifest.json, quarantine.jsonl")
     p = _verb(verbs, "label", "ORM or SORM step labels (TRL PRM layout) from a rollouts directory",
               data="rollouts stage directory", out="stage directory: data/, manifest.json")
-    p.add_argument("kind", choices=["orm", "sorm"])
+    p.add_argument("kind", choices=["orm", "sorm", "prm"])
     p.add_argument("--model", help="policy that samples continuations (SORM only)")
     p.add_argument("--mode", choices=["efficient", "exhaustive"], help="SORM labelling mode (default: labels.mode)")
     p = _verb(verbs, "pairs", "global and local refinement pairs from rollouts and SORM labels",

@@ -148,9 +148,12 @@ class TrainConfig:
     storage_path: str = ""
     """Where Ray Train keeps checkpoints (local path or s3://, gs://); default: <out>.ray_train."""
     replay_rows: int = 4096
-    """A worker whose data shard has at most this many rows keeps its encoded batches after the
-    first epoch and replays them, instead of re-executing the Ray Dataset every epoch (~2.5 s each
-    on a laptop, which dominates small label sets); 0 always re-reads."""
+    """A worker whose data shard has at most this many rows keeps its encoded examples after the
+    first epoch and replays them reshuffled, instead of re-executing the Ray Dataset every epoch
+    (~2.5 s each on a laptop, which dominates small label sets); 0 always re-reads."""
+    shuffle_buffer_rows: int = 10000
+    """Rows a worker shuffles among while it streams its shard, in a new order every epoch (seeded
+    by `seed` and the epoch): the files hold a question's rows together; 0 keeps file order."""
 
     def validate(self, key: str) -> None:
         _check(self.steps > 0, f"{key}.steps", "must be > 0")
@@ -162,6 +165,7 @@ class TrainConfig:
         _check(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
         _check(self.checkpoint_every > 0, f"{key}.checkpoint_every", "must be > 0")
         _check(self.replay_rows >= 0, f"{key}.replay_rows", "must be >= 0")
+        _check(self.shuffle_buffer_rows >= 0, f"{key}.shuffle_buffer_rows", "must be >= 0")
         _check(not self.offload_params or self.strategy == "zero3", f"{key}.offload_params",
                "parameter offload needs strategy zero3")
         _check(not self.offload_optimizer or self.strategy != "ddp", f"{key}.offload_optimizer",
@@ -365,6 +369,15 @@ class ExpertIterationConfig:
     """Training questions sampled per round (the first n); 0 uses all."""
     steps: int = 40
     """SFT steps per round, continuing from the current policy (the other settings are `policy`'s)."""
+    lr: float = 1e-3
+    """Peak learning rate of a round: a trained policy is fine-tuned, not trained again from the
+    policy's peak."""
+    warmup_steps: int = 5
+    """Warm-up of a round (its optimizer state starts afresh)."""
+
+    def training(self, policy: TrainConfig) -> TrainConfig:
+        """A round's training run: the policy's settings with the round's steps and schedule."""
+        return dataclasses.replace(policy, steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps)
 
     def validate(self, key: str) -> None:
         _check(self.rounds >= 0, f"{key}.rounds", "must be >= 0")
@@ -372,6 +385,8 @@ class ExpertIterationConfig:
         _check(self.temperature > 0, f"{key}.temperature", "must be > 0: greedy samples are all alike")
         _check(self.max_questions >= 0, f"{key}.max_questions", "must be >= 0")
         _check(self.steps >= 1, f"{key}.steps", "must be >= 1")
+        _check(self.lr > 0, f"{key}.lr", "must be > 0")
+        _check(0 <= self.warmup_steps < self.steps, f"{key}.warmup_steps", "must be in [0, steps)")
 
 
 @dataclass
@@ -382,6 +397,9 @@ class RolloutConfig:
     temperature: float = 1.0
     max_questions: int = 120
     """Use the first n questions of the input; 0 uses all."""
+    greedy: bool = True
+    """Also keep each question's greedy solution: the reward models judge greedy texts (the draft,
+    the refiners' outputs) at evaluation, so they should train on some."""
     pool: EnginePoolConfig = field(default_factory=EnginePoolConfig)
 
     def validate(self, key: str) -> None:
@@ -406,6 +424,9 @@ class LabelConfig:
     balance: bool = True
     """Cut rows so that every step index has as many positive as negative labels."""
     seed: int = 0
+    prm: bool = True
+    """On the model organism, also train a PRM: the SORM's model and training on the exact checker's
+    step labels of the same rollouts, the upper bound for "where" (reported, never served)."""
     pool: EnginePoolConfig = field(default_factory=EnginePoolConfig)
 
     def validate(self, key: str) -> None:
@@ -444,6 +465,8 @@ class GloreConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate(f.name)
+        if self.expert_iteration.rounds:
+            self.expert_iteration.training(self.policy).validate("expert_iteration (with policy's settings)")
         _check(self.engine.max_model_len <= self.model.max_position_embeddings, "engine.max_model_len",
                f"{self.engine.max_model_len} exceeds model.max_position_embeddings "
                f"{self.model.max_position_embeddings}")

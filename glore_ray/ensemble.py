@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 from glore_ray.engines import Engine, Sampling
-from glore_ray.grading import extract_answer, format_answer, split_steps
+from glore_ray.grading import extract_answer, format_answer, scored_steps, split_steps
 from glore_ray.prompts import global_refine_prompt, local_refine_prompt, solve_prompt
 
 CANDIDATES = ("draft", "global", "local")
@@ -71,10 +71,17 @@ class Decision:
 
 
 def _score(scorer: StepScorer, questions: Sequence[str], texts: Sequence[str]) -> list[float]:
-    """The ORM's solution score: its value at the end of the last step (0 for a solution with none)."""
-    steps = [split_steps(t) for t in texts]
-    values = scorer.score(questions, steps)
+    """The ORM's solution score: its value at the answer line (the last scored step; 0 for a
+    solution with none)."""
+    values = scorer.score(questions, [scored_steps(t) for t in texts])
     return [v[-1] if v else 0.0 for v in values]
+
+
+def first_bad_step(step_values: Sequence[float], draft: str, threshold: float) -> int | None:
+    """The first reasoning step of `draft` whose value is below `threshold` (the answer line's
+    value counts for the ORM's score, but there is no step to rewrite from there)."""
+    n_steps = len(split_steps(draft))
+    return next((i for i, value in enumerate(step_values[:n_steps]) if value < threshold), None)
 
 
 def _greedy(engine: Engine, prompts: list[str], max_tokens: int) -> list[str]:
@@ -113,20 +120,16 @@ class RefinementEnsemble:
             return self._choose(decisions)
 
         where = self.sorm if s.where == "sorm" else self.orm
-        values = where.score([d.question for d in todo], [split_steps(d.draft) for d in todo])
+        values = where.score([d.question for d in todo], [scored_steps(d.draft) for d in todo])
         for d, v in zip(todo, values, strict=True):
             d.step_values = v
-            d.first_bad_step = next((i for i, value in enumerate(v) if value < s.step_threshold), None)
+            d.first_bad_step = first_bad_step(v, d.draft, s.step_threshold)
 
         globals_ = _greedy(self.global_refiner, [global_refine_prompt(d.question, d.draft) for d in todo], s.max_tokens)
-        local_todo = [d for d in todo if d.first_bad_step is not None]
-        locals_ = _greedy(self.local_refiner, [local_refine_prompt(d.question, split_steps(d.draft), d.first_bad_step)
-                                               for d in local_todo], s.max_tokens)
-        for d, text in zip(todo, globals_, strict=True):
-            d.global_ = text
-        for d, text in zip(local_todo, locals_, strict=True):
-            # The local refiner's output replaces the draft from the marked step on.
-            d.local = "\n".join(split_steps(d.draft)[:d.first_bad_step] + [text.strip()])
+        locals_ = self.refine_locally([d.question for d in todo], [d.draft for d in todo],
+                                      [d.first_bad_step for d in todo])
+        for d, global_, local in zip(todo, globals_, locals_, strict=True):
+            d.global_, d.local = global_, local
 
         for name in ("global", "local"):
             have = [d for d in todo if d.candidate(name) is not None]
@@ -134,6 +137,18 @@ class RefinementEnsemble:
             for d, score in zip(have, scores, strict=True):
                 d.orm_scores[name] = score
         return self._choose(decisions)
+
+    def refine_locally(self, questions: Sequence[str], drafts: Sequence[str],
+                       bad_steps: Sequence[int | None]) -> list[str | None]:
+        """The local refiner's rewrite of each draft from its bad step on (None where there is none):
+        the draft's steps before the mark, then the refiner's continuation."""
+        todo = [i for i, bad in enumerate(bad_steps) if bad is not None]
+        texts = _greedy(self.local_refiner, [local_refine_prompt(questions[i], split_steps(drafts[i]), bad_steps[i])
+                                             for i in todo], self.settings.max_tokens)
+        out: list[str | None] = [None] * len(drafts)
+        for i, text in zip(todo, texts, strict=True):
+            out[i] = "\n".join(split_steps(drafts[i])[:bad_steps[i]] + [text.strip()])
+        return out
 
     @staticmethod
     def _choose(decisions: list[Decision]) -> list[Decision]:

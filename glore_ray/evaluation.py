@@ -3,9 +3,11 @@
 Each of the five models runs in its own actor (a model server with its own CPUs/GPUs from
 `eval.pool`, `pool.replicas` sets of them); the driver streams the test questions in batches and
 runs the same `RefinementEnsemble` the Serve app runs, with the actors behind the engine and
-scorer interfaces. Per batch: a greedy draft and k samples per question, both reward models'
-step values on all of them, then the ensemble twice (where = SORM, where = ORM). Every question's
-record goes to `decisions.jsonl`; `report.build_report` turns them into the report.
+scorer interfaces. Per batch: a greedy draft and k samples per question, the reward models' step
+values on all of them (the ORM, the SORM and, on the model organism, the PRM trained on exact step
+labels), the ensemble once (where = SORM), and the local refiner again from the ORM's first low
+step and from the exact first wrong step. Every question's record goes to `decisions.jsonl`;
+`report.build_report` turns them into the report.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from pathlib import Path
 from glore_ray.config import SCORERS, GloreConfig
 from glore_ray.data import Problem, Quarantine, load_problems
 from glore_ray.engines import Engine, Generation, Sampling
-from glore_ray.ensemble import EnsembleSettings, RefinementEnsemble, StepScorer
-from glore_ray.grading import is_correct, split_steps
+from glore_ray.ensemble import EnsembleSettings, RefinementEnsemble, StepScorer, first_bad_step
+from glore_ray.grading import is_correct, scored_steps, split_steps
 from glore_ray.metrics import StageMetrics
 from glore_ray.organism import check_solution, is_organism_problem
 from glore_ray.prompts import solve_prompt
 
 Log = Callable[[str], None]
 SERVER_WAIT_LOG_S = 60.0
+EVAL_SCORERS = (*SCORERS, "prm")
 
 
 class ModelServer:
@@ -90,12 +93,18 @@ class EnsembleModels:
     local_refiner: Engine
     orm: StepScorer
     sorm: StepScorer
+    prm: StepScorer | None = None
+    """Scored in the report only (the model organism's exact-label PRM); the ensemble never uses it."""
 
     def stop(self) -> None:
         import ray
 
         for model in vars(self).values():
-            ray.kill(model.handle)
+            if model is not None:
+                ray.kill(model.handle)
+
+    def scorers(self) -> dict[str, StepScorer]:
+        return {m: getattr(self, m) for m in (*SCORERS, "prm") if getattr(self, m) is not None}
 
     def ensemble(self, settings: EnsembleSettings) -> RefinementEnsemble:
         return RefinementEnsemble(self.policy, self.global_refiner, self.local_refiner, self.orm, self.sorm, settings)
@@ -111,13 +120,14 @@ def start_model_servers(cfg: GloreConfig, models: dict[str, str], log: Log = pri
     server = ray.remote(ModelServer).options(num_cpus=pool.cpus_per_replica, num_gpus=pool.gpus_per_replica,
                                              accelerator_type=pool.accelerator_type or None)
     engine = dataclasses.asdict(cfg.engine)
-    handles = {name: server.remote(path, "scorer" if name in SCORERS else "engine", engine)
+    handles = {name: server.remote(path, "scorer" if name in EVAL_SCORERS else "engine", engine)
                for name, path in models.items()}
     ready = {handle.name.remote(): name for name, handle in handles.items()}
     while pending := ray.wait(list(ready), num_returns=len(ready), timeout=SERVER_WAIT_LOG_S)[1]:
         log(f"evaluate: waiting for model servers {', '.join(ready[r] for r in pending)} "
             f"({pool.cpus_per_replica} CPUs, {pool.gpus_per_replica} GPUs each; `ray status` shows pending demands)")
-    return EnsembleModels(**{name: (ActorScorer if name in SCORERS else ActorEngine)(h) for name, h in handles.items()})
+    return EnsembleModels(**{name: (ActorScorer if name in EVAL_SCORERS else ActorEngine)(h)
+                             for name, h in handles.items()})
 
 
 def _grade(problem: Problem, text: str) -> tuple[bool, int | None]:
@@ -133,9 +143,20 @@ def _orm_best(scores: list[list[float]]) -> int:
     return max(range(len(finals)), key=lambda i: (finals[i], -i))
 
 
+def _oracle_bad_step(problem: Problem, draft: str, first_wrong: int | None) -> int | None:
+    """The exact first wrong reasoning step of a draft (None when it has none, or when only its
+    answer line is wrong: there is no step to rewrite from)."""
+    if first_wrong is None or first_wrong >= len(split_steps(draft)):
+        return None
+    return first_wrong
+
+
 def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: GloreConfig,
                    metrics: StageMetrics) -> list[dict]:
-    """The records of a batch of test problems (see the module docstring)."""
+    """The records of a batch of test problems (see the module docstring). Each model output is
+    computed once: the ensemble runs once (where = SORM), and the rows that differ only in where
+    the local refiner starts (the ORM's first low step, the exact first wrong step) reuse its
+    draft, global refinement and scores."""
     ev, max_tokens = cfg.eval, cfg.sampling.max_tokens
     prompts = [solve_prompt(p.question) for p in problems]
     questions = [p.question for p in problems]
@@ -147,37 +168,48 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
     metrics.record("samples", sum(len(ts) for ts in texts))
     metrics.record("generated_tokens", sum(c.n_tokens for g in (*greedy, *sampled) for c in g.completions))
     flat_q = [q for q, ts in zip(questions, texts) for _ in ts]
-    flat_steps = [split_steps(t) for ts in texts for t in ts]
-    values = {m: iter(getattr(models, m).score(flat_q, flat_steps)) for m in SCORERS}
+    flat_steps = [scored_steps(t) for ts in texts for t in ts]
+    values = {m: iter(scorer.score(flat_q, flat_steps)) for m, scorer in models.scorers().items()}
+    scored = []
+    for problem, solutions in zip(problems, texts, strict=True):
+        scored.append([{"text": text, **dict(zip(("correct", "first_wrong"), _grade(problem, text))),
+                        **{m: next(v) for m, v in values.items()}} for text in solutions])
 
     settings = EnsembleSettings(orm_threshold=ev.orm_threshold, always_refine=ev.always_refine,
                                 step_threshold=ev.step_threshold, where="sorm", max_tokens=max_tokens)
-    by_sorm = models.ensemble(settings).solve(questions, drafts)
-    by_orm = models.ensemble(dataclasses.replace(settings, where="orm")).solve(questions, drafts)
+    ensemble = models.ensemble(settings)
+    decisions = ensemble.solve(questions, drafts)
+    # The same refinement with the local refiner started elsewhere: at the ORM's first low step, and
+    # at the exact first wrong step (model organism). Only refined drafts are rewritten.
+    orm_where = [first_bad_step(s[0]["orm"], d.draft, ev.step_threshold) if d.refined else None
+                 for s, d in zip(scored, decisions, strict=True)]
+    oracle_where = [_oracle_bad_step(p, d.draft, s[0]["first_wrong"]) if d.refined else None
+                    for p, s, d in zip(problems, scored, decisions, strict=True)]
+    local_orm = ensemble.refine_locally(questions, drafts, orm_where)
+    local_oracle = ensemble.refine_locally(questions, drafts, oracle_where)
 
     metrics.record("questions", len(problems))
-    for decision in by_sorm:
+    for decision in decisions:
         metrics.record("chosen_candidates", candidate=decision.chosen)
     records = []
-    for problem, solutions, d_sorm, d_orm in zip(problems, texts, by_sorm, by_orm, strict=True):
-        scored = []
-        for text in solutions:
-            correct, first_wrong = _grade(problem, text)
-            scored.append({"text": text, "correct": correct, "first_wrong": first_wrong,
-                           "orm": next(values["orm"]), "sorm": next(values["sorm"])})
-
-        def right(text: str | None, draft_ok: bool = scored[0]["correct"]) -> bool:
+    for i, (problem, solutions, decision) in enumerate(zip(problems, scored, decisions, strict=True)):
+        def right(text: str | None, draft_ok: bool = solutions[0]["correct"]) -> bool:
             return draft_ok if text is None else is_correct(text, problem.gold)  # no candidate: the draft stands
 
-        samples = scored[1:]
-        correct = {"draft": scored[0]["correct"],
+        organism = is_organism_problem(problem)
+        samples = solutions[1:]
+        with_greedy = solutions[:ev.k]  # the greedy draft and k - 1 samples
+        correct = {"draft": solutions[0]["correct"],
                    "best_of_k": samples[_orm_best([s["orm"] for s in samples])]["correct"],
-                   "global": right(d_sorm.global_), "local": right(d_sorm.local), "local_orm": right(d_orm.local),
-                   "chosen": right(d_sorm.candidate(d_sorm.chosen))}
+                   "best_of_k_with_greedy": with_greedy[_orm_best([s["orm"] for s in with_greedy])]["correct"],
+                   "global": right(decision.global_), "local": right(decision.local),
+                   "local_orm": right(local_orm[i]),
+                   "local_oracle_where": right(local_oracle[i]) if organism else None,
+                   "chosen": right(decision.candidate(decision.chosen))}
         records.append({"id": problem.id, "question": problem.question, "answer": problem.answer,
-                        "step_truth": is_organism_problem(problem), "solutions": scored, "correct": correct,
-                        "decision": d_sorm.to_row(), "local_orm": d_orm.local,
-                        "orm_first_bad_step": d_orm.first_bad_step})
+                        "step_truth": organism, "solutions": solutions, "correct": correct,
+                        "decision": decision.to_row(), "local_orm": local_orm[i], "orm_first_bad_step": orm_where[i],
+                        "local_oracle_where": local_oracle[i], "oracle_first_bad_step": oracle_where[i]})
     return records
 
 
@@ -193,7 +225,7 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
     problems = itertools.islice(load_problems(test, quarantine=quarantine), cfg.eval.n_problems)
     with ThreadPoolExecutor(cfg.eval.pool.replicas) as threads:  # the replica sets load in parallel
         replicas = list(threads.map(lambda _: start_model_servers(cfg, models, log), range(cfg.eval.pool.replicas)))
-    log(f"evaluate: {5 * len(replicas)} model servers up in {time.perf_counter() - t0:.0f} s")
+    log(f"evaluate: {len(models) * len(replicas)} model servers up in {time.perf_counter() - t0:.0f} s")
     batches = iter(lambda: list(itertools.islice(problems, cfg.eval.pool.batch_size)), [])
     records: list[dict] = []
     decisions = Path(stage_dir) / "decisions.jsonl"

@@ -88,6 +88,23 @@ def split_steps(solution: str) -> list[str]:
     return [line.strip() for line in body.splitlines() if line.strip()]
 
 
+def answer_line(solution: str) -> str | None:
+    """The answer line as written (`#### 18`), or None without the marker."""
+    _, marker, tail = solution.rpartition(ANSWER_MARKER)
+    if not marker:
+        return None
+    answer = tail.split("\n", 1)[0].strip()
+    return f"{ANSWER_MARKER} {answer}".rstrip()
+
+
+def scored_steps(solution: str) -> list[str]:
+    """What a reward model scores: the reasoning steps, then the answer line when there is one.
+    Scoring the answer line tells apart two solutions with the same steps and different answers;
+    its label is the solution's correctness."""
+    line = answer_line(solution)
+    return split_steps(solution) + ([line] if line is not None else [])
+
+
 def strip_calculator(text: str) -> str:
     """`text` without GSM8K calculator annotations (`<<48/2=24>>`)."""
     return _CALCULATOR.sub("", text)

@@ -11,9 +11,11 @@ then a positive step makes every earlier step positive, so a rollout's labels ar
 - efficient (ours): the same rule for far fewer tokens. Prefixes shared by a question's rollouts
   are labelled once; a binary search finds `f` (labels are monotone after propagation, so
   log2(n) + 1 prefixes per rollout instead of n); continuations come in rounds and a prefix stops
-  at its first correct one; and the rollouts themselves are free continuations: a rollout that
-  starts with P_i is a policy sample conditioned on P_i, so its remainder is one of P_i's K
-  samples. The engine's prefix caching shares the question's KV cache across all of them.
+  at its first correct one; and a correct rollout is free evidence: a rollout that starts with P_i
+  is a policy sample conditioned on P_i, so a remainder that succeeds settles P_i as positive. A
+  failed remainder is not one of the K: every prefix keeps K fresh chances to succeed, as in
+  exhaustive mode, or good prefixes of wrong rollouts would be labelled negative more often. The
+  engine's prefix caching shares the question's KV cache across all of them.
 
 Both modes keep, for each rollout with 0 < f < n, one correct continuation of P_{f-1} and one
 incorrect continuation of P_f: the local refiner's (target, draft) pair.
@@ -28,7 +30,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from glore_ray.engines import Engine, Sampling
-from glore_ray.grading import ANSWER_MARKER, answers_match, extract_answer, parse_number, split_steps
+from glore_ray.grading import (
+    ANSWER_MARKER,
+    answer_line,
+    answers_match,
+    extract_answer,
+    parse_number,
+    split_steps,
+)
 from glore_ray.prompts import solve_prompt
 
 _NUMBER_TEXT = r"-?\d[\d,]*(?:\.\d+)?"
@@ -41,12 +50,20 @@ def step_result(step: str) -> Fraction | None:
     return parse_number(numbers[-1]) if numbers else None
 
 
+def step_operands(step: str) -> list[Fraction]:
+    """The numbers a step uses: every number in it but its result (its last number)."""
+    return [parse_number(n) for n in re.findall(_NUMBER_TEXT, step)[:-1]]
+
+
 def uses_result(continuation: str, result: Fraction | None) -> bool:
-    """Whether a continuation uses an intermediate result: some number in it (its steps or its
-    answer) equals it. A prefix whose last step has no number imposes nothing."""
+    """Whether a continuation uses an intermediate result: as an operand of one of its steps or as
+    its final answer. Being present is not enough: a step that recomputes the number as its own
+    result, or restates it, has not used it. A prefix whose last step has no number imposes nothing."""
     if result is None:
         return True
-    return any(answers_match(parse_number(n), result) for n in re.findall(_NUMBER_TEXT, continuation))
+    if answers_match(extract_answer(continuation), result):
+        return True
+    return any(answers_match(n, result) for step in split_steps(continuation) for n in step_operands(step))
 
 
 def continuation_prompt(question: str, prefix: Sequence[str]) -> str:
@@ -142,7 +159,7 @@ class LabelStats:
     continuations: int = 0
     generated_tokens: int = 0
     free_continuations: int = 0
-    """Rollout remainders used as continuations (efficient mode only)."""
+    """Rollout remainders recorded as evidence (efficient mode only); only a success settles a prefix."""
 
 
 @dataclass
@@ -203,10 +220,10 @@ class SormLabeller:
             for r in q.rollouts:
                 for i in range(len(r.steps)):
                     ev = evidence.setdefault((q.id, tuple(r.steps[:i + 1])), PrefixEvidence())
-                    if ev.sampled < self.k:  # a policy sample given P_i: it counts towards the k
-                        ev.add(r.steps[:i + 1], _remainder(r, i + 1), q.gold)
-                        ev.sampled += 1
-                        self.stats.free_continuations += 1
+                    # A success settles the prefix; a failure is kept as its bad example but is not
+                    # one of its K samples (those are fresh, as in exhaustive mode).
+                    ev.add(r.steps[:i + 1], _remainder(r, i + 1), q.gold)
+                    self.stats.free_continuations += 1
         searches = [(q, r, _BinarySearch(len(r.steps))) for q in questions for r in q.rollouts]
         probed: set[tuple[str, tuple[str, ...]]] = set()
         round_ = 0
@@ -276,6 +293,16 @@ def _labelled(rollout: Rollout, labels: list[bool], evidence_at: Callable[[int],
         out.pos_continuation = evidence_at(f - 1).good
         out.neg_continuation = evidence_at(f).bad
     return out
+
+
+def reward_model_row(rollout: Rollout, labels: Sequence[bool]) -> tuple[list[str], list[bool]]:
+    """A labelled rollout as a reward model's training row: its steps, then its answer line labelled
+    with the rollout's correctness (grading.scored_steps). A correct answer is itself a good
+    continuation of every prefix, so propagation turns every earlier label positive."""
+    line = answer_line(rollout.text)
+    if line is None:
+        return list(rollout.steps), list(labels)
+    return [*rollout.steps, line], propagate([*labels, rollout.correct])
 
 
 def balance_lengths(labels: Sequence[Sequence[bool]], seed: int = 0) -> list[int]:

@@ -83,6 +83,11 @@ def ensemble_models(cfg: GloreConfig, out: str) -> dict[str, str]:
     return {m: policy if m == "policy" else model_dir(out, m) for m in SERVED_MODELS}
 
 
+def has_prm(cfg: GloreConfig) -> bool:
+    """Whether the run trains and reports the exact-label PRM: only the model organism has exact labels."""
+    return cfg.labels.prm and cfg.data.source == "organism"
+
+
 def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
     from glore_ray import single_process, stages
     from glore_ray.evaluation import run_evaluation
@@ -115,26 +120,34 @@ def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
     for r in range(1, ei.rounds + 1):
         samples = f"{out}/expert_iteration_{r}_samples"
         ei_cfg = dataclasses.replace(cfg, rollouts=RolloutConfig(k=ei.k, temperature=ei.temperature,
-                                                                 max_questions=ei.max_questions,
+                                                                 max_questions=ei.max_questions, greedy=False,
                                                                  pool=cfg.rollouts.pool))
 
         def run_samples(stage_dir: str, key: str, ei_cfg=ei_cfg, policy=policy) -> dict:
             return stages.run_rollouts(ei_cfg, train, policy, stage_dir, log)
 
-        def run_ei_rows(stage_dir: str, key: str, samples=samples) -> dict:
-            return stages.write_expert_iteration_rows(sft_rows, samples, f"{stage_dir}/rows")
+        def run_ei_rows(stage_dir: str, key: str, samples=samples, seed=cfg.policy.seed + r) -> dict:
+            return stages.write_expert_iteration_rows(samples, f"{stage_dir}/rows", seed)
 
         out_stages += [
             Stage(f"expert_iteration_{r}_samples", {"train": train, "policy": policy},
                   _asdict(ei_cfg, "rollouts", "engine", "sampling"), run_samples),
-            Stage(f"expert_iteration_{r}_rows", {"sft": sft_rows, "samples": f"{samples}/data"}, {}, run_ei_rows),
+            Stage(f"expert_iteration_{r}_rows", {"samples": f"{samples}/data"}, {"seed": cfg.policy.seed + r},
+                  run_ei_rows),
             _train_stage(f"expert_iteration_{r}", "policy", cfg, f"{out}/expert_iteration_{r}_rows/rows", policy, log,
-                         dataclasses.replace(cfg.policy, steps=ei.steps)),
+                         ei.training(cfg.policy)),
         ]
         policy = model_dir(out, f"expert_iteration_{r}")
 
     rollouts, orm_labels, sorm_labels, pairs = (f"{out}/{s}" for s in ("rollouts", "orm_labels", "sorm_labels",
                                                                         "pairs"))
+    # The PRM: the SORM's model and training on exact step labels (the model organism only).
+    prm_stages = [
+        Stage("prm_labels", {"rollouts": f"{rollouts}/data"},
+              {"balance": cfg.labels.balance, "seed": cfg.labels.seed},
+              lambda d, k: stages.run_labels(cfg, "prm", rollouts, None, d, log)),
+        _train_stage("prm", "sorm", cfg, f"{out}/prm_labels/data", policy, log, cfg.sorm),
+    ] if has_prm(cfg) else []
     out_stages += [
         Stage("rollouts", {"train": train, "policy": policy}, _asdict(cfg, "rollouts", "engine", "sampling"),
               lambda d, k: stages.run_rollouts(cfg, train, policy, d, log)),
@@ -145,6 +158,7 @@ def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
               lambda d, k: stages.run_labels(cfg, "sorm", rollouts, policy, d, log)),
         _train_stage("orm", "orm", cfg, f"{orm_labels}/data", policy, log),
         _train_stage("sorm", "sorm", cfg, f"{sorm_labels}/data", policy, log),
+        *prm_stages,
         # Local pairs come from the labelled rows before balancing, with their continuations.
         Stage("pairs", {"rollouts": f"{rollouts}/data",
                         "sorm": f"{sorm_labels}/{'unbalanced' if cfg.labels.balance else 'data'}"}, {},
@@ -152,7 +166,7 @@ def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
         _train_stage("global_refiner", "global-refiner", cfg, f"{pairs}/global", policy, log),
         _train_stage("local_refiner", "local-refiner", cfg, f"{pairs}/local", policy, log),
     ]
-    models = ensemble_models(cfg, out)
+    models = ensemble_models(cfg, out) | ({"prm": model_dir(out, "prm")} if has_prm(cfg) else {})
     out_stages.append(Stage("evaluate", {"test": test} | models, _asdict(cfg, "eval", "engine", "sampling"),
                             lambda d, k: run_evaluation(cfg, test, models, d, out, log)))
     return out_stages
@@ -256,20 +270,55 @@ def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None, 
     log(progress.table())
     if selected[-1] != names[-1]:
         return {}
-    report = _add_warnings(out, names)
+    report = _finish_report(out, names)
     log((out / "report.md").read_text())
     return report
 
 
-def _add_warnings(out: Path, names: list[str]) -> dict:
-    """Put the models that had no training rows (kept untrained) into the report, where a reader
-    of the numbers sees them."""
+LABEL_GATE = 0.10
+"""SORM training labels should beat ORM labels against exact truth by this much on the same rows
+before the reward models' results mean much (the organism benchmark's protocol)."""
+
+
+def training_label_quality(out: Path) -> dict:
+    """The ORM's and SORM's training labels against exact truth on the same, unbalanced rows (from
+    the label stages' manifests), and whether the SORM's beat the ORM's by LABEL_GATE."""
+    quality = {}
+    for kind in ("orm", "sorm"):
+        counts = (_read_json(out / f"{kind}_labels" / MANIFEST) or {}).get("counts", {})
+        prefix = "unbalanced_" if "unbalanced_step_accuracy" in counts else ""
+        if counts.get(f"{prefix}step_accuracy") is not None:
+            quality[kind] = {k: counts.get(f"{prefix}{k}") for k in ("step_accuracy", "bad_labelled_good", "checked")}
+    if len(quality) == 2:
+        margin = quality["sorm"]["step_accuracy"] - quality["orm"]["step_accuracy"]
+        quality["sorm_minus_orm"] = round(margin, 4)
+        quality["gate_passed"] = margin >= LABEL_GATE
+    return quality
+
+
+def _finish_report(out: Path, names: list[str]) -> dict:
+    """Add to the report what the evaluation does not see: the training labels' quality against exact
+    truth, and the models that had no training rows (kept untrained), where a reader of the numbers
+    sees them."""
     report = json.loads((out / "report.json").read_text())
+    labels = training_label_quality(out)
     warnings = [f"{name}: no training rows; the evaluation used the untrained initial model"
                 for name in names if (_read_json(out / name / MANIFEST) or {}).get("counts", {}).get("untrained")]
-    if warnings and report.get("warnings") != warnings:
-        report["warnings"] = warnings
+    if labels.get("gate_passed") is False:
+        warnings.append(f"training labels: the SORM's beat the ORM's by {100 * labels['sorm_minus_orm']:.1f} points "
+                        f"against exact truth, under the {100 * LABEL_GATE:.0f}-point gate: fix the labels first")
+    added = {"training_labels": labels} if labels else {}
+    added |= {"warnings": warnings} if warnings else {}
+    if any(report.get(k) != v for k, v in added.items()):
+        report |= added
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        with (out / "report.md").open("a") as md:
-            md.write("\n## Warnings\n\n" + "".join(f"- {w}\n" for w in warnings))
+        md = (out / "report.md").read_text().split("\n## Training labels", 1)[0].split("\n## Warnings", 1)[0]
+        if labels:
+            md += ("\n## Training labels against exact truth (same unbalanced rows)\n\n"
+                   + "".join(f"- {k.upper()}: {100 * labels[k]['step_accuracy']:.1f}% of {labels[k]['checked']} steps "
+                             f"right, {100 * (labels[k]['bad_labelled_good'] or 0):.1f}% of bad steps labelled good\n"
+                             for k in ("orm", "sorm") if k in labels))
+        if warnings:
+            md += "\n## Warnings\n\n" + "".join(f"- {w}\n" for w in warnings)
+        (out / "report.md").write_text(md)
     return report

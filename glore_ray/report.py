@@ -13,16 +13,23 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-METHODS = ("greedy", "best_of_k", "global", "local", "local_orm", "global_local_rerank", "oracle")
+METHODS = ("greedy", "best_of_k", "best_of_k_with_greedy", "global", "local", "local_orm", "local_oracle_where",
+           "global_local_rerank", "rerank_oracle")
 METHOD_TITLES = {
     "greedy": "greedy draft",
     "best_of_k": "ORM-reranked best of {k} samples",
+    "best_of_k_with_greedy": "ORM-reranked best of the greedy draft and {k_minus_1} samples",
     "global": "global refinement only",
     "local": "local refinement only (where: SORM)",
     "local_orm": "local refinement only (where: ORM)",
+    "local_oracle_where": "local refinement only (where: the exact first wrong step)",
     "global_local_rerank": "global + local + ORM rerank",
-    "oracle": "oracle (any of draft, global, local)",
+    "rerank_oracle": "rerank oracle (any of draft, global, local)",
 }
+REWARD_MODELS = ("orm", "sorm", "prm")
+"""The step-reward models a record may hold: the PRM (trained on exact step labels) only on the
+model organism."""
+BOOTSTRAP_RESAMPLES = 10_000
 CALIBRATION_BINS = 10
 
 
@@ -44,26 +51,52 @@ def step_truth(first_wrong: int | None, correct: bool, n_steps: int, exact: bool
     return [correct] * n_steps
 
 
-def method_outcomes(record: dict) -> dict[str, bool]:
-    """Whether each method's answer to one question is right."""
+def method_outcomes(record: dict) -> dict[str, bool | None]:
+    """Whether each method's answer to one question is right (None: not measured for it, such as
+    the exact-where row without exact truth)."""
     c = record["correct"]
-    return {"greedy": c["draft"], "best_of_k": c["best_of_k"], "global": c["global"], "local": c["local"],
-            "local_orm": c["local_orm"], "global_local_rerank": c["chosen"],
-            "oracle": c["draft"] or c["global"] or c["local"]}
+    return {"greedy": c["draft"], "best_of_k": c["best_of_k"], "best_of_k_with_greedy": c.get("best_of_k_with_greedy"),
+            "global": c["global"], "local": c["local"], "local_orm": c["local_orm"],
+            "local_oracle_where": c.get("local_oracle_where"), "global_local_rerank": c["chosen"],
+            "rerank_oracle": c["draft"] or c["global"] or c["local"]}
+
+
+def paired_bootstrap(method: Sequence[bool], baseline: Sequence[bool], resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = 0) -> dict:
+    """Mean paired difference (method - baseline) of per-question outcomes and its 95% percentile
+    interval from a bootstrap over questions. Each difference is -1, 0 or 1, so resampling n
+    questions is one multinomial draw over those three counts."""
+    import numpy as np
+
+    diffs = [int(a) - int(b) for a, b in zip(method, baseline, strict=True)]
+    n = len(diffs)
+    if n == 0:
+        return {"mean": 0.0, "low": 0.0, "high": 0.0}
+    probs = [diffs.count(v) / n for v in (-1, 0, 1)]
+    counts = np.random.default_rng(seed).multinomial(n, probs, size=resamples)
+    means = (counts[:, 2] - counts[:, 0]) / n
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": sum(diffs) / n, "low": float(low), "high": float(high)}
 
 
 def refinement_table(records: Sequence[dict]) -> dict:
+    """Every measured method's accuracy, Wilson interval, fixed and broken shares, and its paired
+    difference from greedy (paired bootstrap)."""
     n = len(records)
     outcomes = [method_outcomes(r) for r in records]
+    greedy = [o["greedy"] for o in outcomes]
     wrong = [o for o in outcomes if not o["greedy"]]
     right = [o for o in outcomes if o["greedy"]]
     table = {}
     for m in METHODS:
+        if n == 0 or any(o[m] is None for o in outcomes):
+            continue
         hits = sum(o[m] for o in outcomes)
         lo, hi = wilson_interval(hits, n)
-        table[m] = {"accuracy": hits / n if n else 0.0, "ci95_low": lo, "ci95_high": hi, "correct": hits,
+        table[m] = {"accuracy": hits / n, "ci95_low": lo, "ci95_high": hi, "correct": hits,
                     "fixed": sum(o[m] for o in wrong) / len(wrong) if wrong else 0.0,
-                    "broken": sum(not o[m] for o in right) / len(right) if right else 0.0}
+                    "broken": sum(not o[m] for o in right) / len(right) if right else 0.0,
+                    "paired_diff_vs_greedy": paired_bootstrap([o[m] for o in outcomes], greedy)}
     return table
 
 
@@ -88,33 +121,73 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
+def _first_flagged(values: Sequence[float]) -> int | None:
+    return next((i for i, v in enumerate(values) if v < 0.5), None)
+
+
+def _harmonic_mean(*tallies: Sequence[int]) -> float | None:
+    """Harmonic mean of the accuracies right/seen of the tallies; None unless every one was seen."""
+    if not all(seen for _, seen in tallies):
+        return None
+    accuracies = [right / seen for right, seen in tallies]
+    return 0.0 if 0.0 in accuracies else len(accuracies) / sum(1 / a for a in accuracies)
+
+
 def reward_model_metrics(records: Sequence[dict], model: str) -> dict:
-    """Step-level and final-answer accuracy (value >= 0.5 means good), the final value's AUROC and
-    calibration bins of it against correctness, over every scored solution (drafts and samples)."""
-    steps_right = steps_n = final_right = solutions = 0
+    """A step-reward model over every scored solution (drafts and samples; a value >= 0.5 means
+    good): step accuracy, balanced step accuracy (mean of the accuracy on good and on bad steps),
+    ProcessBench's first-error F1 (exact truth only), final-answer accuracy, the final value's AUROC
+    pooled over questions and within questions (what reranking needs), and calibration bins."""
+    good = [0, 0]  # right, seen
+    bad = [0, 0]
+    final_right = solutions = 0
+    erroneous = [0, 0]  # first flagged step == the exact first wrong step, seen
+    error_free = [0, 0]  # nothing flagged, seen
+    concordant, pairs = 0.0, 0
     finals: list[float] = []
     outcomes: list[bool] = []
     bins = [[0, 0.0, 0] for _ in range(CALIBRATION_BINS)]  # count, sum of values, correct
     for record in records:
-        for s in record["solutions"]:
+        scored = [s for s in record["solutions"] if s.get(model)]
+        for s in scored:
             values = s[model]
-            if not values:
-                continue
             truth = step_truth(s["first_wrong"], s["correct"], len(values), record["step_truth"])
-            steps_right += sum((v >= 0.5) == t for v, t in zip(values, truth, strict=True))
-            steps_n += len(values)
+            for v, t in zip(values, truth, strict=True):
+                tally = good if t else bad
+                tally[0] += (v >= 0.5) == t
+                tally[1] += 1
+            if record["step_truth"]:
+                flagged = _first_flagged(values)
+                if s["first_wrong"] is None:
+                    error_free[0] += flagged is None
+                    error_free[1] += 1
+                else:
+                    erroneous[0] += flagged == s["first_wrong"]
+                    erroneous[1] += 1
             final_right += (values[-1] >= 0.5) == s["correct"]
             solutions += 1
             finals.append(values[-1])
             outcomes.append(s["correct"])
             b = bins[min(int(values[-1] * CALIBRATION_BINS), CALIBRATION_BINS - 1)]
             b[0], b[1], b[2] = b[0] + 1, b[1] + values[-1], b[2] + s["correct"]
-    return {"step_accuracy": steps_right / steps_n if steps_n else 0.0,
+        for right in (s for s in scored if s["correct"]):
+            for wrong in (s for s in scored if not s["correct"]):
+                pairs += 1
+                concordant += 1.0 if right[model][-1] > wrong[model][-1] else 0.5 if right[model][-1] == wrong[model][-1] \
+                    else 0.0
+    accuracies = [right / seen for right, seen in (good, bad) if seen]
+    steps_n = good[1] + bad[1]
+    return {"step_accuracy": (good[0] + bad[0]) / steps_n if steps_n else 0.0,
+            "balanced_step_accuracy": sum(accuracies) / len(accuracies) if accuracies else 0.0,
+            "first_error_f1": _harmonic_mean(erroneous, error_free),
             "final_accuracy": final_right / solutions if solutions else 0.0,
-            "final_auroc": auroc(finals, outcomes), "correct_share": sum(outcomes) / solutions if solutions else 0.0,
+            "final_auroc": auroc(finals, outcomes),
+            "within_question_auroc": concordant / pairs if pairs else None,
+            "within_question_pairs": pairs,
+            "correct_share": sum(outcomes) / solutions if solutions else 0.0,
             "n_steps": steps_n, "n_solutions": solutions,
-            "calibration": [{"bin": i / CALIBRATION_BINS, "count": c, "mean_value": s / c, "accuracy": k / c}
-                            for i, (c, s, k) in enumerate(bins) if c]}
+            "calibration": [{"bin": i / CALIBRATION_BINS, "count": c, "mean_value": v / c, "accuracy": k / c}
+                            for i, (c, v, k) in enumerate(bins) if c]}
 
 
 def build_report(records: Sequence[dict], k: int, settings: dict, run_name: str) -> dict:
@@ -130,7 +203,8 @@ def build_report(records: Sequence[dict], k: int, settings: dict, run_name: str)
                    "sample_accuracy": sum(s["correct"] for s in samples) / max(len(samples), 1),
                    "pass_at_k": sum(any(s["correct"] for s in r["solutions"][1:]) for r in records)
                    / max(len(records), 1)},
-        "reward_models": {m: reward_model_metrics(records, m) for m in ("orm", "sorm")},
+        "reward_models": {m: reward_model_metrics(records, m) for m in REWARD_MODELS
+                          if any(m in s for r in records for s in r["solutions"])},
         "refinement": refinement_table(records),
         "ensemble": {"refined": sum(r["decision"]["refined"] for r in records),
                      "local_located": sum(r["decision"]["first_bad_step"] is not None for r in records),
@@ -142,32 +216,50 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _signed_pct(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
 def tables(report: dict) -> str:
     """The report's two tables, in Markdown."""
     k = report["k"]
     lines = [f"Reward models on {report['n_test']} test questions' drafts and samples "
-             f"(step truth: {report['step_truth']})", "",
-             "| model | step accuracy | final-answer accuracy | final AUROC | steps | solutions (correct) |",
-             "|---|---|---|---|---|---|"]
-    for m in ("orm", "sorm"):
-        r = report["reward_models"][m]
-        roc = "–" if r["final_auroc"] is None else f"{r['final_auroc']:.3f}"
-        lines.append(f"| {m.upper()} | {_pct(r['step_accuracy'])} | {_pct(r['final_accuracy'])} | {roc} "
-                     f"| {r['n_steps']} | {r['n_solutions']} ({_pct(r['correct_share'])}%) |")
-    lines += ["", f"Refinement on {report['n_test']} test questions (accuracy %, 95% Wilson interval; fixed = "
-              "share of wrong drafts made right, broken = share of right drafts made wrong)", "",
-              "| method | accuracy | 95% CI | fixed | broken |", "|---|---|---|---|---|"]
-    for m in METHODS:
-        r = report["refinement"][m]
-        lines.append(f"| {METHOD_TITLES[m].format(k=k)} | {_pct(r['accuracy'])} | {_pct(r['ci95_low'])}–"
-                     f"{_pct(r['ci95_high'])} | {_pct(r['fixed'])} | {_pct(r['broken'])} |")
+             f"(step truth: {report['step_truth']}; steps include the answer line)", "",
+             "| model | step accuracy | balanced step accuracy | first-error F1 | final-answer accuracy | final AUROC "
+             "| within-question AUROC | steps | solutions (correct) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m, r in report["reward_models"].items():
+        lines.append(f"| {m.upper()} | {_pct(r['step_accuracy'])} | {_pct(r['balanced_step_accuracy'])} "
+                     f"| {_fmt(r['first_error_f1'])} | {_pct(r['final_accuracy'])} | {_fmt(r['final_auroc'])} "
+                     f"| {_fmt(r['within_question_auroc'])} | {r['n_steps']} "
+                     f"| {r['n_solutions']} ({_pct(r['correct_share'])}%) |")
+    lines += ["", f"Refinement on {report['n_test']} test questions (accuracy %, 95% Wilson interval; difference "
+              "from greedy with its paired 95% bootstrap interval over questions; fixed = share of wrong drafts made "
+              "right, broken = share of right drafts made wrong)", "",
+              "| method | accuracy | 95% CI | vs greedy (paired 95% CI) | fixed | broken |",
+              "|---|---|---|---|---|---|"]
+    for m, r in report["refinement"].items():
+        d = r["paired_diff_vs_greedy"]
+        lines.append(f"| {METHOD_TITLES[m].format(k=k, k_minus_1=k - 1)} | {_pct(r['accuracy'])} "
+                     f"| {_pct(r['ci95_low'])}–{_pct(r['ci95_high'])} "
+                     f"| {_signed_pct(d['mean'])} ({_signed_pct(d['low'])} to {_signed_pct(d['high'])}) "
+                     f"| {_pct(r['fixed'])} | {_pct(r['broken'])} |")
     return "\n".join(lines)
 
 
+def method_key(method: str, k: int) -> str:
+    """A method's key in report.json: `best_of_k` named by its k (`best_of_3`), the key users read."""
+    return method.replace("best_of_k", f"best_of_{k}")
+
+
 def report_json(report: dict) -> dict:
-    """The report with `best_of_<k>` named by its k, the key users read."""
+    """The report with the best-of rows named by their k."""
     out = json.loads(json.dumps(report))
-    out["refinement"][f"best_of_{report['k']}"] = out["refinement"].pop("best_of_k")
+    out["refinement"] = {method_key(m, report["k"]): row for m, row in out["refinement"].items()}
     return out
 
 
@@ -194,7 +286,7 @@ def _plots(report: dict, out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    for m, style in (("orm", "o-"), ("sorm", "s-")):
+    for m, style in zip(report["reward_models"], ("o-", "s-", "^-")):
         bins = report["reward_models"][m]["calibration"]
         ax.plot([b["mean_value"] for b in bins], [b["accuracy"] for b in bins], style, label=m.upper())
     ax.set(xlabel="predicted P(correct) at the last step", ylabel="fraction correct", xlim=(0, 1), ylim=(0, 1),
@@ -206,11 +298,12 @@ def _plots(report: dict, out: Path) -> list[Path]:
 
     rows = report["refinement"]
     fig, ax = plt.subplots(figsize=(8, 4))
-    acc = [100 * rows[m]["accuracy"] for m in METHODS]
-    err = [[a - 100 * rows[m]["ci95_low"] for a, m in zip(acc, METHODS)],
-           [100 * rows[m]["ci95_high"] - a for a, m in zip(acc, METHODS)]]
-    ax.bar(range(len(METHODS)), acc, yerr=err, capsize=4, color="tab:blue")
-    ax.set_xticks(range(len(METHODS)), [m.replace("_", "\n") for m in METHODS], fontsize=8)
+    methods = list(rows)
+    acc = [100 * rows[m]["accuracy"] for m in methods]
+    err = [[a - 100 * rows[m]["ci95_low"] for a, m in zip(acc, methods)],
+           [100 * rows[m]["ci95_high"] - a for a, m in zip(acc, methods)]]
+    ax.bar(range(len(methods)), acc, yerr=err, capsize=4, color="tab:blue")
+    ax.set_xticks(range(len(methods)), [method_key(m, report["k"]).replace("_", "\n") for m in methods], fontsize=7)
     ax.set(ylabel="test accuracy, % (95% CI)", title=f"Refinement methods (n={report['n_test']})")
     refinement = out / "refinement.png"
     fig.savefig(refinement, dpi=100, bbox_inches="tight")

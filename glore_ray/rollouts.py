@@ -28,26 +28,34 @@ class RolloutRecord:
     """Samples of the K with this text."""
     first_wrong: int | None
     """Exact first wrong step (model organism; None when right or unknown)."""
+    greedy: bool = False
+    """The policy's greedy solution: the reward models judge greedy texts (drafts, refinements) at
+    evaluation, so they train on them too. It is not one of the K samples (count excludes it)."""
 
 
 def _normal(text: str) -> str:
     return "\n".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
-def grade_rollouts(problem: Problem, generation: Generation) -> dict:
+def grade_rollouts(problem: Problem, generation: Generation, greedy: Generation | None = None) -> dict:
     """The question's row: the problem's fields, the number of samples, whether the exact checker
-    knows each step's truth (model organism), and its unique rollouts."""
+    knows each step's truth (model organism), and its unique rollouts, the greedy one (if given)
+    marked as such."""
     unique: dict[str, RolloutRecord] = {}
     organism = is_organism_problem(problem)
+
+    def record(text: str, n_tokens: int, finish_reason: str) -> RolloutRecord:
+        key = _normal(text)
+        if key not in unique:
+            first_wrong = check_solution(problem, text).first_wrong if organism else None
+            unique[key] = RolloutRecord(f"{problem.id}/r{len(unique)}", text, split_steps(text),
+                                        is_correct(text, problem.gold), n_tokens, finish_reason, 0, first_wrong)
+        return unique[key]
+
     for completion in generation.completions:
-        key = _normal(completion.text)
-        if key in unique:
-            unique[key].count += 1
-            continue
-        first_wrong = check_solution(problem, completion.text).first_wrong if organism else None
-        unique[key] = RolloutRecord(f"{problem.id}/r{len(unique)}", completion.text, split_steps(completion.text),
-                                    is_correct(completion.text, problem.gold), completion.n_tokens,
-                                    completion.finish_reason, 1, first_wrong)
+        record(completion.text, completion.n_tokens, completion.finish_reason).count += 1
+    for completion in greedy.completions if greedy is not None else ():
+        record(completion.text, completion.n_tokens, completion.finish_reason).greedy = True
     return {**problem.to_row(), "n_samples": len(generation.completions), "step_truth": organism,
             "rollouts": [asdict(r) for r in unique.values()]}
 

@@ -24,12 +24,14 @@ import pyarrow as pa
 from glore_ray.config import EngineConfig, EnginePoolConfig, GloreConfig
 from glore_ray.data import Problem, Quarantine, filesystem_for, load_problems
 from glore_ray.engines import Sampling, make_engine
+from glore_ray.grading import scored_steps
 from glore_ray.labels import (
     SormLabeller,
     balance_lengths,
     global_pairs,
     local_pair,
     orm_labels,
+    reward_model_row,
 )
 from glore_ray.manifest import write_manifest
 from glore_ray.metrics import StageMetrics
@@ -98,22 +100,26 @@ class _Replica:
 
 
 class RolloutSampler(_Replica):
-    def __init__(self, model: str, engine: dict, counters, sampling: dict):
+    def __init__(self, model: str, engine: dict, counters, sampling: dict, greedy: bool):
         super().__init__(model, engine, counters)
         self.sampling = Sampling(**sampling)
+        self.greedy = dataclasses.replace(self.sampling, n=1, temperature=0.0) if greedy else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         problems = [Problem.from_row(row) for row in batch.to_pylist()]
-        generations = self.engine.generate([solve_prompt(p.question) for p in problems], self.sampling)
-        rows = [grade_rollouts(p, g) for p, g in zip(problems, generations, strict=True)]
-        self.counters.add.remote({"questions": len(rows), "samples": sum(len(g.completions) for g in generations),
-                                  "generated_tokens": sum(c.n_tokens for g in generations for c in g.completions)})
+        prompts = [solve_prompt(p.question) for p in problems]
+        generations = self.engine.generate(prompts, self.sampling)
+        greedy = self.engine.generate(prompts, self.greedy) if self.greedy else [None] * len(problems)
+        rows = [grade_rollouts(p, g, d) for p, g, d in zip(problems, generations, greedy, strict=True)]
+        generated = [c for g in (*generations, *filter(None, greedy)) for c in g.completions]
+        self.counters.add.remote({"questions": len(rows), "samples": len(generated),
+                                  "generated_tokens": sum(c.n_tokens for c in generated)})
         return pa.Table.from_pylist(rows, schema=ROLLOUTS_SCHEMA)
 
 
 ROLLOUT_TYPE = pa.struct([("id", pa.string()), ("text", pa.string()), ("steps", pa.list_(pa.string())),
                           ("correct", pa.bool_()), ("n_tokens", pa.int64()), ("finish_reason", pa.string()),
-                          ("count", pa.int64()), ("first_wrong", pa.int64())])
+                          ("count", pa.int64()), ("first_wrong", pa.int64()), ("greedy", pa.bool_())])
 ROLLOUTS_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("steps", pa.list_(pa.string())),
                              ("answer", pa.string()), ("n_samples", pa.int64()), ("step_truth", pa.bool_()),
                              ("rollouts", pa.list_(ROLLOUT_TYPE))])
@@ -135,8 +141,11 @@ class SormLabelBatch(_Replica):
         for row, question, labelled in zip(rows, questions, labeller.label(questions), strict=True):
             truth = {r["id"]: r["first_wrong"] for r in row["rollouts"]}
             for lr in labelled:
+                completions, labels = reward_model_row(lr.rollout, lr.labels)
+                if not completions:
+                    continue
                 out.append({"id": lr.rollout.id, "problem_id": question.id, "prompt": question.question,
-                            "completions": lr.rollout.steps, "labels": lr.labels,
+                            "completions": completions, "labels": labels,
                             "first_wrong": truth[lr.rollout.id], "step_truth": row["step_truth"],
                             "pos_continuation": lr.pos_continuation, "neg_continuation": lr.neg_continuation})
         steps = [label for row in out for label in row["labels"]]
@@ -259,7 +268,8 @@ def run_rollouts(cfg: GloreConfig, questions: str, policy: str, out_dir: str, lo
     with _stage_counters(out_dir, cfg.run_name) as counters, _Progress("rollouts", counters, log):
         write_dataset(ray.data.read_parquet(f"{out_dir}/questions").map_batches(
             RolloutSampler, fn_constructor_kwargs={"model": _abs(policy), "engine": dataclasses.asdict(cfg.engine),
-                                                   "counters": counters, "sampling": sampling},
+                                                   "counters": counters, "sampling": sampling,
+                                                   "greedy": cfg.rollouts.greedy},
             **_pool_args(cfg.rollouts.pool)), f"{out_dir}/data", ROLLOUTS_SCHEMA)
         totals = ray.get(counters.snapshot.remote())
     counts = _rollout_counts(f"{out_dir}/data") | {"quarantined": prepared["quarantined"],
@@ -292,20 +302,25 @@ def _rollout_counts(path: str) -> dict:
     return dict(counts)
 
 
-def write_expert_iteration_rows(sft_rows: str, rollouts: str, out: str) -> dict:
-    """The next expert-iteration round's SFT rows: the gold rows plus every correct unique rollout."""
+def write_expert_iteration_rows(rollouts: str, out: str, seed: int) -> dict:
+    """An expert-iteration round's SFT rows: for every sampled question its gold solution and each
+    correct unique rollout, shuffled (seeded): rows in file order would put a question's solutions
+    in one batch, and a round reading only its first steps x batch rows would see only some."""
     import ray.data
 
-    def correct_rows(batch: pa.Table) -> pa.Table:
-        rows = [{"id": r["id"], "question": row["question"], "solution": r["text"]}
-                for row in batch.to_pylist() for r in row["rollouts"] if r["correct"]]
-        return pa.Table.from_pylist(rows, schema=SFT_SCHEMA)
+    def rows(batch: pa.Table) -> pa.Table:
+        out_rows = []
+        for row in batch.to_pylist():
+            problem = Problem.from_row(row)
+            out_rows.append({"id": problem.id, "question": problem.question, "solution": problem.solution()})
+            out_rows += [{"id": r["id"], "question": problem.question, "solution": r["text"]}
+                         for r in row["rollouts"] if r["correct"]]
+        return pa.Table.from_pylist(out_rows, schema=SFT_SCHEMA)
 
-    gold = ray.data.read_json(_abs(sft_rows)).select_columns(["id", "question", "solution"])
-    samples = ray.data.read_parquet(f"{_abs(rollouts)}/data").map_batches(correct_rows, batch_format="pyarrow")
-    write_dataset(gold.union(samples), _abs(out), SFT_SCHEMA)
-    rows = ray.data.read_parquet(_abs(out)).count()
-    return {"rows": rows, "correct_samples": rows - gold.count()}
+    source = ray.data.read_parquet(f"{_abs(rollouts)}/data")
+    write_dataset(source.map_batches(rows, batch_format="pyarrow").random_shuffle(seed=seed), _abs(out), SFT_SCHEMA)
+    n_rows, questions = ray.data.read_parquet(_abs(out)).count(), source.count()
+    return {"rows": n_rows, "gold_rows": questions, "correct_samples": n_rows - questions}
 
 
 SFT_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("solution", pa.string())])
@@ -315,14 +330,23 @@ def _orm_rows(batch: pa.Table) -> pa.Table:
     out = []
     for row in batch.to_pylist():
         for r in row["rollouts"]:
-            if r["steps"]:
+            if completions := scored_steps(r["text"]):
                 out.append({"id": r["id"], "problem_id": row["id"], "prompt": row["question"],
-                            "completions": r["steps"], "labels": orm_labels(len(r["steps"]), r["correct"]),
+                            "completions": completions, "labels": orm_labels(len(completions), r["correct"]),
                             "first_wrong": r["first_wrong"], "step_truth": row["step_truth"]})
     return pa.Table.from_pylist(out, schema=ORM_SCHEMA)
 
 
 ORM_SCHEMA = pa.schema([f for f in SORM_SCHEMA if f.name not in ("pos_continuation", "neg_continuation")])
+
+
+def _prm_rows(batch: pa.Table) -> pa.Table:
+    """The ORM's rows with the exact checker's labels: a step is good iff it comes before the first
+    wrong one (the answer line iff the solution has no wrong step)."""
+    rows = _orm_rows(batch).to_pylist()
+    for row in rows:
+        row["labels"] = [row["first_wrong"] is None or i < row["first_wrong"] for i in range(len(row["completions"]))]
+    return pa.Table.from_pylist([r for r in rows if r["step_truth"]], schema=ORM_SCHEMA)
 
 
 def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, out_dir: str,
@@ -338,6 +362,13 @@ def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, o
     totals: dict = {}
     if kind == "orm":
         write_dataset(source.map_batches(_orm_rows, batch_format="pyarrow"), f"{out_dir}/data", ORM_SCHEMA)
+    elif kind == "prm":
+        # Balanced like the SORM's, so that the two differ only in where their labels come from.
+        config |= {"balance": cfg.labels.balance, "seed": cfg.labels.seed}
+        target = f"{out_dir}/unbalanced" if cfg.labels.balance else f"{out_dir}/data"
+        write_dataset(source.map_batches(_prm_rows, batch_format="pyarrow"), target, ORM_SCHEMA)
+        if cfg.labels.balance:
+            _write_balanced(target, f"{out_dir}/data", cfg.labels.seed, ORM_SCHEMA)
     elif kind == "sorm":
         if policy is None:
             raise ValueError("SORM labels need the policy (--model) to sample continuations")
@@ -353,10 +384,14 @@ def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, o
                 **_pool_args(cfg.labels.pool)), target, SORM_SCHEMA)
             totals = ray.get(counters.snapshot.remote())
         if cfg.labels.balance:
-            _write_balanced(target, f"{out_dir}/data", cfg.labels.seed)
+            _write_balanced(target, f"{out_dir}/data", cfg.labels.seed, SORM_SCHEMA)
     else:
-        raise ValueError(f"unknown label kind {kind!r} (orm or sorm)")
+        raise ValueError(f"unknown label kind {kind!r} (orm, sorm or prm)")
     counts = label_counts(f"{out_dir}/data") | {k: v for k, v in totals.items() if k != "questions"}
+    if kind == "sorm" and cfg.labels.balance:
+        # Balancing drops rows: label quality is compared with the ORM's on the same, unbalanced rows.
+        counts |= {f"unbalanced_{k}": v for k, v in label_counts(f"{out_dir}/unbalanced").items()
+                   if k in LABEL_QUALITY}
     counts["wall_s"] = round(time.perf_counter() - t0, 1)
     write_manifest(out_dir, f"{kind}_labels", config, {"rollouts": rollouts} | ({"policy": policy} if policy else {}),
                    counts)
@@ -364,7 +399,7 @@ def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, o
     return counts
 
 
-def _write_balanced(unbalanced: str, out: str, seed: int) -> None:
+def _write_balanced(unbalanced: str, out: str, seed: int, schema: pa.Schema) -> None:
     """Balance positives and negatives per step index (labels.balance_lengths) over the whole
     dataset: the driver holds only (id, labels) per row, the rows stream through Ray Data."""
     import ray
@@ -386,7 +421,7 @@ def _write_balanced(unbalanced: str, out: str, seed: int) -> None:
                 rows.append(row | {"completions": row["completions"][:n], "labels": row["labels"][:n]})
         return pa.Table.from_pylist(rows, schema=batch.schema)
 
-    write_dataset(ray.data.read_parquet(unbalanced).map_batches(cut, batch_format="pyarrow"), out, SORM_SCHEMA)
+    write_dataset(ray.data.read_parquet(unbalanced).map_batches(cut, batch_format="pyarrow"), out, schema)
 
 
 def label_counts(path: str) -> dict:
@@ -416,7 +451,13 @@ def label_counts(path: str) -> dict:
         out["step_accuracy"] = round(c["agree"] / c["checked"], 4)
         out["negative_precision"] = round(c["true_neg"] / c["pred_neg"], 4) if c["pred_neg"] else None
         out["negative_recall"] = round(c["true_neg"] / c["actual_neg"], 4) if c["actual_neg"] else None
+        # Truly bad steps labelled good: what a loose consistency check or lucky continuation costs.
+        out["bad_labelled_good"] = round(1 - c["true_neg"] / c["actual_neg"], 4) if c["actual_neg"] else None
     return out
+
+
+LABEL_QUALITY = ("rows", "labels", "positives", "checked", "step_accuracy", "negative_precision", "negative_recall",
+                 "bad_labelled_good")
 
 
 def run_pairs(rollouts: str, sorm: str, out_dir: str, log: Log = print) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -94,19 +95,33 @@ def _plain(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else value
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of one epoch: every epoch a new order, the same one on a re-run."""
+    return seed * 1_000_003 + epoch
+
+
 def row_batches(shard, objective: str, tokenizer, cfg: TrainConfig, skipped: list[int]) -> Iterator[dict]:
-    """Endless collated batches from a Ray Data shard, epoch after epoch. Over-long rows fail the run
-    (naming the row) unless `skip_long`, which counts them in `skipped[0]`. A shard of at most
-    `replay_rows` rows is read once and replayed from memory in the same order."""
+    """Endless collated batches from a Ray Data shard, epoch after epoch, each epoch in a new order.
+
+    Rows arrive in file order (a question's rollouts together), so every epoch is shuffled with a
+    seed from `cfg.seed` and the epoch: within a `shuffle_buffer_rows` window while streaming, and
+    wholly when a shard of at most `replay_rows` rows is replayed from memory after its first
+    epoch. Over-long rows fail the run (naming the row) unless `skip_long`, which counts them in
+    `skipped[0]`."""
     from glore_ray.sft import ExampleTooLong, collate
 
-    kept: list[dict] | None = [] if cfg.replay_rows else None
-    kept_rows = 0
+    kept: list | None = [] if cfg.replay_rows else None
+    epoch = 0
     while True:
-        if kept:
-            yield from kept
+        if epoch and kept:
+            order = random.Random(epoch_seed(cfg.seed, epoch)).sample(kept, len(kept))
+            for start in range(0, len(order), cfg.batch_size):
+                yield collate(order[start:start + cfg.batch_size], tokenizer.pad_token_id)
+            epoch += 1
             continue
-        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
+        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                        local_shuffle_buffer_size=cfg.shuffle_buffer_rows or None,
+                                        local_shuffle_seed=epoch_seed(cfg.seed, epoch)):
             examples = []
             n_rows = len(next(iter(batch.values())))
             for i in range(n_rows):
@@ -117,16 +132,13 @@ def row_batches(shard, objective: str, tokenizer, cfg: TrainConfig, skipped: lis
                     if not cfg.skip_long:
                         raise
                     skipped[0] += 1
-            if not examples:
-                continue
-            collated = collate(examples, tokenizer.pad_token_id)
             if kept is not None:
-                kept_rows += n_rows
-                if kept_rows <= cfg.replay_rows:
-                    kept.append(collated)
-                else:
+                kept.extend(examples)
+                if len(kept) > cfg.replay_rows:
                     kept = None
-            yield collated
+            if examples:
+                yield collate(examples, tokenizer.pad_token_id)
+        epoch += 1
 
 
 def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict:

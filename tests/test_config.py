@@ -41,6 +41,8 @@ def test_dotted_overrides_are_typed_by_the_schema() -> None:
     ("rollouts.pool.cpus_per_replica=0", "rollouts.pool.cpus_per_replica: must be > 0"),
     ("labels.mode=greedy", "labels.mode: 'greedy' is not one of 'efficient', 'exhaustive'"),
     ("expert_iteration.steps=0", "expert_iteration.steps: must be >= 1"),
+    # A round's own schedule, not the policy's 30 warm-up steps in a 3-step round.
+    ("expert_iteration.steps=3", "expert_iteration.warmup_steps: must be in \\[0, steps\\)"),
     ("eval.step_threshold=2", "eval.step_threshold: must be in \\[0, 1\\]"),
     ("eval.pool.cpus_per_replica=0", "eval.pool.cpus_per_replica: must be > 0"),
     ("policy.torch_threads=-1", "policy.torch_threads: must be >= 0"),

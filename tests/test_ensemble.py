@@ -38,9 +38,9 @@ class ScriptedScorer:
 
 
 def orm_values(question: str, steps: list[str]) -> list[float]:
-    """The ORM likes solutions ending in 10, dislikes 9, is lukewarm otherwise."""
+    """The ORM likes the answer 10, dislikes 9, is lukewarm otherwise: it reads the answer line."""
     last = steps[-1] if steps else ""
-    score = 0.9 if "= 10" in last else 0.1 if "= 9" in last else 0.6
+    score = 0.9 if last == "#### 10" else 0.1 if last == "#### 9" else 0.6
     return [0.5] * (len(steps) - 1) + [score]
 
 
@@ -59,7 +59,7 @@ def ensemble(settings: EnsembleSettings = EnsembleSettings()) -> RefinementEnsem
 def test_a_low_scoring_draft_is_refined_where_the_sorm_drops_and_reranked() -> None:
     e = ensemble()
     first, second = e.solve([Q1, Q2])
-    assert first.refined and first.first_bad_step == 1 and first.step_values == [0.9, 0.2]
+    assert first.refined and first.first_bad_step == 1 and first.step_values == [0.9, 0.2, 0.9]
     assert first.local == "3 * 4 = 12 apples.\n12 - 2 = 10 apples.\n#### 10"
     assert first.orm_scores == {"draft": 0.1, "global": 0.6, "local": 0.9}
     assert first.chosen == "local" and first.answer == "10"
@@ -83,8 +83,19 @@ def test_where_can_come_from_the_orm_and_drafts_can_be_given() -> None:
     e = ensemble(EnsembleSettings(where="orm", step_threshold=0.55))
     (decision,) = e.solve([Q1], drafts=[DRAFT1])
     assert e.policy.calls == []
-    assert decision.step_values == [0.5, 0.1] and decision.first_bad_step == 0
+    assert decision.step_values == [0.5, 0.5, 0.1] and decision.first_bad_step == 0
     assert decision.local.startswith("12 - 2 = 10") and decision.to_row()["global"] == decision.global_
+
+
+def test_the_answer_line_is_scored_and_never_a_place_to_refine_from() -> None:
+    """Two solutions with the same steps and different answers: the ORM tells them apart by the
+    answer line. A low value there alone marks no step for the local refiner."""
+    e = ensemble(EnsembleSettings(always_refine=True))
+    e.global_refiner = ScriptedEngine(lambda p: "3 * 4 = 12 apples.\n12 - 3 = 9 apples.\n#### 10")
+    e.sorm = ScriptedScorer(lambda q, steps: [0.9] * (len(steps) - 1) + [0.1])
+    (decision,) = e.solve([Q1])
+    assert decision.orm_scores == {"draft": 0.1, "global": 0.9} and decision.chosen == "global"
+    assert decision.step_values == [0.9, 0.9, 0.1] and decision.first_bad_step is None and decision.local is None
 
 
 def test_hf_step_scorer_scores_every_step(tiny_model_dir, tmp_path) -> None:

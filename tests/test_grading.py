@@ -13,6 +13,7 @@ from glore_ray.grading import (
     is_correct,
     parse_number,
     render_solution,
+    scored_steps,
     split_steps,
     strip_calculator,
 )
@@ -156,3 +157,10 @@ def test_strip_calculator() -> None:
     assert strip_calculator(text) == "He sprints 3*3=9 times and 48/2=24 laps"
     assert strip_calculator("no annotations <here>") == "no annotations <here>"
     assert strip_calculator("11 - 20 = <<11-20=-9>>-9") == "11 - 20 = -9"
+
+
+def test_scored_steps_end_with_the_answer_line() -> None:
+    assert scored_steps("a\nb\n#### 1,080 apples\n") == ["a", "b", "#### 1,080 apples"]
+    assert scored_steps("a\nSo 8. #### 8") == ["a", "So 8.", "#### 8"]
+    assert scored_steps("a\nb") == ["a", "b"]  # unfinished: nothing to read an answer from
+    assert scored_steps("a\n#### 8") != scored_steps("a\n#### 9")

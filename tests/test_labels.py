@@ -24,6 +24,7 @@ from glore_ray.labels import (
     local_pair,
     orm_labels,
     propagate,
+    reward_model_row,
     step_result,
     uses_result,
 )
@@ -81,6 +82,14 @@ def test_step_results_and_their_use() -> None:
     assert uses_result("anything", None)
 
 
+def test_a_result_counts_as_used_only_as_an_operand_or_the_answer() -> None:
+    assert uses_result("Ben has 12 + 3 = 15 apples.\n#### 15", Fraction(12))
+    assert uses_result("#### 12", Fraction(12))
+    # Present but not used: recomputed as a step's own result, or restated.
+    assert not uses_result("Ava has 5 + 7 = 12 apples.\nShe has 7 + 8 = 15.\n#### 15", Fraction(12))
+    assert not uses_result("Ava still has 12 apples.\nShe has 7 + 8 = 15.\n#### 15", Fraction(12))
+
+
 def test_propagation_and_orm() -> None:
     assert propagate([False, True, False]) == [True, True, False]
     assert propagate([False, False]) == [False, False]
@@ -112,9 +121,21 @@ def test_efficient_mode_agrees_for_fewer_continuations() -> None:
     labels_a = exhaustive.label([question])[0][0].labels
     labels_b = efficient.label([question])[0][0].labels
     assert labels_a == labels_b == [True] * 4 + [False] * 3
-    # Binary search: step 3 (one good continuation suffices), then 5 and 4 (the rollout's own
-    # remainder is one of their k = 2 samples, one more is generated).
-    assert efficient.stats.continuations == 1 + 1 + 1 < exhaustive.stats.continuations == 7 * 2
+    # Binary search: step 3 (one good continuation suffices), then 5 and 4 (k = 2 fresh samples
+    # each: the rollout's own failed remainder is not one of them).
+    assert efficient.stats.continuations == 1 + 2 + 2 < exhaustive.stats.continuations == 7 * 2
+
+
+def test_a_wrong_rollouts_failed_remainder_is_not_one_of_the_k_samples() -> None:
+    # P_0 of the wrong rollout: one of its two fresh samples succeeds. Both modes get k = 2 fresh
+    # chances and agree that the step is good; when the failed remainder took one of the two,
+    # efficient mode drew only the failing sample and called the step bad.
+    steps = ["3 * 4 = 12 apples.", "12 - 3 = 9 apples."]
+    script = {steps[0]: ["12 - 2 = 10 apples.\n#### 10", "12 - 5 = 7 apples.\n#### 7"], steps[1]: ["#### 9"]}
+    question = Question("q", Q, "10", [rollout("q/r0", steps, "9", False)])
+    for mode in ("exhaustive", "efficient"):
+        (labelled,) = labeller(mode, script).label([question])
+        assert labelled[0].labels == [True, False], mode
 
 
 def test_efficient_mode_takes_a_correct_rollout_as_its_own_evidence() -> None:
@@ -131,8 +152,8 @@ def test_efficient_mode_labels_a_shared_prefix_once() -> None:
     policy = ScriptedPolicy(SCRIPT | {"13 + 2 = 15 apples.": ["#### 15"]})
     (labelled,) = SormLabeller(policy, "efficient", k=2, temperature=1.0, max_tokens=32).label([question])
     assert [lr.labels for lr in labelled] == [[False, False], [False, False]]
-    # P_0 has two rollouts through it: they are its k = 2 samples, and nothing is generated for it.
-    assert not [n for last, n in policy.calls if last == WRONG.steps[0]]
+    # P_0 has two rollouts through it and is sampled k = 2 times, once for both.
+    assert sum(n for last, n in policy.calls if last == WRONG.steps[0]) == 2
 
 
 def test_efficient_mode_samples_a_prefix_k_times_at_most() -> None:
@@ -140,8 +161,8 @@ def test_efficient_mode_samples_a_prefix_k_times_at_most() -> None:
     efficient = SormLabeller(policy, "efficient", k=3, temperature=1.0, max_tokens=32)
     (labelled,) = efficient.label([Question("q", Q, "10", [WRONG])])
     assert labelled[0].labels == [False, False]
-    # Each probed prefix: its own rollout's remainder, then 2 generated (3 in all).
-    assert sorted(policy.calls) == sorted([(WRONG.steps[0], 1)] * 2 + [(WRONG.steps[1], 1)] * 2)
+    # Each probed prefix: 3 fresh samples (its own rollout's failed remainder is not one of them).
+    assert sorted(policy.calls) == sorted([(WRONG.steps[0], 1)] * 3 + [(WRONG.steps[1], 1)] * 3)
 
 
 def test_local_pair_marks_the_first_step_that_differs() -> None:
@@ -182,6 +203,38 @@ def test_rollouts_are_graded_and_deduplicated() -> None:
     assert row["n_samples"] == 4 and [r["count"] for r in row["rollouts"]] == [2, 1, 1]
     assert [r["correct"] for r in row["rollouts"]] == [True, False, False]
     assert [r["id"] for r in row["rollouts"]] == ["p1/r0", "p1/r1", "p1/r2"]
+
+
+def test_the_greedy_solution_joins_the_rollouts_without_counting_as_a_sample() -> None:
+    problem = Problem("p1", Q, ("3 * 4 = 12 apples.", "12 - 2 = 10 apples."), "10")
+    samples = Generation("", 5, [Completion(t, 7, "stop") for t in (WRONG.text, WRONG.text)])
+    row = grade_rollouts(problem, samples, greedy=Generation("", 5, [Completion(RIGHT.text, 7, "stop")]))
+    assert row["n_samples"] == 2
+    assert [(r["count"], r["greedy"], r["correct"]) for r in row["rollouts"]] == [(2, False, False), (0, True, True)]
+    again = grade_rollouts(problem, samples, greedy=Generation("", 5, [Completion(WRONG.text, 7, "stop")]))
+    assert [(r["count"], r["greedy"]) for r in again["rollouts"]] == [(2, True)]  # greedy equal to a sample
+
+
+def test_reward_model_rows_end_with_the_answer_line_labelled_by_correctness() -> None:
+    assert reward_model_row(WRONG, [True, False]) == ([*WRONG.steps, "#### 11"], [True, False, False])
+    # A correct answer is a good continuation of every prefix: earlier labels turn positive.
+    assert reward_model_row(RIGHT, [False, False]) == ([*RIGHT.steps, "#### 10"], [True, True, True])
+    unfinished = Rollout("q/r3", ["3 * 4 = 12 apples."], "3 * 4 = 12 apples.", False)
+    assert reward_model_row(unfinished, [True]) == (["3 * 4 = 12 apples."], [True])
+
+
+def test_orm_rows_score_the_answer_line() -> None:
+    import pyarrow as pa
+
+    from glore_ray.stages import _orm_rows
+
+    same_steps = Rollout("q/r2", RIGHT.steps, "\n".join(RIGHT.steps + ["#### 11"]), False)
+    rollouts = [{"id": r.id, "text": r.text, "steps": r.steps, "correct": r.correct, "first_wrong": None}
+                for r in (RIGHT, same_steps)]
+    rows = _orm_rows(pa.Table.from_pylist([{"id": "q", "question": Q, "step_truth": False,
+                                            "rollouts": rollouts}])).to_pylist()
+    assert [r["completions"][-1] for r in rows] == ["#### 10", "#### 11"]
+    assert [r["labels"] for r in rows] == [[True] * 3, [False] * 3]
 
 
 def test_continuation_prompt_ends_with_the_prefix() -> None:

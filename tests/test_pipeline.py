@@ -18,8 +18,8 @@ from tests.miniature import MINIATURE, as_sets
 # The first test's set-up runs the miniature pipeline (~4-5 min here) unless an earlier module did.
 pytestmark = pytest.mark.timeout(900)
 
-STAGES = ["data", "init_model", "policy", "rollouts", "orm_labels", "sorm_labels", "orm", "sorm", "pairs",
-          "global_refiner", "local_refiner", "evaluate"]
+STAGES = ["data", "init_model", "policy", "rollouts", "orm_labels", "sorm_labels", "orm", "sorm", "prm_labels", "prm",
+          "pairs", "global_refiner", "local_refiner", "evaluate"]
 
 
 @pytest.fixture
@@ -42,15 +42,26 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -
 
     report = json.loads((out / "report.json").read_text())
     assert report["n_test"] == 8 and report["k"] == 3
-    for model in ("orm", "sorm"):
-        for metric in ("step_accuracy", "final_accuracy"):
+    assert list(report["reward_models"]) == ["orm", "sorm", "prm"]
+    for model in ("orm", "sorm", "prm"):
+        for metric in ("step_accuracy", "balanced_step_accuracy", "final_accuracy"):
             assert 0.0 <= report["reward_models"][model][metric] <= 1.0
-    for method in ("greedy", "best_of_3", "global", "local", "local_orm", "global_local_rerank", "oracle"):
-        row = report["refinement"][method]
+        assert "first_error_f1" in report["reward_models"][model]
+        assert "within_question_auroc" in report["reward_models"][model]
+    assert list(report["refinement"]) == ["greedy", "best_of_3", "best_of_3_with_greedy", "global", "local",
+                                          "local_orm", "local_oracle_where", "global_local_rerank", "rerank_oracle"]
+    for row in report["refinement"].values():
         assert 0.0 <= row["ci95_low"] <= row["accuracy"] <= row["ci95_high"] <= 1.0
-    # The oracle is right whenever the draft or a refinement is.
-    assert report["refinement"]["oracle"]["accuracy"] >= max(
+        diff = row["paired_diff_vs_greedy"]
+        assert diff["low"] <= diff["mean"] <= diff["high"]
+    # The rerank oracle is right whenever the draft or a refinement is.
+    assert report["refinement"]["rerank_oracle"]["accuracy"] >= max(
         report["refinement"][m]["accuracy"] for m in ("greedy", "global", "local"))
+    # The PRM trains on the exact checker's labels: they agree with exact truth everywhere.
+    assert _manifest(out, "prm_labels")["counts"]["step_accuracy"] == 1.0
+    labels = report["training_labels"]
+    assert set(labels) == {"orm", "sorm", "sorm_minus_orm", "gate_passed"}
+    assert labels["orm"]["checked"] == labels["sorm"]["checked"] > 0  # the same, unbalanced rows
     # A refiner with no pairs to learn from is kept untrained, and the report says so.
     pairs = _manifest(out, "pairs")["counts"]
     for refiner, kind in (("global_refiner", "global_pairs"), ("local_refiner", "local_pairs")):
@@ -79,9 +90,9 @@ def test_rerun_skips_finished_stages_resumes_an_interrupted_one_and_reruns_a_cha
     assert main(["pipeline", "--out", str(out), *as_sets(MINIATURE + ["eval.n_problems=5"])]) == 0
     printed = capsys.readouterr().out
 
-    assert "== [7/12] orm: resuming" in printed
+    assert "== [7/14] orm: resuming" in printed
     assert _manifest(out, "orm")["counts"]["resumed_from"] == 4  # the final checkpoint: no step redone
-    assert "== [12/12] evaluate: running" in printed
+    assert "== [14/14] evaluate: running" in printed
     assert json.loads((out / "report.json").read_text())["n_test"] == 5
     for stage in STAGES:
         if stage not in ("orm", "evaluate"):

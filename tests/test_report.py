@@ -10,6 +10,7 @@ import pytest
 from glore_ray.report import (
     auroc,
     build_report,
+    paired_bootstrap,
     refinement_table,
     reward_model_metrics,
     wilson_interval,
@@ -21,7 +22,8 @@ def record(draft: bool, best: bool, global_: bool, local: bool, local_orm: bool,
            solutions: list[dict] | None = None, step_truth: bool = True) -> dict:
     return {"step_truth": step_truth, "solutions": solutions or [
                 {"correct": draft, "first_wrong": None if draft else 1, "orm": [0.9, 0.8], "sorm": [0.9, 0.2]}],
-            "correct": {"draft": draft, "best_of_k": best, "global": global_, "local": local, "local_orm": local_orm,
+            "correct": {"draft": draft, "best_of_k": best, "best_of_k_with_greedy": best or draft, "global": global_,
+                        "local": local, "local_orm": local_orm, "local_oracle_where": local if step_truth else None,
                         "chosen": chosen},
             "decision": {"chosen": "draft", "refined": True, "first_bad_step": 1}}
 
@@ -52,8 +54,27 @@ def test_refinement_table_counts_fixed_and_broken_drafts() -> None:
     assert table["global"]["fixed"] == 0.5 and table["global"]["broken"] == 0.5
     assert table["local"]["fixed"] == 0.5 and table["local"]["broken"] == 0.0
     assert table["global_local_rerank"]["accuracy"] == 0.75
-    assert table["oracle"]["accuracy"] == 1.0 and table["oracle"]["fixed"] == 1.0
+    assert table["rerank_oracle"]["accuracy"] == 1.0 and table["rerank_oracle"]["fixed"] == 1.0
     assert table["best_of_k"]["correct"] == 3
+    # Paired with greedy question by question: global fixes one draft and breaks another.
+    assert table["global"]["paired_diff_vs_greedy"]["mean"] == 0.0
+    assert table["rerank_oracle"]["paired_diff_vs_greedy"]["mean"] == 0.5
+
+
+def test_a_method_not_measured_on_every_question_has_no_row() -> None:
+    table = refinement_table([record(True, True, True, True, True, True, step_truth=False)])
+    assert "local_oracle_where" not in table and "local" in table
+
+
+def test_the_paired_bootstrap_interval_excludes_zero_only_for_a_consistent_gain() -> None:
+    baseline = [False] * 100 + [True] * 100
+    gain = paired_bootstrap([True] * 30 + [False] * 70 + [True] * 100, baseline)
+    assert gain["mean"] == pytest.approx(0.15) and 0.09 < gain["low"] < 0.15 < gain["high"] < 0.21
+    # The same 30 fixes with 28 breaks: a mean near zero whose interval spans it.
+    churn = paired_bootstrap([True] * 30 + [False] * 70 + [False] * 28 + [True] * 72, baseline)
+    assert churn["low"] < 0 < churn["high"]
+    assert paired_bootstrap([True, False], [False, True], seed=3) == paired_bootstrap([True, False], [False, True],
+                                                                                     seed=3)
 
 
 def test_reward_model_accuracy_uses_exact_step_truth_or_the_final_answer() -> None:
@@ -71,6 +92,30 @@ def test_reward_model_accuracy_uses_exact_step_truth_or_the_final_answer() -> No
     assert calibration == [{"bin": 0.8, "count": 1, "mean_value": 0.8, "accuracy": 0.0}]
 
 
+def solution(correct: bool, first_wrong: int | None, orm: list[float]) -> dict:
+    return {"correct": correct, "first_wrong": first_wrong, "orm": orm}
+
+
+def test_balanced_step_accuracy_first_error_f1_and_within_question_auroc() -> None:
+    # Question 1: a right solution the ORM ranks below a wrong one; question 2: the reverse.
+    q1 = [solution(True, None, [0.9, 0.4]), solution(False, 1, [0.9, 0.6])]
+    q2 = [solution(True, None, [0.8, 0.9]), solution(False, 0, [0.3, 0.2])]
+    records = [record(True, True, True, True, True, True, q1), record(True, True, True, True, True, True, q2)]
+    m = reward_model_metrics(records, "orm")
+    # Good steps: 0.9, 0.4, 0.9 (q1 wrong, step 0), 0.8, 0.9 -> 4 of 5 right; bad: 0.6, 0.3, 0.2 -> 2 of 3.
+    assert m["step_accuracy"] == pytest.approx(6 / 8)
+    assert m["balanced_step_accuracy"] == pytest.approx((4 / 5 + 2 / 3) / 2)
+    # Wrong solutions: q1's flags nothing (miss), q2's flags step 0 (hit): 1/2. Right solutions: q1's
+    # flags step 1 (a false alarm), q2's nothing: 1/2. F1 = 1/2.
+    assert m["first_error_f1"] == pytest.approx(0.5)
+    # Pooled, the right solutions' finals (0.4, 0.9) against the wrong (0.6, 0.2) give 3 of 4 pairs;
+    # within questions, only 1 of 2.
+    assert m["final_auroc"] == pytest.approx(0.75) and m["within_question_auroc"] == pytest.approx(0.5)
+    assert m["within_question_pairs"] == 2
+    final_only = [record(True, True, True, True, True, True, q1, step_truth=False)]
+    assert reward_model_metrics(final_only, "orm")["first_error_f1"] is None
+
+
 def test_report_files_name_best_of_k_by_its_k(tmp_path) -> None:
     records = [record(True, True, True, True, True, True), record(False, False, True, False, False, True)]
     report = build_report(records, k=3, settings={"always_refine": True}, run_name="unit")
@@ -78,5 +123,6 @@ def test_report_files_name_best_of_k_by_its_k(tmp_path) -> None:
     assert [f.name for f in files] == ["report.json", "report.md", "calibration.png", "refinement.png"]
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["n_test"] == 2 and data["refinement"]["best_of_3"]["accuracy"] == 0.5
-    assert "best_of_k" not in data["refinement"]
+    assert data["refinement"]["best_of_3_with_greedy"]["accuracy"] == 0.5
+    assert not [m for m in data["refinement"] if "best_of_k" in m]
     assert "| ORM-reranked best of 3 samples | 50.0 |" in (tmp_path / "report.md").read_text()

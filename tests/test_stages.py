@@ -69,6 +69,7 @@ def test_rollouts_graded_deduplicated_quarantined_and_a_killed_replica_loses_not
     assert sorted(r["id"] for r in rows) == sorted(ids)  # every question exactly once
     for row in rows:
         assert row["n_samples"] == 4 and sum(r["count"] for r in row["rollouts"]) == 4
+        assert sum(r["greedy"] for r in row["rollouts"]) == 1  # the greedy solution, beside the samples
         texts = [" ".join(r["text"].split()) for r in row["rollouts"]]
         assert len(set(texts)) == len(texts)
     manifest = json.loads((tmp_path / "rollouts" / "manifest.json").read_text())
@@ -111,8 +112,10 @@ def test_orm_and_sorm_labels_and_the_pairs_they_make(ray_module, tiny_model_dir,
     sorm_rows = {r["id"]: r for r in read_rows(tmp_path / "sorm" / "unbalanced")}
     for j, p in enumerate(problems):
         bad_at = j % len(p.steps)
-        assert sorm_rows[f"{p.id}/r0"]["labels"] == [True] * len(p.steps)
-        assert sorm_rows[f"{p.id}/r1"]["labels"] == [i < bad_at for i in range(len(p.steps))]
+        # The answer line is scored too, labelled with the rollout's correctness.
+        assert sorm_rows[f"{p.id}/r0"]["labels"] == [True] * (len(p.steps) + 1)
+        assert sorm_rows[f"{p.id}/r1"]["labels"] == [i < bad_at for i in range(len(p.steps))] + [False]
+        assert sorm_rows[f"{p.id}/r1"]["completions"][-1] == "#### 0"
     assert sorm["continuations"] > 0 and sorm["generated_tokens"] > 0
     assert sorm["step_accuracy"] == 1.0 and sorm["negative_recall"] == 1.0  # of the balanced rows
     indices = {int(k.rsplit("_", 1)[1]) for k in sorm if k.startswith("positives_at_")}
@@ -146,14 +149,21 @@ def test_cli_labels_orm_and_reports(ray_module, tmp_path, capsys) -> None:
     assert manifest["inputs"]["rollouts"]["path"] == str(tmp_path / "rollouts")
 
 
-def test_expert_iteration_rows_are_the_gold_rows_and_every_correct_unique_rollout(ray_module, tmp_path) -> None:
+def test_expert_iteration_rows_are_each_sampled_questions_gold_and_correct_rollouts_shuffled(
+        ray_module, tmp_path) -> None:
     from glore_ray.stages import write_expert_iteration_rows
 
-    problems = _handmade_rollouts(tmp_path / "samples")  # a gold and a wrong rollout per question
-    gold = [{"id": p.id, "question": p.question, "solution": p.solution()} for p in problems]
-    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in gold))
-    counts = write_expert_iteration_rows(str(tmp_path / "sft.jsonl"), str(tmp_path / "samples"), str(tmp_path / "rows"))
-    assert counts == {"rows": 2 * len(problems), "correct_samples": len(problems)}
+    problems = _handmade_rollouts(tmp_path / "samples", n=40)  # a gold and a wrong rollout per question
+    counts = write_expert_iteration_rows(str(tmp_path / "samples"), str(tmp_path / "rows"), seed=0)
+    assert counts == {"rows": 2 * len(problems), "gold_rows": len(problems), "correct_samples": len(problems)}
     rows = read_rows(tmp_path / "rows")
-    sampled = [r for r in rows if r["id"] not in {g["id"] for g in gold}]
-    assert sorted(r["solution"] for r in sampled) == sorted(p.solution() for p in problems)
+    gold = {p.id: p.solution() for p in problems}
+    assert sorted(r["id"] for r in rows) == sorted([*gold, *(f"{p}/r0" for p in gold)])
+    assert all(r["solution"] == gold[r["id"].split("/")[0]] for r in rows)  # the correct rollout is the gold text
+    # Shuffled, not file order (a question's rows together, gold first): a round that reads only its
+    # first steps x batch rows still sees a sample of every kind.
+    file_order = [i for p in gold for i in (p, f"{p}/r0")]
+    assert [r["id"] for r in rows] != file_order
+    assert sum("/" in r["id"] for r in rows[:len(rows) // 2]) > len(problems) // 4
+    write_expert_iteration_rows(str(tmp_path / "samples"), str(tmp_path / "again"), seed=0)
+    assert [r["id"] for r in read_rows(tmp_path / "again")] == [r["id"] for r in rows]

@@ -19,7 +19,7 @@ import torch
 
 from glore_ray.config import EngineConfig, TrainConfig
 from glore_ray.engines import Sampling, make_engine
-from glore_ray.objectives import OBJECTIVES, STEP_REWARD
+from glore_ray.objectives import OBJECTIVES, STEP_REWARD, encode_row
 from glore_ray.prompts import solve_prompt
 from glore_ray.step_reward import encode_step_example, step_scores
 from glore_ray.trainer import fit
@@ -37,8 +37,8 @@ def write_rows(objective: str, n: int, path: Path) -> str:
 
 def write_fixed_batch(objective: str, path: Path) -> str:
     """The same 8 rows, repeated so that each worker's shard holds 4 copies of them: every step sees
-    one fixed batch, and the run stays inside one epoch (each epoch re-executes the Ray Dataset,
-    ~2.5 s here)."""
+    one fixed batch (with the shuffle off), and the run stays inside one epoch (each epoch
+    re-executes the Ray Dataset, ~2.5 s here)."""
     pq.write_table(pa.Table.from_pylist(rows(objective, 8) * 8), path)
     return str(path)
 
@@ -53,7 +53,7 @@ assert {objective for objective, _ in MATRIX} == set(OBJECTIVES)
 @pytest.mark.parametrize("objective, strategy", MATRIX)
 def test_each_objective_trains_and_exports(objective, strategy, ray_module, tiny_model_dir, tmp_path) -> None:
     data = write_fixed_batch(objective, tmp_path / "rows.parquet")
-    cfg = replace(TWO_WORKERS, strategy=strategy)
+    cfg = replace(TWO_WORKERS, strategy=strategy, shuffle_buffer_rows=0)
     meta = fit(objective, cfg, data, str(tiny_model_dir), str(tmp_path / "out"), f"{objective}-{strategy}")
     assert meta["step"] == 4 and meta["resumed_from"] is None
     assert meta["loss"] < meta["first_loss"]
@@ -134,7 +134,9 @@ class CountingShard:
 
 
 @pytest.mark.parametrize("replay_rows, reads", [(4096, 1), (0, 3)])
-def test_a_small_shard_is_read_once_and_replayed(replay_rows, reads, ray_module, tiny_model_dir) -> None:
+def test_every_epoch_holds_every_row_in_a_new_order(replay_rows, reads, ray_module, tiny_model_dir) -> None:
+    """Streamed or replayed from memory, each epoch is a new permutation of the shard (rows come in
+    file order, a question's rows together), and the same seed gives the same permutations."""
     import itertools
 
     import ray.data
@@ -142,11 +144,19 @@ def test_a_small_shard_is_read_once_and_replayed(replay_rows, reads, ray_module,
 
     from glore_ray.trainer import row_batches
 
-    shard = CountingShard(ray.data.from_items(rows("orm", 12)).iterator())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     cfg = replace(TWO_WORKERS, batch_size=8, replay_rows=replay_rows)
-    batches = list(itertools.islice(row_batches(shard, "orm", AutoTokenizer.from_pretrained(tiny_model_dir), cfg,
-                                                [0]), 6))  # three epochs of two batches
-    assert shard.reads == reads
-    for epoch in (1, 2):  # every epoch is the first one again, in the same order
-        for first, again in zip(batches[:2], batches[2 * epoch:2 * epoch + 2], strict=True):
-            assert all(torch.equal(first[k], again[k]) for k in first)
+    file_order = [tuple(encode_row("orm", tokenizer, r, 512).input_ids) for r in rows("orm", 24)]
+
+    def epochs(seed: int) -> tuple[list[list[tuple]], int]:
+        shard = CountingShard(ray.data.from_items(rows("orm", 24)).iterator())
+        batches = itertools.islice(row_batches(shard, "orm", tokenizer, replace(cfg, seed=seed), [0]), 9)
+        order = [tuple(ids[mask.bool()].tolist()) for b in batches for ids, mask in zip(b["input_ids"],
+                                                                                        b["attention_mask"])]
+        return [order[24 * e:24 * e + 24] for e in range(3)], shard.reads
+
+    orders, n_reads = epochs(seed=0)
+    assert n_reads == reads
+    assert all(sorted(order) == sorted(file_order) for order in orders)
+    assert len({tuple(order) for order in [file_order, *orders]}) == 4
+    assert epochs(seed=0)[0] == orders and epochs(seed=1)[0] != orders
