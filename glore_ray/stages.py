@@ -388,7 +388,7 @@ def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, o
     else:
         raise ValueError(f"unknown label kind {kind!r} (orm, sorm or prm)")
     counts = label_counts(f"{out_dir}/data") | {k: v for k, v in totals.items() if k != "questions"}
-    if kind == "sorm" and cfg.labels.balance:
+    if kind in ("sorm", "prm") and cfg.labels.balance:
         # Balancing drops rows: label quality is compared with the ORM's on the same, unbalanced rows.
         counts |= {f"unbalanced_{k}": v for k, v in label_counts(f"{out_dir}/unbalanced").items()
                    if k in LABEL_QUALITY}

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(900)
 
 TRAINING = {"train_steps", "train_loss", "train_tokens_per_second"}
 GENERATION = {"questions", "samples", "generated_tokens"}
-TRAINING_STAGE = re.compile(r"policy|orm|sorm|global_refiner|local_refiner|expert_iteration_\d+")
+TRAINING_STAGE = re.compile(r"policy|orm|sorm|prm|global_refiner|local_refiner|expert_iteration_\d+")
 
 
 def expected_metrics(stage: str) -> set[str]:

@@ -58,7 +58,7 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -
     assert report["refinement"]["rerank_oracle"]["accuracy"] >= max(
         report["refinement"][m]["accuracy"] for m in ("greedy", "global", "local"))
     # The PRM trains on the exact checker's labels: they agree with exact truth everywhere.
-    assert _manifest(out, "prm_labels")["counts"]["step_accuracy"] == 1.0
+    assert _manifest(out, "prm_labels")["counts"]["unbalanced_step_accuracy"] == 1.0
     labels = report["training_labels"]
     assert set(labels) == {"orm", "sorm", "sorm_minus_orm", "gate_passed"}
     assert labels["orm"]["checked"] == labels["sorm"]["checked"] > 0  # the same, unbalanced rows
