@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _verb(verbs, "organism", "generate model-organism problems to a JSONL file",
               out="output JSONL (local path or s3://, gs:// URI)")
-    p.add_argument("--split", choices=["train", "test"], required=True)
+    p.add_argument("--split", choices=["train", "validation", "test"], required=True)
     _verb(verbs, "build-model", "train a tokenizer on a data file and save an untrained tiny Llama",
           data="problems to train the tokenizer on", out="Hugging Face model folder to write")
     _verb(verbs, "sft", "fine-tune a model on gold solutions (single process)",

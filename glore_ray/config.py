@@ -30,6 +30,9 @@ class OrganismConfig:
     """Problems in the training split."""
     n_test: int = 500
     """Problems in the test split (generated from a disjoint seed stream)."""
+    n_validation: int = 500
+    """Problems in the validation split (its own seed stream): settings are chosen on it, so that
+    the test split is read once, by the final run."""
     min_steps: int = 2
     """Fewest reasoning steps in a problem (2..6)."""
     max_steps: int = 4
@@ -46,7 +49,7 @@ class OrganismConfig:
     def validate(self, key: str) -> None:
         _check(2 <= self.min_steps <= self.max_steps <= 6, f"{key}.min_steps/max_steps",
                f"need 2 <= min_steps <= max_steps <= 6, got {self.min_steps}..{self.max_steps}")
-        _check(self.n_train >= 0 and self.n_test >= 0, f"{key}.n_train", "split sizes must be >= 0")
+        _check(min(self.n_train, self.n_test, self.n_validation) >= 0, f"{key}.n_train", "split sizes must be >= 0")
         _check(self.max_operand >= 10, f"{key}.max_operand", "must be >= 10")
         _check(self.max_factor >= 3, f"{key}.max_factor", "must be >= 3")
         _check(self.max_result >= 4 * self.max_operand, f"{key}.max_result",
@@ -64,6 +67,8 @@ class DataConfig:
     """Train problems (local path or s3://, gs://, file:// URI) when source is `files`."""
     test_path: str = ""
     """Test problems when source is `files`."""
+    validation_path: str = ""
+    """Validation problems when source is `files` (optional; needed for `eval.split: validation`)."""
     keep_calculator: bool = False
     """Keep GSM8K calculator annotations like <<48/2=24>> in gold steps."""
     organism: OrganismConfig = field(default_factory=OrganismConfig)
@@ -251,8 +256,10 @@ class EvalConfig:
     """Evaluation on the test split: the policy's samples, the reward models and the refinement
     ensemble (one model server per model, `pool.replicas` of each)."""
 
+    split: Literal["test", "validation"] = "test"
+    """The split evaluated: `validation` while settings are chosen, `test` once, for the final run."""
     n_problems: int = 100
-    """Test problems to evaluate (the first n of the split)."""
+    """Problems to evaluate (the first n of the split)."""
     k: int = 3
     """Samples per problem: per-sample accuracy, pass@k and the ORM-reranked best-of-k baseline."""
     temperature: float = 1.0
@@ -465,6 +472,8 @@ class GloreConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate(f.name)
+        _check(self.eval.split != "validation" or self.data.source == "organism" or bool(self.data.validation_path),
+               "eval.split", "validation needs data.validation_path when data.source is 'files'")
         if self.expert_iteration.rounds:
             self.expert_iteration.training(self.policy).validate("expert_iteration (with policy's settings)")
         _check(self.engine.max_model_len <= self.model.max_position_embeddings, "engine.max_model_len",

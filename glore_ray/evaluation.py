@@ -244,7 +244,7 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
     if quarantine:
         raise ValueError(f"{test}: {quarantine.summary()} in a file the data stage wrote")
     settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold")}
-    report = build_report(records, cfg.eval.k, settings, cfg.run_name)
+    report = build_report(records, cfg.eval.k, settings, cfg.run_name, cfg.eval.split)
     files = write_report(report, report_dir)
     log(f"evaluate: report -> {', '.join(str(f) for f in files)}")
     return {"questions": len(records), "wall_s": round(time.perf_counter() - t0, 1)}

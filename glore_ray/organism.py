@@ -275,6 +275,6 @@ def make_problem(cfg: OrganismConfig, split: str, index: int) -> Problem:
 def generate(cfg: OrganismConfig, split: str, n: int | None = None, start: int = 0) -> Iterator[Problem]:
     """Stream problems `start .. start+n` of a split (`n` defaults to the split's configured size)."""
     if n is None:
-        n = {"train": cfg.n_train, "test": cfg.n_test}[split]
+        n = {"train": cfg.n_train, "validation": cfg.n_validation, "test": cfg.n_test}[split]
     for index in range(start, start + n):
         yield make_problem(cfg, split, index)

@@ -88,16 +88,23 @@ def has_prm(cfg: GloreConfig) -> bool:
     return cfg.labels.prm and cfg.data.source == "organism"
 
 
+def data_splits(cfg: GloreConfig) -> tuple[str, ...]:
+    """The splits the data stage writes: the validation split when the source has one."""
+    has_validation = cfg.data.source == "organism" or bool(cfg.data.validation_path)
+    return ("train", "validation", "test") if has_validation else ("train", "test")
+
+
 def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
     from glore_ray import single_process, stages
     from glore_ray.evaluation import run_evaluation
 
-    train, test = f"{out}/data/train.jsonl", f"{out}/data/test.jsonl"
+    # The evaluation reads the validation split while settings are chosen, the test split once.
+    train, test = f"{out}/data/train.jsonl", f"{out}/data/{cfg.eval.split}.jsonl"
     sft_rows = f"{out}/data/sft.jsonl"
 
     def run_data(stage_dir: str, key: str) -> dict:
         counts = {split: single_process.write_split(cfg, split, f"{stage_dir}/{split}.jsonl", log)
-                  for split in ("train", "test")}
+                  for split in data_splits(cfg)}
         counts["sft_rows"] = single_process.write_sft_rows(f"{stage_dir}/train.jsonl", f"{stage_dir}/sft.jsonl")
         return counts
 
@@ -105,7 +112,7 @@ def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
         single_process.build_tiny_policy(cfg, train, f"{stage_dir}/model", log)
         return {"built": "tiny"}
 
-    sources = {"train_source": cfg.data.train_path, "test_source": cfg.data.test_path} \
+    sources = {f"{split}_source": getattr(cfg.data, f"{split}_path") for split in data_splits(cfg)} \
         if cfg.data.source == "files" else {}
     out_stages = [Stage("data", sources, {"data": dataclasses.asdict(cfg.data)}, run_data)]
     if cfg.model.pretrained:

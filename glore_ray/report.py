@@ -190,14 +190,14 @@ def reward_model_metrics(records: Sequence[dict], model: str) -> dict:
                             for i, (c, v, k) in enumerate(bins) if c]}
 
 
-def build_report(records: Sequence[dict], k: int, settings: dict, run_name: str) -> dict:
+def build_report(records: Sequence[dict], k: int, settings: dict, run_name: str, split: str = "test") -> dict:
     exact = sum(r["step_truth"] for r in records)
     samples = [s for r in records for s in r["solutions"][1:]]
     chosen: dict[str, int] = {}
     for r in records:
         chosen[r["decision"]["chosen"]] = chosen.get(r["decision"]["chosen"], 0) + 1
     return {
-        "run_name": run_name, "n_test": len(records), "k": k, "settings": settings,
+        "run_name": run_name, "split": split, "n_test": len(records), "k": k, "settings": settings,
         "step_truth": "exact (model organism)" if exact == len(records) else "final answer only",
         "policy": {"greedy_accuracy": sum(r["correct"]["draft"] for r in records) / max(len(records), 1),
                    "sample_accuracy": sum(s["correct"] for s in samples) / max(len(samples), 1),
@@ -227,7 +227,7 @@ def _signed_pct(x: float) -> str:
 def tables(report: dict) -> str:
     """The report's two tables, in Markdown."""
     k = report["k"]
-    lines = [f"Reward models on {report['n_test']} test questions' drafts and samples "
+    lines = [f"Reward models on {report['n_test']} {report['split']} questions' drafts and samples "
              f"(step truth: {report['step_truth']}; steps include the answer line)", "",
              "| model | step accuracy | balanced step accuracy | first-error F1 | final-answer accuracy | final AUROC "
              "| within-question AUROC | steps | solutions (correct) |",
@@ -237,7 +237,7 @@ def tables(report: dict) -> str:
                      f"| {_fmt(r['first_error_f1'])} | {_pct(r['final_accuracy'])} | {_fmt(r['final_auroc'])} "
                      f"| {_fmt(r['within_question_auroc'])} | {r['n_steps']} "
                      f"| {r['n_solutions']} ({_pct(r['correct_share'])}%) |")
-    lines += ["", f"Refinement on {report['n_test']} test questions (accuracy %, 95% Wilson interval; difference "
+    lines += ["", f"Refinement on {report['n_test']} {report['split']} questions (accuracy %, 95% Wilson interval; difference "
               "from greedy with its paired 95% bootstrap interval over questions; fixed = share of wrong drafts made "
               "right, broken = share of right drafts made wrong)", "",
               "| method | accuracy | 95% CI | vs greedy (paired 95% CI) | fixed | broken |",
@@ -304,7 +304,7 @@ def _plots(report: dict, out: Path) -> list[Path]:
            [100 * rows[m]["ci95_high"] - a for a, m in zip(acc, methods)]]
     ax.bar(range(len(methods)), acc, yerr=err, capsize=4, color="tab:blue")
     ax.set_xticks(range(len(methods)), [method_key(m, report["k"]).replace("_", "\n") for m in methods], fontsize=7)
-    ax.set(ylabel="test accuracy, % (95% CI)", title=f"Refinement methods (n={report['n_test']})")
+    ax.set(ylabel=f"{report['split']} accuracy, % (95% CI)", title=f"Refinement methods (n={report['n_test']})")
     refinement = out / "refinement.png"
     fig.savefig(refinement, dpi=100, bbox_inches="tight")
     plt.close(fig)

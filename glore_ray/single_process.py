@@ -36,10 +36,10 @@ def report_quarantine(quarantine: Quarantine, path: str, log: Log) -> None:
 
 
 def problems_for_split(cfg: GloreConfig, split: str, quarantine: Quarantine) -> Iterator[Problem]:
-    """The configured source's problems for `train` or `test`."""
+    """The configured source's problems for `train`, `validation` or `test`."""
     if cfg.data.source == "organism":
         return generate(cfg.data.organism, split)
-    path = cfg.data.train_path if split == "train" else cfg.data.test_path
+    path = {"train": cfg.data.train_path, "validation": cfg.data.validation_path, "test": cfg.data.test_path}[split]
     return load_problems(path, quarantine=quarantine, keep_calculator=cfg.data.keep_calculator)
 
 

@@ -45,6 +45,7 @@ def test_dotted_overrides_are_typed_by_the_schema() -> None:
     ("expert_iteration.steps=3", "expert_iteration.warmup_steps: must be in \\[0, steps\\)"),
     ("eval.step_threshold=2", "eval.step_threshold: must be in \\[0, 1\\]"),
     ("eval.pool.cpus_per_replica=0", "eval.pool.cpus_per_replica: must be > 0"),
+    ("eval.split=dev", "eval.split: 'dev' is not one of 'test', 'validation'"),
     ("policy.torch_threads=-1", "policy.torch_threads: must be >= 0"),
     ("orm.accelerator_type=A100-80G", "orm.accelerator_type: needs gpus_per_worker > 0"),
     ("rollouts.pool.accelerator_type=L4", "rollouts.pool.accelerator_type: needs gpus_per_replica > 0"),
@@ -53,6 +54,16 @@ def test_dotted_overrides_are_typed_by_the_schema() -> None:
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_config(TINY, [override])
+
+
+def test_the_validation_split_is_evaluated_while_settings_are_chosen() -> None:
+    from glore_ray.pipeline import build_stages
+
+    stages = {s.name: s for s in build_stages(load_config(None, ["eval.split=validation"]), "/run", print)}
+    assert stages["evaluate"].inputs["test"] == "/run/data/validation.jsonl"
+    with pytest.raises(ConfigError, match="eval.split: validation needs data.validation_path"):
+        load_config(None, ["eval.split=validation", "data.source=files", "data.train_path=a.jsonl",
+                           "data.test_path=b.jsonl"])
 
 
 def test_unknown_key_in_yaml_names_file_and_key(tmp_path) -> None:

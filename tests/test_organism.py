@@ -26,7 +26,10 @@ def test_same_seed_same_problems_and_shards_agree() -> None:
 
 def test_splits_do_not_share_questions() -> None:
     test_questions = {p.question for p in generate(CFG, "test", 600)}
+    validation_questions = {p.question for p in generate(CFG, "validation", 600)}
     assert not test_questions & {p.question for p in PROBLEMS}
+    assert not validation_questions & test_questions and not validation_questions & {p.question for p in PROBLEMS}
+    assert sum(1 for _ in generate(CFG, "validation")) == CFG.n_validation
 
 
 @pytest.mark.parametrize("min_steps, max_steps", [(2, 2), (4, 4), (6, 6), (2, 6)])
