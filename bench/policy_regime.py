@@ -1,0 +1,69 @@
+"""Where the policy sits on the organism's VALIDATION split for a training budget: the regime GLoRe
+needs (greedy 45-60%, per-sample >= 35%, pass@8 >= 85%, errors mostly slips), measured per budget.
+
+    .venv/bin/python bench/policy_regime.py [--budget 900x64 --budget 1500x32 ...] [--problems 300]
+
+Each budget (steps x batch) trains the tiny policy from the same initial model in one process (the
+pipeline's loop and objective, two threads), then samples greedily and k = 8 times at T = 1 on the
+first `--problems` validation problems (vLLM) and grades every sample with the exact checker.
+The test split is never read. Prints a table and writes bench/results/policy_regime.json
+(flat keys `<steps>x<batch>_<metric>`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.results_table import publish  # noqa: E402
+from glore_ray.config import GloreConfig  # noqa: E402
+from glore_ray.single_process import build_tiny_policy, evaluate_policy, train_policy_local, write_split  # noqa: E402
+
+SLIPS = ("arithmetic",)
+"""The checker's error kinds that are slips (a wrong result, then a consistent continuation);
+the others (wrong_plan, unknown_operand, ...) are plan errors a question can set as traps."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budget", action="append", default=[], help="STEPSxBATCH (repeatable; default 900x64)")
+    parser.add_argument("--problems", type=int, default=300)
+    parser.add_argument("--work", default=str(ROOT / "runs" / "policy-regime"))
+    args = parser.parse_args()
+    budgets = [tuple(int(x) for x in b.split("x")) for b in args.budget or ["900x64"]]
+    base = GloreConfig()
+    cfg = replace(base, eval=replace(base.eval, k=8, n_problems=args.problems, split="validation"))
+    work = Path(args.work)
+    write_split(cfg, "train", str(work / "train.jsonl"))
+    write_split(cfg, "validation", str(work / "validation.jsonl"))
+    init = build_tiny_policy(cfg, str(work / "train.jsonl"), str(work / "init"))
+    results: dict = {"split": "validation", "problems": args.problems, "k": 8}
+    for steps, batch in budgets:
+        name = f"{steps}x{batch}"
+        run_cfg = replace(cfg, policy=replace(cfg.policy, steps=steps, batch_size=batch, log_every=100))
+        t0 = time.perf_counter()
+        model = train_policy_local(run_cfg, str(work / "train.jsonl"), init, str(work / name))
+        train_s = time.perf_counter() - t0
+        summary = evaluate_policy(run_cfg, str(work / "validation.jsonl"), model, str(work / f"{name}-samples"))
+        errors = {k.split(".", 1)[1]: v for k, v in summary.items() if k.startswith("sampled_errors.")}
+        results |= {f"{name}_train_s": round(train_s, 1),
+                    f"{name}_greedy_accuracy": round(summary["greedy_accuracy"], 4),
+                    f"{name}_sample_accuracy": round(summary["sample_accuracy"], 4),
+                    f"{name}_pass_at_8": round(summary["pass_at_k"], 4),
+                    f"{name}_slip_share_of_errors": round(sum(v for k, v in errors.items() if k in SLIPS)
+                                                          / max(sum(errors.values()), 1), 4),
+                    **{f"{name}_errors_{k}": v for k, v in errors.items()}}
+    publish("policy_regime", results)
+
+
+if __name__ == "__main__":
+    main()
