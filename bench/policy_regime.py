@@ -6,13 +6,17 @@ needs (greedy 45-60%, per-sample >= 35%, pass@8 >= 85%, errors mostly slips), me
 Each budget (steps x batch) trains the tiny policy from the same initial model in one process (the
 pipeline's loop and objective, two threads), then samples greedily and k = 8 times at T = 1 on the
 first `--problems` validation problems (vLLM) and grades every sample with the exact checker.
-The test split is never read. Prints a table and writes bench/results/policy_regime.json
+It also ranks each question's solutions by the policy's own likelihood of them (sum, mean and
+minimum token log-probability): the within-question AUROC a reranker with no training at all
+reaches, the yardstick for the ORM (issue 14: reranking is the hard link). The test split is
+never read. Prints a table and writes bench/results/policy_regime.json
 (flat keys `<steps>x<batch>_<metric>`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -31,6 +35,46 @@ from glore_ray.single_process import build_tiny_policy, evaluate_policy, train_p
 SLIPS = ("arithmetic",)
 """The checker's error kinds that are slips (a wrong result, then a consistent continuation);
 the others (wrong_plan, unknown_operand, ...) are plan errors a question can set as traps."""
+
+
+def within_question_auroc(groups: list[list[tuple[float, bool]]]) -> float | None:
+    """P(a right solution outscores a wrong one of the same question), ties half."""
+    concordant, pairs = 0.0, 0
+    for group in groups:
+        for right, _ in (g for g in group if g[1]):
+            for wrong, _ in (g for g in group if not g[1]):
+                pairs += 1
+                concordant += 1.0 if right > wrong else 0.5 if right == wrong else 0.0
+    return concordant / pairs if pairs else None
+
+
+def likelihood_rankings(model_dir: str, problems: dict, samples: list[dict]) -> dict:
+    """Within-question AUROC of the policy's sum, mean and min token log-probability of each
+    distinct solution (greedy and sampled)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from glore_ray.prompts import solve_prompt
+
+    tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    scored: dict[str, dict[str, tuple[list[float], bool]]] = {}
+    for s in samples:
+        per_problem = scored.setdefault(s["problem_id"], {})
+        if s["text"] in per_problem:
+            continue
+        prompt = tokenizer(solve_prompt(problems[s["problem_id"]]))["input_ids"]
+        target = tokenizer(s["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + target])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        token_lp = logprobs[len(prompt) - 1:].gather(1, ids[0, len(prompt):, None])[:, 0].tolist()
+        per_problem[s["text"]] = (token_lp, s["correct"])
+    out = {}
+    for name, reduce in (("sum", sum), ("mean", lambda v: sum(v) / len(v)), ("min", min)):
+        groups = [[(reduce(lp), ok) for lp, ok in per_problem.values()] for per_problem in scored.values()]
+        auroc = within_question_auroc(groups)
+        out[f"policy_logprob_{name}_within_question_auroc"] = None if auroc is None else round(auroc, 4)
+    return out
 
 
 def main() -> None:
@@ -55,13 +99,17 @@ def main() -> None:
         train_s = time.perf_counter() - t0
         summary = evaluate_policy(run_cfg, str(work / "validation.jsonl"), model, str(work / f"{name}-samples"))
         errors = {k.split(".", 1)[1]: v for k, v in summary.items() if k.startswith("sampled_errors.")}
+        samples = [json.loads(line) for line in (work / f"{name}-samples" / "samples.jsonl").read_text().splitlines()]
+        questions = {p["id"]: p["question"] for p in map(json.loads, (work / "validation.jsonl").read_text().splitlines())}
+        rankings = likelihood_rankings(model, questions, samples)
         results |= {f"{name}_train_s": round(train_s, 1),
                     f"{name}_greedy_accuracy": round(summary["greedy_accuracy"], 4),
                     f"{name}_sample_accuracy": round(summary["sample_accuracy"], 4),
                     f"{name}_pass_at_8": round(summary["pass_at_k"], 4),
                     f"{name}_slip_share_of_errors": round(sum(v for k, v in errors.items() if k in SLIPS)
                                                           / max(sum(errors.values()), 1), 4),
-                    **{f"{name}_errors_{k}": v for k, v in errors.items()}}
+                    **{f"{name}_errors_{k}": v for k, v in errors.items()},
+                    **{f"{name}_{k}": v for k, v in rankings.items()}}
     publish("policy_regime", results)
 
 

@@ -6,7 +6,8 @@ batch and rows, in one run: where the Ray Train stage's time goes.
 The stage runs as the pipeline runs it (one Ray Train worker with `policy.cpus_per_worker` CPUs and
 `policy.torch_threads` threads, rows streamed from the data stage's JSONL through Ray Data), then
 with the rows as Parquet, then with every row replayed from memory after the first batch window;
-the bare loop tokenizes its rows as it goes, like the worker. Tokens are all non-pad tokens, as the
+the bare loop tokenizes its rows as it goes, like the worker. The last variant starts Ray as
+`glore pipeline` does (dashboard and metrics agent on). Tokens are all non-pad tokens, as the
 trainer counts them; each figure is the last logging window (warm). Prints a table and writes
 bench/results/policy_stage.json.
 """
@@ -81,16 +82,18 @@ def main() -> None:
         t0 = time.perf_counter()
         bare = bare_tokens_per_s(model_dir, rows, cfg)
         results["bare_wall_s"] = round(time.perf_counter() - t0, 1)
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(work / "ray"))
         variants = {"stage_jsonl": (cfg, "sft.jsonl"),
                     "stage_parquet": (cfg, "sft.parquet"),
-                    "stage_replayed": (replace(cfg, replay_rows=args.rows), "sft.parquet")}
+                    "stage_replayed": (replace(cfg, replay_rows=args.rows), "sft.parquet"),
+                    # As `glore pipeline` starts a local cluster: plain ray.init(), dashboard and metrics on.
+                    "stage_jsonl_dashboard": (cfg, "sft.jsonl")}
         for name, (run_cfg, data) in variants.items():
+            ray.init(num_cpus=2, include_dashboard=name.endswith("dashboard"), _temp_dir=str(work / "ray"))
             t0 = time.perf_counter()
             meta = fit("policy", run_cfg, str(work / data), model_dir, str(work / name), name, log=lambda m: None)
             results[f"{name}_tokens_per_s"] = round(meta["tokens_per_s"], 1)
             results[f"{name}_wall_s_with_startup"] = round(time.perf_counter() - t0, 1)
-        ray.shutdown()
+            ray.shutdown()
 
     results["bare_tokens_per_s"] = round(bare, 1)
     for name in variants:
