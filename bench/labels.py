@@ -54,8 +54,11 @@ def main() -> None:
 
     cfg = GloreConfig()
     policy = trained_policy(Path(args.policy), replace(cfg, policy=replace(cfg.policy, steps=args.policy_steps)))
+    trained_here = not (Path(args.policy) / "config.json").is_file()
     results: dict = {"questions": args.questions, "k_rollouts": cfg.rollouts.k, "k_continuations": cfg.labels.k,
-                     "policy_steps": args.policy_steps}
+                     "policy": os.path.relpath(args.policy, ROOT)}
+    if trained_here:  # a given policy's budget is whatever made it
+        results |= {"policy_steps": args.policy_steps, "policy_batch_size": cfg.policy.batch_size}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         last = generate(cfg.data.organism, "train", args.questions, start=cfg.data.organism.n_train - args.questions)
