@@ -53,8 +53,8 @@ def main() -> None:
     import ray
 
     cfg = GloreConfig()
-    policy = trained_policy(Path(args.policy), replace(cfg, policy=replace(cfg.policy, steps=args.policy_steps)))
     trained_here = not (Path(args.policy) / "config.json").is_file()
+    policy = trained_policy(Path(args.policy), replace(cfg, policy=replace(cfg.policy, steps=args.policy_steps)))
     results: dict = {"questions": args.questions, "k_rollouts": cfg.rollouts.k, "k_continuations": cfg.labels.k,
                      "policy": os.path.relpath(args.policy, ROOT)}
     if trained_here:  # a given policy's budget is whatever made it
