@@ -63,6 +63,7 @@ class SolveResponse(BaseModel):
     first_bad_step: int | None
     """0-based step the local refiner rewrote from; None when no step fell below the threshold."""
     step_values: list[float]
+    """The locating model's value of each of the draft's steps, then of its answer line."""
     refined: bool
     """Whether the draft was refined (its ORM score was below the threshold, or always_refine)."""
 
