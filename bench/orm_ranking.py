@@ -7,7 +7,9 @@ the policy's own likelihood, for one ORM training budget (issue 14: the reranker
 The ORM is trained as the pipeline trains it (rollouts with the greedy solution, ORM rows with the
 answer line, Ray Train, rows shuffled every epoch) on the first `--questions` training questions,
 then scores the validation samples `bench/policy_regime.py` wrote for the same policy (greedy and
-k = 8 at T = 1, graded by the exact checker). The test split is never read. Prints a table and
+k = 8 at T = 1, graded by the exact checker). Beside it: the policy's mean token log-probability of
+each solution, and a logistic combination of the two fitted on the training rollouts (does the ORM
+add anything to the likelihood?). The test split is never read. Prints a table and
 writes bench/results/orm_ranking.json.
 """
 
@@ -30,7 +32,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.policy_regime import within_question_auroc  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from bench.policy_regime import token_logprobs, within_question_auroc  # noqa: E402
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig  # noqa: E402
 from glore_ray.data import write_jsonl  # noqa: E402
@@ -39,6 +43,46 @@ from glore_ray.organism import generate  # noqa: E402
 from glore_ray.reward_models import HFStepScorer  # noqa: E402
 from glore_ray.stages import run_labels, run_rollouts  # noqa: E402
 from glore_ray.trainer import fit  # noqa: E402
+
+
+def solution_features(orm_dir: str, policy_dir: str, rows: list[tuple]) -> list[tuple[float, float]]:
+    """(ORM logit at the answer line, the policy's mean token log-probability) of each solution."""
+    import math
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    values = HFStepScorer(orm_dir).score([q for _, q, _, _ in rows], [scored_steps(text) for _, _, text, _ in rows])
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+    out = []
+    for (_, question, text, _), v in zip(rows, values, strict=True):
+        p = min(max(v[-1] if v else 0.5, 1e-6), 1 - 1e-6)
+        lp = token_logprobs(policy, tokenizer, question, text)
+        out.append((math.log(p / (1 - p)), sum(lp) / len(lp)))
+    return out
+
+
+def fit_logistic(features: list[tuple[float, ...]], labels: list[bool], steps: int = 2000) -> list[float]:
+    """Weights (one per feature, then a bias) of a logistic regression, by gradient descent on
+    standardised features, returned on the original scale."""
+    import numpy as np
+
+    x = np.array(features, dtype=float)
+    mean, std = x.mean(0), x.std(0) + 1e-9
+    z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
+    y = np.array(labels, dtype=float)
+    w = np.zeros(z.shape[1])
+    for _ in range(steps):
+        w -= 0.5 * z.T @ (1 / (1 + np.exp(-z @ w)) - y) / len(y)
+    scale = w[:-1] / std
+    return [*scale.tolist(), float(w[-1] - (scale * mean).sum())]
+
+
+def grouped(rows: list[tuple], scores: list[float]) -> list[list[tuple[float, bool]]]:
+    groups: dict[str, list[tuple[float, bool]]] = {}
+    for (pid, _, _, ok), score in zip(rows, scores, strict=True):
+        groups.setdefault(pid, []).append((score, ok))
+    return list(groups.values())
 
 
 def main() -> None:
@@ -80,14 +124,20 @@ def main() -> None:
         distinct: dict[str, dict[str, bool]] = {}
         for s in samples:
             distinct.setdefault(s["problem_id"], {})[s["text"]] = s["correct"]
-        flat = [(pid, text, ok) for pid, texts in distinct.items() for text, ok in texts.items()]
-        values = HFStepScorer(str(work / "model")).score([questions[pid] for pid, _, _ in flat],
-                                                          [scored_steps(text) for _, text, _ in flat])
-        groups: dict[str, list[tuple[float, bool]]] = {}
-        for (pid, _, ok), v in zip(flat, values, strict=True):
-            groups.setdefault(pid, []).append((v[-1] if v else 0.0, ok))
-        results["orm_within_question_auroc"] = round(within_question_auroc(list(groups.values())), 4)
-        results["validation_solutions"] = len(flat)
+        validation = [(pid, questions[pid], text, ok) for pid, texts in distinct.items() for text, ok in texts.items()]
+        train_questions = {p.id: p.question for p in generate(base.data.organism, "train", args.questions)}
+        training = [(row["id"], train_questions[row["id"]], r["text"], r["correct"])
+                    for row in pq.read_table(work / "rollouts" / "data").to_pylist() for r in row["rollouts"]]
+        features = {name: solution_features(str(work / "model"), args.policy, rows)
+                    for name, rows in (("train", training), ("validation", validation))}
+    weights = fit_logistic(features["train"], [ok for *_, ok in training])
+    for name, column in (("orm", 0), ("policy_logprob_mean", 1)):
+        results[f"{name}_within_question_auroc"] = round(
+            within_question_auroc(grouped(validation, [f[column] for f in features["validation"]])), 4)
+    combined = [sum(w * x for w, x in zip(weights, [*f, 1.0])) for f in features["validation"]]
+    results["orm_plus_logprob_within_question_auroc"] = round(within_question_auroc(grouped(validation, combined)), 4)
+    results["orm_plus_logprob_weights"] = [round(w, 4) for w in weights]
+    results["validation_solutions"] = len(validation)
     publish("orm_ranking", results)
 
 

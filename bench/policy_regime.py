@@ -48,27 +48,32 @@ def within_question_auroc(groups: list[list[tuple[float, bool]]]) -> float | Non
     return concordant / pairs if pairs else None
 
 
+def token_logprobs(model, tokenizer, question: str, text: str) -> list[float]:
+    """The policy's log-probability of each token of a solution (and its EOS) given the question."""
+    import torch
+
+    from glore_ray.prompts import solve_prompt
+
+    prompt = tokenizer(solve_prompt(question))["input_ids"]
+    target = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = torch.tensor([prompt + target])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    return logprobs[len(prompt) - 1:].gather(1, ids[0, len(prompt):, None])[:, 0].tolist()
+
+
 def likelihood_rankings(model_dir: str, problems: dict, samples: list[dict]) -> dict:
     """Within-question AUROC of the policy's sum, mean and min token log-probability of each
     distinct solution (greedy and sampled)."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from glore_ray.prompts import solve_prompt
 
     tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
     scored: dict[str, dict[str, tuple[list[float], bool]]] = {}
     for s in samples:
         per_problem = scored.setdefault(s["problem_id"], {})
-        if s["text"] in per_problem:
-            continue
-        prompt = tokenizer(solve_prompt(problems[s["problem_id"]]))["input_ids"]
-        target = tokenizer(s["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = torch.tensor([prompt + target])
-        with torch.no_grad():
-            logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-        token_lp = logprobs[len(prompt) - 1:].gather(1, ids[0, len(prompt):, None])[:, 0].tolist()
-        per_problem[s["text"]] = (token_lp, s["correct"])
+        if s["text"] not in per_problem:
+            per_problem[s["text"]] = (token_logprobs(model, tokenizer, problems[s["problem_id"]], s["text"]),
+                                      s["correct"])
     out = {}
     for name, reduce in (("sum", sum), ("mean", lambda v: sum(v) / len(v)), ("min", min)):
         groups = [[(reduce(lp), ok) for lp, ok in per_problem.values()] for per_problem in scored.values()]
