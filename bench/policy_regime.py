@@ -2,6 +2,7 @@
 needs (greedy 45-60%, per-sample >= 35%, pass@8 >= 85%, errors mostly slips), measured per budget.
 
     .venv/bin/python bench/policy_regime.py [--budget 900x64 --budget 1500x32 ...] [--problems 300]
+        [--set data.organism.max_steps=5 --tag max_steps_5]
 
 Each budget (steps x batch) trains the tiny policy from the same initial model in one process (the
 pipeline's loop and objective, two threads), then samples greedily and k = 8 times at T = 1 on the
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.results_table import publish  # noqa: E402
-from glore_ray.config import GloreConfig  # noqa: E402
+from glore_ray.config import load_config  # noqa: E402
 from glore_ray.single_process import build_tiny_policy, evaluate_policy, train_policy_local, write_split  # noqa: E402
 
 SLIPS = ("arithmetic",)
@@ -87,17 +88,22 @@ def main() -> None:
     parser.add_argument("--budget", action="append", default=[], help="STEPSxBATCH (repeatable; default 900x64)")
     parser.add_argument("--problems", type=int, default=300)
     parser.add_argument("--work", default=str(ROOT / "runs" / "policy-regime"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="organism or model settings to try, e.g. data.organism.max_steps=5 (repeatable)")
+    parser.add_argument("--tag", default="", help="prefix of this invocation's keys, e.g. max_steps_5")
     args = parser.parse_args()
     budgets = [tuple(int(x) for x in b.split("x")) for b in args.budget or ["900x64"]]
-    base = GloreConfig()
+    base = load_config(None, args.overrides)
     cfg = replace(base, eval=replace(base.eval, k=8, n_problems=args.problems, split="validation"))
     work = Path(args.work)
     write_split(cfg, "train", str(work / "train.jsonl"))
     write_split(cfg, "validation", str(work / "validation.jsonl"))
     init = build_tiny_policy(cfg, str(work / "train.jsonl"), str(work / "init"))
     results: dict = {"split": "validation", "problems": args.problems, "k": 8}
+    if args.overrides:
+        results[f"{args.tag}_settings"] = ", ".join(args.overrides)
     for steps, batch in budgets:
-        name = f"{steps}x{batch}"
+        name = f"{args.tag}_{steps}x{batch}" if args.tag else f"{steps}x{batch}"
         run_cfg = replace(cfg, policy=replace(cfg.policy, steps=steps, batch_size=batch, log_every=100))
         t0 = time.perf_counter()
         model = train_policy_local(run_cfg, str(work / "train.jsonl"), init, str(work / name))
