@@ -34,12 +34,13 @@ sys.path.insert(0, str(ROOT))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from bench.policy_regime import token_logprobs, within_question_auroc  # noqa: E402
+from bench.policy_regime import token_logprobs  # noqa: E402
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig  # noqa: E402
 from glore_ray.data import write_jsonl  # noqa: E402
 from glore_ray.grading import scored_steps  # noqa: E402
 from glore_ray.organism import generate  # noqa: E402
+from glore_ray.report import within_question_auroc  # noqa: E402
 from glore_ray.reward_models import HFStepScorer  # noqa: E402
 from glore_ray.stages import run_labels, run_rollouts  # noqa: E402
 from glore_ray.trainer import fit  # noqa: E402
@@ -133,9 +134,9 @@ def main() -> None:
     weights = fit_logistic(features["train"], [ok for *_, ok in training])
     for name, column in (("orm", 0), ("policy_logprob_mean", 1)):
         results[f"{name}_within_question_auroc"] = round(
-            within_question_auroc(grouped(validation, [f[column] for f in features["validation"]])), 4)
+            within_question_auroc(grouped(validation, [f[column] for f in features["validation"]]))[0], 4)
     combined = [sum(w * x for w, x in zip(weights, [*f, 1.0])) for f in features["validation"]]
-    results["orm_plus_logprob_within_question_auroc"] = round(within_question_auroc(grouped(validation, combined)), 4)
+    results["orm_plus_logprob_within_question_auroc"] = round(within_question_auroc(grouped(validation, combined))[0], 4)
     results["orm_plus_logprob_weights"] = [round(w, 4) for w in weights]
     results["validation_solutions"] = len(validation)
     publish("orm_ranking", results)

@@ -31,22 +31,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import load_config  # noqa: E402
+from glore_ray.report import within_question_auroc  # noqa: E402
 from glore_ray.single_process import build_tiny_policy, evaluate_policy, train_policy_local, write_split  # noqa: E402
 
 SLIPS = ("arithmetic",)
 """The checker's error kinds that are slips (a wrong result, then a consistent continuation);
 the others (wrong_plan, unknown_operand, ...) are plan errors a question can set as traps."""
-
-
-def within_question_auroc(groups: list[list[tuple[float, bool]]]) -> float | None:
-    """P(a right solution outscores a wrong one of the same question), ties half."""
-    concordant, pairs = 0.0, 0
-    for group in groups:
-        for right, _ in (g for g in group if g[1]):
-            for wrong, _ in (g for g in group if not g[1]):
-                pairs += 1
-                concordant += 1.0 if right > wrong else 0.5 if right == wrong else 0.0
-    return concordant / pairs if pairs else None
 
 
 def token_logprobs(model, tokenizer, question: str, text: str) -> list[float]:
@@ -78,7 +68,7 @@ def likelihood_rankings(model_dir: str, problems: dict, samples: list[dict]) -> 
     out = {}
     for name, reduce in (("sum", sum), ("mean", lambda v: sum(v) / len(v)), ("min", min)):
         groups = [[(reduce(lp), ok) for lp, ok in per_problem.values()] for per_problem in scored.values()]
-        auroc = within_question_auroc(groups)
+        auroc, _ = within_question_auroc(groups)
         out[f"policy_logprob_{name}_within_question_auroc"] = None if auroc is None else round(auroc, 4)
     return out
 

@@ -104,7 +104,7 @@ class EnsembleModels:
                 ray.kill(model.handle)
 
     def scorers(self) -> dict[str, StepScorer]:
-        return {m: getattr(self, m) for m in (*SCORERS, "prm") if getattr(self, m) is not None}
+        return {m: getattr(self, m) for m in EVAL_SCORERS if getattr(self, m) is not None}
 
     def ensemble(self, settings: EnsembleSettings) -> RefinementEnsemble:
         return RefinementEnsemble(self.policy, self.global_refiner, self.local_refiner, self.orm, self.sorm, settings)
@@ -143,7 +143,7 @@ def _orm_best(scores: list[list[float]]) -> int:
     return max(range(len(finals)), key=lambda i: (finals[i], -i))
 
 
-def _oracle_bad_step(problem: Problem, draft: str, first_wrong: int | None) -> int | None:
+def _oracle_bad_step(draft: str, first_wrong: int | None) -> int | None:
     """The exact first wrong reasoning step of a draft (None when it has none, or when only its
     answer line is wrong: there is no step to rewrite from)."""
     if first_wrong is None or first_wrong >= len(split_steps(draft)):
@@ -183,8 +183,8 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
     # at the exact first wrong step (model organism). Only refined drafts are rewritten.
     orm_where = [first_bad_step(s[0]["orm"], d.draft, ev.step_threshold) if d.refined else None
                  for s, d in zip(scored, decisions, strict=True)]
-    oracle_where = [_oracle_bad_step(p, d.draft, s[0]["first_wrong"]) if d.refined else None
-                    for p, s, d in zip(problems, scored, decisions, strict=True)]
+    oracle_where = [_oracle_bad_step(d.draft, s[0]["first_wrong"]) if d.refined else None
+                    for s, d in zip(scored, decisions, strict=True)]
     local_orm = ensemble.refine_locally(questions, drafts, orm_where)
     local_oracle = ensemble.refine_locally(questions, drafts, oracle_where)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 METHODS = ("greedy", "best_of_k", "best_of_k_with_greedy", "global", "local", "local_orm", "local_oracle_where",
@@ -121,6 +121,18 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
+def within_question_auroc(groups: Iterable[Sequence[tuple[float, bool]]]) -> tuple[float | None, int]:
+    """(P(a right solution outscores a wrong one of the same question), ties half; the number of
+    such pairs) over groups of (score, correct), one group per question. None without a pair."""
+    concordant, pairs = 0.0, 0
+    for group in groups:
+        for right, _ in (g for g in group if g[1]):
+            for wrong, _ in (g for g in group if not g[1]):
+                pairs += 1
+                concordant += 1.0 if right > wrong else 0.5 if right == wrong else 0.0
+    return (concordant / pairs if pairs else None), pairs
+
+
 def _first_flagged(values: Sequence[float]) -> int | None:
     return next((i for i, v in enumerate(values) if v < 0.5), None)
 
@@ -143,7 +155,7 @@ def reward_model_metrics(records: Sequence[dict], model: str) -> dict:
     final_right = solutions = 0
     erroneous = [0, 0]  # first flagged step == the exact first wrong step, seen
     error_free = [0, 0]  # nothing flagged, seen
-    concordant, pairs = 0.0, 0
+    groups: list[list[tuple[float, bool]]] = []
     finals: list[float] = []
     outcomes: list[bool] = []
     bins = [[0, 0.0, 0] for _ in range(CALIBRATION_BINS)]  # count, sum of values, correct
@@ -170,11 +182,8 @@ def reward_model_metrics(records: Sequence[dict], model: str) -> dict:
             outcomes.append(s["correct"])
             b = bins[min(int(values[-1] * CALIBRATION_BINS), CALIBRATION_BINS - 1)]
             b[0], b[1], b[2] = b[0] + 1, b[1] + values[-1], b[2] + s["correct"]
-        for right in (s for s in scored if s["correct"]):
-            for wrong in (s for s in scored if not s["correct"]):
-                pairs += 1
-                concordant += 1.0 if right[model][-1] > wrong[model][-1] else 0.5 if right[model][-1] == wrong[model][-1] \
-                    else 0.0
+        groups.append([(s[model][-1], s["correct"]) for s in scored])
+    within, pairs = within_question_auroc(groups)
     accuracies = [right / seen for right, seen in (good, bad) if seen]
     steps_n = good[1] + bad[1]
     return {"step_accuracy": (good[0] + bad[0]) / steps_n if steps_n else 0.0,
@@ -182,7 +191,7 @@ def reward_model_metrics(records: Sequence[dict], model: str) -> dict:
             "first_error_f1": _harmonic_mean(erroneous, error_free),
             "final_accuracy": final_right / solutions if solutions else 0.0,
             "final_auroc": auroc(finals, outcomes),
-            "within_question_auroc": concordant / pairs if pairs else None,
+            "within_question_auroc": within,
             "within_question_pairs": pairs,
             "correct_share": sum(outcomes) / solutions if solutions else 0.0,
             "n_steps": steps_n, "n_solutions": solutions,
