@@ -41,15 +41,13 @@ from glore_ray.data import write_jsonl  # noqa: E402
 from glore_ray.grading import scored_steps  # noqa: E402
 from glore_ray.organism import generate  # noqa: E402
 from glore_ray.report import within_question_auroc  # noqa: E402
-from glore_ray.reward_models import HFStepScorer  # noqa: E402
+from glore_ray.reward_models import HFStepScorer, fit_logistic, logit  # noqa: E402
 from glore_ray.stages import run_labels, run_rollouts  # noqa: E402
 from glore_ray.trainer import fit  # noqa: E402
 
 
 def solution_features(orm_dir: str, policy_dir: str, rows: list[tuple]) -> list[tuple[float, float]]:
     """(ORM logit at the answer line, the policy's mean token log-probability) of each solution."""
-    import math
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     values = HFStepScorer(orm_dir).score([q for _, q, _, _ in rows], [scored_steps(text) for _, _, text, _ in rows])
@@ -57,26 +55,9 @@ def solution_features(orm_dir: str, policy_dir: str, rows: list[tuple]) -> list[
     policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
     out = []
     for (_, question, text, _), v in zip(rows, values, strict=True):
-        p = min(max(v[-1] if v else 0.5, 1e-6), 1 - 1e-6)
         lp = token_logprobs(policy, tokenizer, question, text)
-        out.append((math.log(p / (1 - p)), sum(lp) / len(lp)))
+        out.append((logit(v[-1] if v else 0.5), sum(lp) / len(lp)))
     return out
-
-
-def fit_logistic(features: list[tuple[float, ...]], labels: list[bool], steps: int = 2000) -> list[float]:
-    """Weights (one per feature, then a bias) of a logistic regression, by gradient descent on
-    standardised features, returned on the original scale."""
-    import numpy as np
-
-    x = np.array(features, dtype=float)
-    mean, std = x.mean(0), x.std(0) + 1e-9
-    z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
-    y = np.array(labels, dtype=float)
-    w = np.zeros(z.shape[1])
-    for _ in range(steps):
-        w -= 0.5 * z.T @ (1 / (1 + np.exp(-z @ w)) - y) / len(y)
-    scale = w[:-1] / std
-    return [*scale.tolist(), float(w[-1] - (scale * mean).sum())]
 
 
 def grouped(rows: list[tuple], scores: list[float]) -> list[list[tuple[float, bool]]]:

@@ -444,6 +444,22 @@ class LabelConfig:
 
 
 @dataclass
+class RerankerConfig:
+    """What ranks a question's candidates (the best-of-k baselines, and the ensemble's when and
+    rerank): the ORM, or with `likelihood` the ORM's value combined with the policy's own mean token
+    log-probability of the solution, three weights fitted on the ORM's training rows. A small ORM
+    ranks the solutions of one question near chance where the policy's likelihood does not
+    (bench/orm_ranking.py); the reward models' own rows are reported either way."""
+
+    likelihood: bool = False
+    fit_rows: int = 4000
+    """ORM training rows (solutions) the weights are fitted on."""
+
+    def validate(self, key: str) -> None:
+        _check(self.fit_rows >= 1, f"{key}.fit_rows", "must be >= 1")
+
+
+@dataclass
 class GloreConfig:
     """The whole job."""
 
@@ -461,6 +477,7 @@ class GloreConfig:
     expert_iteration: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
+    reranker: RerankerConfig = field(default_factory=RerankerConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
     def training(self, objective: str) -> TrainConfig:

@@ -31,7 +31,7 @@ from glore_ray.prompts import solve_prompt
 
 Log = Callable[[str], None]
 SERVER_WAIT_LOG_S = 60.0
-EVAL_SCORERS = (*SCORERS, "prm")
+EVAL_SCORERS = (*SCORERS, "prm", "reranker")
 
 
 class ModelServer:
@@ -41,9 +41,9 @@ class ModelServer:
         from glore_ray.config import EngineConfig
 
         if kind == "scorer":
-            from glore_ray.reward_models import HFStepScorer
+            from glore_ray.reward_models import load_scorer
 
-            self.model = HFStepScorer(model_dir)
+            self.model = load_scorer(model_dir)
         else:
             from glore_ray.engines import make_engine
 
@@ -95,6 +95,8 @@ class EnsembleModels:
     sorm: StepScorer
     prm: StepScorer | None = None
     """Scored in the report only (the model organism's exact-label PRM); the ensemble never uses it."""
+    reranker: StepScorer | None = None
+    """The likelihood reranker (`reranker.likelihood`): it ranks in the ORM's place."""
 
     def stop(self) -> None:
         import ray
@@ -106,8 +108,14 @@ class EnsembleModels:
     def scorers(self) -> dict[str, StepScorer]:
         return {m: getattr(self, m) for m in EVAL_SCORERS if getattr(self, m) is not None}
 
+    @property
+    def ranker(self) -> str:
+        """The scorer that ranks candidates: the reranker when there is one, else the ORM."""
+        return "reranker" if self.reranker is not None else "orm"
+
     def ensemble(self, settings: EnsembleSettings) -> RefinementEnsemble:
-        return RefinementEnsemble(self.policy, self.global_refiner, self.local_refiner, self.orm, self.sorm, settings)
+        return RefinementEnsemble(self.policy, self.global_refiner, self.local_refiner, getattr(self, self.ranker),
+                                  self.sorm, settings)
 
 
 def start_model_servers(cfg: GloreConfig, models: dict[str, str], log: Log = print) -> EnsembleModels:
@@ -188,6 +196,7 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
     local_orm = ensemble.refine_locally(questions, drafts, orm_where)
     local_oracle = ensemble.refine_locally(questions, drafts, oracle_where)
 
+    ranker = models.ranker
     metrics.record("questions", len(problems))
     for decision in decisions:
         metrics.record("chosen_candidates", candidate=decision.chosen)
@@ -200,8 +209,8 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
         samples = solutions[1:]
         with_greedy = solutions[:ev.k]  # the greedy draft and k - 1 samples
         correct = {"draft": solutions[0]["correct"],
-                   "best_of_k": samples[_orm_best([s["orm"] for s in samples])]["correct"],
-                   "best_of_k_with_greedy": with_greedy[_orm_best([s["orm"] for s in with_greedy])]["correct"],
+                   "best_of_k": samples[_orm_best([s[ranker] for s in samples])]["correct"],
+                   "best_of_k_with_greedy": with_greedy[_orm_best([s[ranker] for s in with_greedy])]["correct"],
                    "global": right(decision.global_), "local": right(decision.local),
                    "local_orm": right(local_orm[i]),
                    "local_oracle_where": right(local_oracle[i]) if organism else None,
@@ -244,6 +253,7 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
     if quarantine:
         raise ValueError(f"{test}: {quarantine.summary()} in a file the data stage wrote")
     settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold")}
+    settings["ranked_by"] = "reranker" if "reranker" in models else "orm"
     report = build_report(records, cfg.eval.k, settings, cfg.run_name, cfg.eval.split)
     files = write_report(report, report_dir)
     log(f"evaluate: report -> {', '.join(str(f) for f in files)}")

@@ -76,11 +76,13 @@ def model_dir(out: str, stage: str) -> str:
 
 
 def ensemble_models(cfg: GloreConfig, out: str) -> dict[str, str]:
-    """The five models the evaluation and the Serve app load, by name: the policy is the last
-    expert-iteration round's."""
+    """The five models the evaluation and the Serve app load, by name (the policy is the last
+    expert-iteration round's), and the likelihood reranker's folder when `reranker.likelihood`:
+    it then ranks in the ORM's place."""
     rounds = cfg.expert_iteration.rounds
     policy = model_dir(out, f"expert_iteration_{rounds}" if rounds else "policy")
-    return {m: policy if m == "policy" else model_dir(out, m) for m in SERVED_MODELS}
+    models = {m: policy if m == "policy" else model_dir(out, m) for m in SERVED_MODELS}
+    return models | ({"reranker": model_dir(out, "reranker")} if cfg.reranker.likelihood else {})
 
 
 def has_prm(cfg: GloreConfig) -> bool:
@@ -155,6 +157,11 @@ def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
               lambda d, k: stages.run_labels(cfg, "prm", rollouts, None, d, log)),
         _train_stage("prm", "sorm", cfg, f"{out}/prm_labels/data", policy, log, cfg.sorm),
     ] if has_prm(cfg) else []
+    reranker_stages = [
+        Stage("reranker", {"rows": f"{orm_labels}/data", "orm": model_dir(out, "orm"), "policy": policy},
+              _asdict(cfg, "reranker"),
+              lambda d, k: stages.fit_reranker_stage(cfg, f"{orm_labels}/data", model_dir(out, "orm"), policy, d, log)),
+    ] if cfg.reranker.likelihood else []
     out_stages += [
         Stage("rollouts", {"train": train, "policy": policy}, _asdict(cfg, "rollouts", "engine", "sampling"),
               lambda d, k: stages.run_rollouts(cfg, train, policy, d, log)),
@@ -166,6 +173,7 @@ def build_stages(cfg: GloreConfig, out: str, log: Log) -> list[Stage]:
         _train_stage("orm", "orm", cfg, f"{orm_labels}/data", policy, log),
         _train_stage("sorm", "sorm", cfg, f"{sorm_labels}/data", policy, log),
         *prm_stages,
+        *reranker_stages,
         # Local pairs come from the labelled rows before balancing, with their continuations.
         Stage("pairs", {"rollouts": f"{rollouts}/data",
                         "sorm": f"{sorm_labels}/{'unbalanced' if cfg.labels.balance else 'data'}"}, {},

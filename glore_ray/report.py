@@ -17,18 +17,20 @@ METHODS = ("greedy", "best_of_k", "best_of_k_with_greedy", "global", "local", "l
            "global_local_rerank", "rerank_oracle")
 METHOD_TITLES = {
     "greedy": "greedy draft",
-    "best_of_k": "ORM-reranked best of {k} samples",
-    "best_of_k_with_greedy": "ORM-reranked best of the greedy draft and {k_minus_1} samples",
+    "best_of_k": "{ranker}-reranked best of {k} samples",
+    "best_of_k_with_greedy": "{ranker}-reranked best of the greedy draft and {k_minus_1} samples",
     "global": "global refinement only",
     "local": "local refinement only (where: SORM)",
     "local_orm": "local refinement only (where: ORM)",
     "local_oracle_where": "local refinement only (where: the exact first wrong step)",
-    "global_local_rerank": "global + local + ORM rerank",
+    "global_local_rerank": "global + local + {ranker} rerank",
     "rerank_oracle": "rerank oracle (any of draft, global, local)",
 }
-REWARD_MODELS = ("orm", "sorm", "prm")
+REWARD_MODELS = ("orm", "sorm", "prm", "reranker")
 """The step-reward models a record may hold: the PRM (trained on exact step labels) only on the
-model organism."""
+model organism, the reranker (the ORM with the policy's likelihood) only with `reranker.likelihood`."""
+RANKERS = {"orm": "ORM", "reranker": "ORM+likelihood"}
+"""`settings.ranked_by` (what ranked the best-of rows and the ensemble's candidates) as the tables name it."""
 BOOTSTRAP_RESAMPLES = 10_000
 CALIBRATION_BINS = 10
 
@@ -235,14 +237,14 @@ def _signed_pct(x: float) -> str:
 
 def tables(report: dict) -> str:
     """The report's two tables, in Markdown."""
-    k = report["k"]
+    k, ranker = report["k"], RANKERS[report["settings"].get("ranked_by", "orm")]
     lines = [f"Reward models on {report['n_test']} {report['split']} questions' drafts and samples "
              f"(step truth: {report['step_truth']}; steps include the answer line)", "",
              "| model | step accuracy | balanced step accuracy | first-error F1 | final-answer accuracy | final AUROC "
              "| within-question AUROC | steps | solutions (correct) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for m, r in report["reward_models"].items():
-        lines.append(f"| {m.upper()} | {_pct(r['step_accuracy'])} | {_pct(r['balanced_step_accuracy'])} "
+        lines.append(f"| {RANKERS['reranker'] if m == 'reranker' else m.upper()} | {_pct(r['step_accuracy'])} | {_pct(r['balanced_step_accuracy'])} "
                      f"| {_fmt(r['first_error_f1'])} | {_pct(r['final_accuracy'])} | {_fmt(r['final_auroc'])} "
                      f"| {_fmt(r['within_question_auroc'])} | {r['n_steps']} "
                      f"| {r['n_solutions']} ({_pct(r['correct_share'])}%) |")
@@ -253,7 +255,8 @@ def tables(report: dict) -> str:
               "|---|---|---|---|---|---|"]
     for m, r in report["refinement"].items():
         d = r["paired_diff_vs_greedy"]
-        lines.append(f"| {METHOD_TITLES[m].format(k=k, k_minus_1=k - 1)} | {_pct(r['accuracy'])} "
+        title = METHOD_TITLES[m].format(k=k, k_minus_1=k - 1, ranker=ranker)
+        lines.append(f"| {title} | {_pct(r['accuracy'])} "
                      f"| {_pct(r['ci95_low'])}–{_pct(r['ci95_high'])} "
                      f"| {_signed_pct(d['mean'])} ({_signed_pct(d['low'])} to {_signed_pct(d['high'])}) "
                      f"| {_pct(r['fixed'])} | {_pct(r['broken'])} |")

@@ -1,8 +1,12 @@
-"""A trained ORM or SORM folder as a step scorer (the ensemble's StepScorer), in this process."""
+"""Step scorers (the ensemble's StepScorer), in this process: a trained ORM, SORM or PRM folder, and
+the reranker that combines the ORM with the policy's likelihood."""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from pathlib import Path
 
 from glore_ray.prompts import solve_prompt
 
@@ -38,3 +42,109 @@ class HFStepScorer:
             for i, values in zip(rows, step_scores(logits, batch["labels"]), strict=True):
                 scores[i] = values
         return scores
+
+
+class PolicyLikelihood:
+    """The policy's mean token log-probability of a solution up to the end of every step, read as
+    the ORM reads a solution (the prompt, then each step and its newline). Slips are low-probability
+    tokens: on the model organism this ranks a question's solutions far better than a small ORM
+    does (bench/orm_ranking.py)."""
+
+    def __init__(self, policy_dir: str, batch_size: int = 32):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(policy_dir).to(self.device).eval()
+        self.max_length = self.model.config.max_position_embeddings
+        self.batch_size = batch_size
+
+    def mean_logprobs(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        import torch
+
+        from glore_ray.sft import IGNORE, collate
+        from glore_ray.step_reward import encode_step_example
+
+        out: list[list[float]] = [[] for _ in questions]
+        todo = [i for i, s in enumerate(steps) if s]
+        for start in range(0, len(todo), self.batch_size):
+            rows = todo[start:start + self.batch_size]
+            prompts = [solve_prompt(questions[i]) for i in rows]
+            examples = [encode_step_example(self.tokenizer, p, list(steps[i]), [0] * len(steps[i]), self.max_length,
+                                            f"solution {i}") for p, i in zip(prompts, rows)]
+            batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
+            with torch.no_grad():
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            # Token t's log-probability is read at position t - 1.
+            token_logprobs = torch.log_softmax(logits[:, :-1].float(), -1).gather(
+                2, batch["input_ids"][:, 1:, None])[..., 0]
+            for row, (i, prompt) in enumerate(zip(rows, prompts)):
+                first = len(self.tokenizer(prompt)["input_ids"]) - 1  # the solution's first token, shifted
+                cumulative = token_logprobs[row, first:].cumsum(0)
+                ends = (batch["labels"][row] != IGNORE).nonzero()[:, 0] - 1 - first  # each step's newline
+                out[i] = [(cumulative[e] / (e + 1)).item() for e in ends.tolist()]
+        return out
+
+
+def logit(p: float, eps: float = 1e-6) -> float:
+    p = min(max(p, eps), 1 - eps)
+    return math.log(p / (1 - p))
+
+
+def fit_logistic(features: Sequence[Sequence[float]], labels: Sequence[bool], steps: int = 2000) -> list[float]:
+    """Weights (one per feature, then a bias) of a logistic regression, by full-batch gradient
+    descent on standardised features, returned on the original scale."""
+    import numpy as np
+
+    x = np.array(features, dtype=float)
+    mean, std = x.mean(0), x.std(0) + 1e-9
+    z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
+    y = np.array(labels, dtype=float)
+    w = np.zeros(z.shape[1])
+    for _ in range(steps):
+        w -= 0.5 * z.T @ (1 / (1 + np.exp(-z @ w)) - y) / len(y)
+    scale = w[:-1] / std
+    return [*scale.tolist(), float(w[-1] - (scale * mean).sum())]
+
+
+RERANKER_FILE = "reranker.json"
+
+
+class LikelihoodReranker:
+    """The ORM's value combined with the policy's likelihood at every step:
+    sigmoid(w_orm * logit(ORM value) + w_lik * mean token log-probability so far + bias), the
+    weights fitted on the ORM's training solutions (`fit_reranker`). A StepScorer, so the ensemble
+    and Serve use it wherever they use the ORM."""
+
+    def __init__(self, orm: HFStepScorer, likelihood: PolicyLikelihood, weights: Sequence[float]):
+        self.orm, self.likelihood = orm, likelihood
+        self.w_orm, self.w_likelihood, self.bias = weights
+
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        orm = self.orm.score(questions, steps)
+        likelihood = self.likelihood.mean_logprobs(questions, steps)
+        return [[1 / (1 + math.exp(-(self.w_orm * logit(v) + self.w_likelihood * lp + self.bias)))
+                 for v, lp in zip(vs, lps, strict=True)] for vs, lps in zip(orm, likelihood, strict=True)]
+
+
+def fit_reranker(orm_dir: str, policy_dir: str, questions: Sequence[str], steps: Sequence[Sequence[str]],
+                 correct: Sequence[bool]) -> list[float]:
+    """(w_orm, w_likelihood, bias) from solutions and their correctness, at the answer line."""
+    orm = HFStepScorer(orm_dir).score(questions, steps)
+    likelihood = PolicyLikelihood(policy_dir).mean_logprobs(questions, steps)
+    return fit_logistic([(logit(v[-1]), lp[-1]) for v, lp in zip(orm, likelihood, strict=True)], correct)
+
+
+def load_scorer(model_dir: str):
+    """The StepScorer in a folder: a reranker folder (RERANKER_FILE naming its ORM and policy
+    folders and its weights) or a token-classification model folder (an ORM, SORM or PRM)."""
+    spec = Path(model_dir) / RERANKER_FILE
+    if not spec.is_file():
+        return HFStepScorer(model_dir)
+    try:
+        fields = json.loads(spec.read_text())
+        return LikelihoodReranker(HFStepScorer(fields["orm"]), PolicyLikelihood(fields["policy"]), fields["weights"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{spec}: not a reranker spec ({type(e).__name__}: {e}); "
+                         "it needs `orm`, `policy` and three `weights`") from e

@@ -119,12 +119,12 @@ class GeneratorDeployment(_BatchedModel):
 
 @serve.deployment
 class ScorerDeployment(_BatchedModel):
-    """A trained ORM or SORM folder: P(good) at the end of every step."""
+    """A trained ORM or SORM folder, or a likelihood reranker's: P(good) at the end of every step."""
 
     def __init__(self, model_dir: str):
-        from glore_ray.reward_models import HFStepScorer
+        from glore_ray.reward_models import load_scorer
 
-        self.scorer = HFStepScorer(model_dir)
+        self.scorer = load_scorer(model_dir)
         self._setup()
 
     async def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
@@ -296,8 +296,12 @@ def deployment_options(d: ModelDeploymentConfig) -> dict:
 
 
 def build_app(cfg: GloreConfig, models: dict[str, str]) -> serve.Application:
-    """The app over the five model folders (`pipeline.ensemble_models` of a run)."""
-    missing = [f"{name}: {path}" for name, path in models.items() if not (Path(path) / "config.json").is_file()]
+    """The app over the five model folders (`pipeline.ensemble_models` of a run); with a `reranker`
+    folder, the `orm` deployment serves it."""
+    from glore_ray.reward_models import RERANKER_FILE
+
+    missing = [f"{name}: {path}" for name, path in models.items()
+               if not any((Path(path) / f).is_file() for f in ("config.json", RERANKER_FILE))]
     if missing:
         raise FileNotFoundError("no exported model folder for " + "; ".join(missing)
                                 + " (run `glore pipeline` with this config first)")
@@ -309,7 +313,8 @@ def build_app(cfg: GloreConfig, models: dict[str, str]) -> serve.Application:
         if name in GENERATORS:
             bound[name] = GeneratorDeployment.options(name=name, **options).bind(models[name], engine)
         else:
-            bound[name] = ScorerDeployment.options(name=name, **options).bind(models[name])
+            path = models.get("reranker", models[name]) if name == "orm" else models[name]
+            bound[name] = ScorerDeployment.options(name=name, **options).bind(path)
     return EnsembleIngress.options(name="ensemble", **deployment_options(cfg.serve.ingress)).bind(
         **bound, cfg=cfg.serve, max_tokens=cfg.sampling.max_tokens, run_name=cfg.run_name)
 

@@ -509,3 +509,47 @@ def _exists(path: str) -> bool:
     filesystem, target = filesystem_for(path)
     return filesystem.get_file_info(target).type != fs.FileType.NotFound
 
+
+
+def fit_reranker_stage(cfg: GloreConfig, orm_rows: str, orm: str, policy: str, out_dir: str, log: Log = print) -> dict:
+    """The likelihood reranker (`reward_models.LikelihoodReranker`): its three weights fitted on the
+    first `reranker.fit_rows` ORM training rows (each a solution and its correctness, at the answer
+    line), written with its ORM's and policy's folders as `out_dir/model/reranker.json`. Reports
+    each ranker's within-question AUROC on those rows (in-sample for the ORM, which trained on them)."""
+    import json
+    from pathlib import Path
+
+    import pyarrow.dataset as ds
+
+    from glore_ray.report import within_question_auroc
+    from glore_ray.reward_models import RERANKER_FILE, HFStepScorer, PolicyLikelihood, fit_logistic, logit
+
+    filesystem, root = filesystem_for(orm_rows)
+    rows = ds.dataset(root, filesystem=filesystem, format="parquet").head(
+        cfg.reranker.fit_rows, columns=["problem_id", "prompt", "completions", "labels"]).to_pylist()
+    if not rows:
+        raise ValueError(f"{orm_rows}: no ORM rows to fit the reranker on")
+    questions, steps = [r["prompt"] for r in rows], [r["completions"] for r in rows]
+    correct = [r["labels"][-1] for r in rows]
+    orm_values = [logit(v[-1]) for v in HFStepScorer(orm).score(questions, steps)]
+    likelihood = [lp[-1] for lp in PolicyLikelihood(policy).mean_logprobs(questions, steps)]
+    weights = fit_logistic(list(zip(orm_values, likelihood)), correct)
+    combined = [weights[0] * o + weights[1] * lp + weights[2] for o, lp in zip(orm_values, likelihood)]
+
+    def ranking(scores: list[float]) -> float | None:
+        groups: dict[str, list[tuple[float, bool]]] = {}
+        for row, score, ok in zip(rows, scores, correct, strict=True):
+            groups.setdefault(row["problem_id"], []).append((score, ok))
+        auroc, _ = within_question_auroc(groups.values())
+        return None if auroc is None else round(auroc, 4)
+
+    model = Path(out_dir) / "model"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / RERANKER_FILE).write_text(json.dumps({"orm": _abs(orm), "policy": _abs(policy), "weights": weights},
+                                                  indent=2) + "\n")
+    counts = {"rows": len(rows), "weights": [round(w, 4) for w in weights],
+              "orm_within_question_auroc": ranking(orm_values),
+              "likelihood_within_question_auroc": ranking(likelihood),
+              "reranker_within_question_auroc": ranking(combined)}
+    log(f"reranker: fitted on {len(rows)} ORM rows: {counts}")
+    return counts

@@ -113,6 +113,72 @@ def test_hf_step_scorer_scores_every_step(tiny_model_dir, tmp_path) -> None:
     assert scorer.score([Q2], [["5 + 3 = 8 cards."]])[0] == pytest.approx(values[2], abs=1e-5)
 
 
+def test_policy_likelihood_is_each_steps_running_mean_token_logprob(tiny_model_dir) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from glore_ray.prompts import solve_prompt
+    from glore_ray.reward_models import PolicyLikelihood
+
+    steps = ["3 * 4 = 12 apples.", "12 - 3 = 9 apples.", "#### 9"]
+    values = PolicyLikelihood(str(tiny_model_dir)).mean_logprobs([Q2, Q1, Q1], [["5 + 3 = 8 cards."], steps, []])
+    assert [len(v) for v in values] == [1, 3, 0]
+    # By hand, alone: the log-probability of every token after the prompt, averaged up to each newline.
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_model_dir), AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompt = tokenizer(solve_prompt(Q1))["input_ids"]
+    pieces = [tokenizer(s + "\n", add_special_tokens=False)["input_ids"] for s in steps]
+    ids = torch.tensor([prompt + [t for piece in pieces for t in piece]])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
+    solution = logprobs[len(prompt) - 1:].tolist()
+    ends = [sum(len(p) for p in pieces[:i + 1]) for i in range(len(pieces))]
+    assert values[1] == pytest.approx([sum(solution[:e]) / e for e in ends], abs=1e-4)
+
+
+def test_a_reranker_folder_scores_as_the_orm_and_the_likelihood_combined(tiny_model_dir, tmp_path) -> None:
+    import json
+    import math
+
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from glore_ray.reward_models import RERANKER_FILE, HFStepScorer, PolicyLikelihood, load_scorer
+
+    AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(tmp_path / "orm")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "orm")
+    questions, steps = [Q1, Q2], [DRAFT1.splitlines(), ["5 + 3 = 8 cards.", "#### 8"]]
+    orm = HFStepScorer(str(tmp_path / "orm")).score(questions, steps)
+    likelihood = PolicyLikelihood(str(tiny_model_dir)).mean_logprobs(questions, steps)
+
+    def reranker(weights: list[float]) -> list[float]:
+        (tmp_path / "r").mkdir(exist_ok=True)
+        (tmp_path / "r" / RERANKER_FILE).write_text(json.dumps(
+            {"orm": str(tmp_path / "orm"), "policy": str(tiny_model_dir), "weights": weights}))
+        values = load_scorer(str(tmp_path / "r")).score(questions, steps)
+        assert [len(v) for v in values] == [3, 2]
+        return [x for v in values for x in v]
+
+    assert reranker([1.0, 0.0, 0.0]) == pytest.approx([x for v in orm for x in v], abs=1e-5)  # the ORM alone
+    sigmoid = [1 / (1 + math.exp(-2 * lp - 0.5)) for v in likelihood for lp in v]
+    assert reranker([0.0, 2.0, 0.5]) == pytest.approx(sigmoid, abs=1e-5)  # the likelihood alone
+    (tmp_path / "r" / RERANKER_FILE).write_text(json.dumps({"orm": str(tmp_path / "orm")}))
+    with pytest.raises(ValueError, match=f"{RERANKER_FILE}: not a reranker spec .*KeyError"):
+        load_scorer(str(tmp_path / "r"))
+    assert isinstance(load_scorer(str(tmp_path / "orm")), HFStepScorer)
+
+
+def test_fit_logistic_recovers_the_direction_and_scale_of_a_logistic_model() -> None:
+    import random
+
+    from glore_ray.reward_models import fit_logistic
+
+    rng = random.Random(0)
+    x = [(rng.gauss(0, 1), rng.gauss(5, 2)) for _ in range(4000)]
+    # The truth: P(y) = sigmoid(2 * a - 0 * b + 1); b is noise.
+    y = [rng.random() < 1 / (1 + 2.718281828 ** -(2 * a + 1)) for a, _ in x]
+    w_a, w_b, bias = fit_logistic(x, y)
+    assert w_a == pytest.approx(2, abs=0.3) and abs(w_b) < 0.1 and bias == pytest.approx(1, abs=0.3)
+
+
 @pytest.mark.parametrize("margin, chosen", [(4e-6, "draft"), (-4e-6, "draft"), (5e-4, "global")])
 def test_scores_within_float_noise_are_a_tie_the_draft_wins(margin, chosen) -> None:
     """The same text scores a little differently in different batches; that must not flip the answer."""

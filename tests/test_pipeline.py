@@ -19,7 +19,7 @@ from tests.miniature import MINIATURE, as_sets
 pytestmark = pytest.mark.timeout(900)
 
 STAGES = ["data", "init_model", "policy", "rollouts", "orm_labels", "sorm_labels", "orm", "sorm", "prm_labels", "prm",
-          "pairs", "global_refiner", "local_refiner", "evaluate"]
+          "reranker", "pairs", "global_refiner", "local_refiner", "evaluate"]
 
 
 @pytest.fixture
@@ -42,8 +42,11 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -
 
     report = json.loads((out / "report.json").read_text())
     assert report["n_test"] == 8 and report["k"] == 3
-    assert list(report["reward_models"]) == ["orm", "sorm", "prm"]
-    for model in ("orm", "sorm", "prm"):
+    assert list(report["reward_models"]) == ["orm", "sorm", "prm", "reranker"]
+    assert report["settings"]["ranked_by"] == "reranker"
+    reranker = _manifest(out, "reranker")["counts"]
+    assert reranker["rows"] > 0 and len(reranker["weights"]) == 3
+    for model in ("orm", "sorm", "prm", "reranker"):
         for metric in ("step_accuracy", "balanced_step_accuracy", "final_accuracy"):
             assert 0.0 <= report["reward_models"][model][metric] <= 1.0
         assert "first_error_f1" in report["reward_models"][model]
@@ -118,6 +121,25 @@ def test_expert_iteration_rounds_chain_their_policies() -> None:
         previous = model_dir("/run", f"expert_iteration_{r}")
     assert stages["rollouts"].inputs["policy"] == stages["sorm_labels"].inputs["policy"] == previous
     assert ensemble_models(cfg, "/run")["policy"] == previous
+
+
+def test_the_likelihood_reranker_is_a_stage_that_ranks_in_the_orms_place() -> None:
+    from glore_ray.config import load_config
+    from glore_ray.pipeline import build_stages, ensemble_models, model_dir
+
+    off = load_config(None)
+    assert "reranker" not in [s.name for s in build_stages(off, "/run", print)]
+    assert "reranker" not in ensemble_models(off, "/run")
+    cfg = load_config(None, ["reranker.likelihood=true", "reranker.fit_rows=100"])
+    stages = {s.name: s for s in build_stages(cfg, "/run", print)}
+    names = list(stages)
+    assert names.index("orm") < names.index("reranker") < names.index("evaluate")
+    policy = ensemble_models(cfg, "/run")["policy"]
+    assert stages["reranker"].inputs == {"rows": "/run/orm_labels/data", "orm": model_dir("/run", "orm"),
+                                         "policy": policy}
+    assert stages["reranker"].config == {"reranker": {"likelihood": True, "fit_rows": 100}}
+    assert ensemble_models(cfg, "/run")["reranker"] == model_dir("/run", "reranker")
+    assert stages["evaluate"].inputs["reranker"] == model_dir("/run", "reranker")
 
 
 def test_from_names_an_unknown_stage(pipeline_run, capsys) -> None:
