@@ -269,12 +269,17 @@ class EvalConfig:
     orm_threshold: float = 0.5
     step_threshold: float = 0.5
     """The first step whose value is below this is where the local refiner starts."""
+    max_rounds: int = 1
+    """Iterated refinement (beyond the paper): after the first round, a question whose chosen
+    candidate the ORM (or the reranker) scores below `orm_threshold` is refined again from that
+    candidate, up to this many rounds in all; each round is a row of the report."""
     pool: EnginePoolConfig = field(default_factory=lambda: EnginePoolConfig(cpus_per_replica=0.25, batch_size=64))
     """Resources of each of the five model servers; batch_size is questions per ensemble call."""
 
     def validate(self, key: str) -> None:
         _check(self.n_problems > 0, f"{key}.n_problems", "must be > 0")
         _check(self.k >= 1, f"{key}.k", "must be >= 1")
+        _check(self.max_rounds >= 1, f"{key}.max_rounds", "must be >= 1")
         _check(self.temperature > 0, f"{key}.temperature", "must be > 0 (greedy is always measured)")
         for name in ("orm_threshold", "step_threshold"):
             _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")

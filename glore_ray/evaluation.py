@@ -23,7 +23,7 @@ from pathlib import Path
 from glore_ray.config import SCORERS, GloreConfig
 from glore_ray.data import Problem, Quarantine, load_problems
 from glore_ray.engines import Engine, Generation, Sampling
-from glore_ray.ensemble import EnsembleSettings, RefinementEnsemble, StepScorer, first_bad_step
+from glore_ray.ensemble import Decision, EnsembleSettings, RefinementEnsemble, StepScorer, first_bad_step
 from glore_ray.grading import is_correct, scored_steps, split_steps
 from glore_ray.metrics import StageMetrics
 from glore_ray.organism import check_solution, is_organism_problem
@@ -159,6 +159,24 @@ def _oracle_bad_step(draft: str, first_wrong: int | None) -> int | None:
     return first_wrong
 
 
+def iterate(ensemble: RefinementEnsemble, questions: Sequence[str], decisions: Sequence[Decision],
+            max_rounds: int) -> list[list[str]]:
+    """Each round's answer text per question: round 1 is the ensemble's choice; in every later round
+    a question whose chosen text scores below `orm_threshold` is refined again from that text (the
+    ensemble with it as the draft, refining only below the threshold), the others keep theirs."""
+    texts = [d.candidate(d.chosen) for d in decisions]
+    scores = [d.orm_scores[d.chosen] for d in decisions]
+    again = dataclasses.replace(ensemble, settings=dataclasses.replace(ensemble.settings, always_refine=False))
+    rounds = [list(texts)]
+    for _ in range(max_rounds - 1):
+        todo = [i for i, score in enumerate(scores) if score < again.settings.orm_threshold]
+        for i, d in zip(todo, again.solve([questions[i] for i in todo], [texts[i] for i in todo]) if todo else [],
+                        strict=True):
+            texts[i], scores[i] = d.candidate(d.chosen), d.orm_scores[d.chosen]
+        rounds.append(list(texts))
+    return rounds
+
+
 def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: GloreConfig,
                    metrics: StageMetrics) -> list[dict]:
     """The records of a batch of test problems (see the module docstring). Each model output is
@@ -196,6 +214,7 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
     local_orm = ensemble.refine_locally(questions, drafts, orm_where)
     local_oracle = ensemble.refine_locally(questions, drafts, oracle_where)
 
+    rounds = iterate(ensemble, questions, decisions, ev.max_rounds)
     ranker = models.ranker
     metrics.record("questions", len(problems))
     for decision in decisions:
@@ -214,7 +233,8 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
                    "global": right(decision.global_), "local": right(decision.local),
                    "local_orm": right(local_orm[i]),
                    "local_oracle_where": right(local_oracle[i]) if organism else None,
-                   "chosen": right(decision.candidate(decision.chosen))}
+                   "chosen": right(decision.candidate(decision.chosen)),
+                   "rounds": [right(texts[i]) for texts in rounds]}
         records.append({"id": problem.id, "question": problem.question, "answer": problem.answer,
                         "step_truth": organism, "solutions": solutions, "correct": correct,
                         "decision": decision.to_row(), "local_orm": local_orm[i], "orm_first_bad_step": orm_where[i],
@@ -252,7 +272,7 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
             models_set.stop()
     if quarantine:
         raise ValueError(f"{test}: {quarantine.summary()} in a file the data stage wrote")
-    settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold")}
+    settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold", "max_rounds")}
     settings["ranked_by"] = "reranker" if "reranker" in models else "orm"
     report = build_report(records, cfg.eval.k, settings, cfg.run_name, cfg.eval.split)
     files = write_report(report, report_dir)

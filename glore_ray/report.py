@@ -26,6 +26,7 @@ METHOD_TITLES = {
     "global_local_rerank": "global + local + {ranker} rerank",
     "rerank_oracle": "rerank oracle (any of draft, global, local)",
 }
+ROUND_TITLE = "iterated: round {r} (refine again below the {ranker} threshold)"
 REWARD_MODELS = ("orm", "sorm", "prm", "reranker")
 """The step-reward models a record may hold: the PRM (trained on exact step labels) only on the
 model organism, the reranker (the ORM with the policy's likelihood) only with `reranker.likelihood`."""
@@ -60,7 +61,8 @@ def method_outcomes(record: dict) -> dict[str, bool | None]:
     return {"greedy": c["draft"], "best_of_k": c["best_of_k"], "best_of_k_with_greedy": c.get("best_of_k_with_greedy"),
             "global": c["global"], "local": c["local"], "local_orm": c["local_orm"],
             "local_oracle_where": c.get("local_oracle_where"), "global_local_rerank": c["chosen"],
-            "rerank_oracle": c["draft"] or c["global"] or c["local"]}
+            "rerank_oracle": c["draft"] or c["global"] or c["local"],
+            **{f"round_{r}": ok for r, ok in enumerate(c.get("rounds", [])[1:], start=2)}}
 
 
 def paired_bootstrap(method: Sequence[bool], baseline: Sequence[bool], resamples: int = BOOTSTRAP_RESAMPLES,
@@ -90,8 +92,8 @@ def refinement_table(records: Sequence[dict]) -> dict:
     wrong = [o for o in outcomes if not o["greedy"]]
     right = [o for o in outcomes if o["greedy"]]
     table = {}
-    for m in METHODS:
-        if n == 0 or any(o[m] is None for o in outcomes):
+    for m in [*METHODS, *(m for m in (outcomes[0] if outcomes else {}) if m not in METHODS)]:  # then the rounds
+        if n == 0 or any(o.get(m) is None for o in outcomes):
             continue
         hits = sum(o[m] for o in outcomes)
         lo, hi = wilson_interval(hits, n)
@@ -100,6 +102,21 @@ def refinement_table(records: Sequence[dict]) -> dict:
                     "broken": sum(not o[m] for o in right) / len(right) if right else 0.0,
                     "paired_diff_vs_greedy": paired_bootstrap([o[m] for o in outcomes], greedy)}
     return table
+
+
+def iteration_gap(records: Sequence[dict], k: int) -> dict:
+    """Each refinement round's accuracy (round 1: the ensemble's choice) and the share of the gap
+    from greedy to pass@k it closes."""
+    n = max(len(records), 1)
+    greedy = sum(r["correct"]["draft"] for r in records) / n
+    pass_at_k = sum(any(s["correct"] for s in r["solutions"][1:]) for r in records) / n
+    rounds = len(records[0]["correct"].get("rounds", [])) if records else 0
+    out = {}
+    for i in range(rounds):
+        accuracy = sum(r["correct"]["rounds"][i] for r in records) / n
+        out[f"round_{i + 1}"] = {"accuracy": accuracy, "gap_closed": (accuracy - greedy) / (pass_at_k - greedy)
+                                 if pass_at_k > greedy else None}
+    return {"greedy_to_pass_at_k": f"greedy {greedy:.4f} -> pass@{k} {pass_at_k:.4f}", **out}
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
@@ -217,6 +234,7 @@ def build_report(records: Sequence[dict], k: int, settings: dict, run_name: str,
         "reward_models": {m: reward_model_metrics(records, m) for m in REWARD_MODELS
                           if any(m in s for r in records for s in r["solutions"])},
         "refinement": refinement_table(records),
+        "iteration": iteration_gap(records, k),
         "ensemble": {"refined": sum(r["decision"]["refined"] for r in records),
                      "local_located": sum(r["decision"]["first_bad_step"] is not None for r in records),
                      "chosen": chosen},
@@ -255,11 +273,17 @@ def tables(report: dict) -> str:
               "|---|---|---|---|---|---|"]
     for m, r in report["refinement"].items():
         d = r["paired_diff_vs_greedy"]
-        title = METHOD_TITLES[m].format(k=k, k_minus_1=k - 1, ranker=ranker)
+        title = (METHOD_TITLES.get(m) or ROUND_TITLE).format(k=k, k_minus_1=k - 1, ranker=ranker,
+                                                             r=m.removeprefix("round_"))
         lines.append(f"| {title} | {_pct(r['accuracy'])} "
                      f"| {_pct(r['ci95_low'])}–{_pct(r['ci95_high'])} "
                      f"| {_signed_pct(d['mean'])} ({_signed_pct(d['low'])} to {_signed_pct(d['high'])}) "
                      f"| {_pct(r['fixed'])} | {_pct(r['broken'])} |")
+    rounds = {name: r for name, r in report.get("iteration", {}).items() if name.startswith("round_")}
+    if len(rounds) > 1:
+        lines += ["", f"Iterated refinement ({report['iteration']['greedy_to_pass_at_k']}): share of that gap each "
+                  "round closes: " + ", ".join(f"{name.replace('_', ' ')} {_fmt(r['gap_closed'])}"
+                                              for name, r in rounds.items())]
     return "\n".join(lines)
 
 

@@ -189,3 +189,22 @@ def test_scores_within_float_noise_are_a_tie_the_draft_wins(margin, chosen) -> N
     e.orm = ScriptedScorer(orm)
     (decision,) = e.solve([Q1])
     assert decision.chosen == chosen
+
+
+def test_iterated_refinement_refines_again_only_what_the_orm_still_doubts() -> None:
+    from dataclasses import replace
+
+    from glore_ray.evaluation import iterate
+
+    e = replace(ensemble(EnsembleSettings(always_refine=True, orm_threshold=0.7)),
+                sorm=ScriptedScorer(lambda q, steps: [0.9] * len(steps)))  # no local rewrites
+    # The global refiner turns an answer of 11 into 10 (the ORM: 0.9) and anything else into 11 (0.6).
+    e.global_refiner = ScriptedEngine(lambda p: "3 * 4 = 12 apples.\n12 - 2 = 10 apples.\n#### 10" if "#### 11" in p
+                                      else "3 * 4 = 12 apples.\n12 - 1 = 11 apples.\n#### 11")
+    rounds = iterate(e, [Q1, Q2], e.solve([Q1, Q2]), max_rounds=3)
+    assert [[text.splitlines()[-1] for text in texts] for texts in rounds] == [
+        ["#### 11", "#### 8"],   # round 1: 11 (0.6) beats the draft's 9 (0.1); the draft 8 ties 11 (0.6) and stays
+        ["#### 10", "#### 8"],   # both below 0.7: refined again; 11 becomes 10 (0.9)
+        ["#### 10", "#### 8"]]   # 10 scores 0.9: left alone; 8 is refined a third time, and stays
+    assert [len(c) for c in e.global_refiner.calls] == [2, 2, 1]
+    assert iterate(e, [Q1], e.solve([Q1]), max_rounds=1) == [[e.solve([Q1])[0].global_]]

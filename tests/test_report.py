@@ -126,3 +126,19 @@ def test_report_files_name_best_of_k_by_its_k(tmp_path) -> None:
     assert data["refinement"]["best_of_3_with_greedy"]["accuracy"] == 0.5
     assert not [m for m in data["refinement"] if "best_of_k" in m]
     assert "| ORM-reranked best of 3 samples | 50.0 |" in (tmp_path / "report.md").read_text()
+
+
+def test_every_refinement_round_is_a_row_with_the_share_of_the_pass_at_k_gap_it_closes() -> None:
+    def with_rounds(draft: bool, sample: bool, rounds: list[bool]) -> dict:
+        r = record(draft, sample, False, False, False, rounds[0])
+        r["solutions"] += [{"correct": sample, "first_wrong": None, "orm": [0.5], "sorm": [0.5]}]
+        r["correct"]["rounds"] = rounds
+        return r
+
+    # greedy 1/4, pass@k 3/4; round 1 solves 2/4, round 2 3/4.
+    records = [with_rounds(True, True, [True, True]), with_rounds(False, True, [True, True]),
+               with_rounds(False, True, [False, True]), with_rounds(False, False, [False, False])]
+    report = build_report(records, k=1, settings={}, run_name="t")
+    assert report["refinement"]["round_2"]["accuracy"] == 0.75 and "round_1" not in report["refinement"]
+    assert report["iteration"]["round_1"] == {"accuracy": 0.5, "gap_closed": 0.5}
+    assert report["iteration"]["round_2"] == {"accuracy": 0.75, "gap_closed": 1.0}
