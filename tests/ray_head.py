@@ -43,9 +43,9 @@ def ray_cli(*args: str, timeout: float = 120) -> str:
 @contextmanager
 def ray_head(temp_dir: Path, num_cpus: int = 2) -> Iterator[Head]:
     """A head node whose processes report metrics every 2 s (Ray's default: 10 s, longer than some
-    miniature stages), stopped with `ray stop` at the end."""
-    dashboard, metrics = free_port(), free_port()
-    ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+    miniature stages), stopped at the end (its own processes only)."""
+    dashboard, metrics, gcs = free_port(), free_port(), free_port()
+    ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}",
             f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
             f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
@@ -53,7 +53,37 @@ def ray_head(temp_dir: Path, num_cpus: int = 2) -> Iterator[Head]:
     try:
         yield Head(f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{metrics}/metrics")
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        stop_head(temp_dir, gcs)
+
+
+def stop_head(temp_dir: Path, gcs_port: int, timeout_s: float = 30) -> None:
+    """Stop this head's processes and their children, and nothing else: `ray stop` stops every Ray
+    instance on the machine, a pipeline the user runs beside the tests included. Its processes name
+    its temp dir or its GCS port on their command line; workers are their children."""
+    import os
+
+    import psutil
+
+    marks = (str(temp_dir), f":{gcs_port}")
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    procs: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.pid not in mine and any(m in arg for arg in p.info["cmdline"] or [] for m in marks):
+                procs |= {q.pid: q for q in (p, *p.children(recursive=True))}
+        except psutil.Error:  # exited meanwhile
+            continue
+    for p in procs.values():
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:

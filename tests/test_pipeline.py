@@ -76,7 +76,7 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -
     assert len(decisions) == 8 and all(d["decision"]["refined"] for d in decisions)  # always_refine
     assert all(len(d["solutions"]) == 1 + 3 for d in decisions)
     md = (out / "report.md").read_text()
-    assert "| SORM |" in md and "| global + local + ORM rerank |" in md
+    assert "| SORM |" in md and "| ORM+likelihood |" in md and "| global + local + ORM+likelihood rerank |" in md
     for plot in ("calibration.png", "refinement.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -93,12 +93,13 @@ def test_rerun_skips_finished_stages_resumes_an_interrupted_one_and_reruns_a_cha
     assert main(["pipeline", "--out", str(out), *as_sets(MINIATURE + ["eval.n_problems=5"])]) == 0
     printed = capsys.readouterr().out
 
-    assert "== [7/14] orm: resuming" in printed
+    assert "== [7/15] orm: resuming" in printed
     assert _manifest(out, "orm")["counts"]["resumed_from"] == 4  # the final checkpoint: no step redone
-    assert "== [14/14] evaluate: running" in printed
+    assert "== [11/15] reranker: running" in printed  # its input, the ORM's model, was rewritten
+    assert "== [15/15] evaluate: running" in printed
     assert json.loads((out / "report.json").read_text())["n_test"] == 5
     for stage in STAGES:
-        if stage not in ("orm", "evaluate"):
+        if stage not in ("orm", "reranker", "evaluate"):
             assert f"{stage}: up to date, skipped" in printed
             assert (out / stage / "manifest.json").stat().st_mtime_ns == before[stage]
 
