@@ -459,6 +459,10 @@ class RerankerConfig:
     likelihood: bool = False
     fit_rows: int = 4000
     """ORM training rows (solutions) the weights are fitted on."""
+    objective: Literal["within_question", "pooled"] = "within_question"
+    """`within_question`: the weights rank the solutions of one question (pairs of a right and a
+    wrong solution), then are scaled to a calibrated probability; `pooled`: one logistic regression
+    of correctness over all solutions, which also rewards telling easy questions from hard ones."""
 
     def validate(self, key: str) -> None:
         _check(self.fit_rows >= 1, f"{key}.fit_rows", "must be >= 1")

@@ -108,6 +108,34 @@ def fit_logistic(features: Sequence[Sequence[float]], labels: Sequence[bool], st
     return [*scale.tolist(), float(w[-1] - (scale * mean).sum())]
 
 
+def fit_within_question(features: Sequence[Sequence[float]], questions: Sequence[str],
+                        labels: Sequence[bool]) -> list[float]:
+    """Weights (one per feature, then a bias) that rank the solutions *of one question*: a logistic
+    regression on the feature differences of every (right, wrong) pair of solutions to one question
+    (a Bradley-Terry fit: what differs between questions cancels), then the bias that makes the mean
+    predicted P(correct) the share of right solutions. The scale is the pairwise fit's: refitting it
+    pooled could flip its sign, ranking a question's solutions backwards."""
+    by_question: dict[str, list[int]] = {}
+    for i, q in enumerate(questions):
+        by_question.setdefault(q, []).append(i)
+    diffs: list[list[float]] = []
+    for members in by_question.values():
+        for r in (i for i in members if labels[i]):
+            for w in (i for i in members if not labels[i]):
+                diff = [a - b for a, b in zip(features[r], features[w], strict=True)]
+                diffs += [diff, [-d for d in diff]]
+    if not diffs:
+        return fit_logistic(features, labels)
+    direction = fit_logistic(diffs, [True, False] * (len(diffs) // 2))[:-1]  # symmetric pairs: no bias
+    scores = [sum(w * x for w, x in zip(direction, f, strict=True)) for f in features]
+    target, low, high = sum(labels) / len(labels), -100.0, 100.0
+    for _ in range(60):  # the mean of sigmoid(score + bias) rises with the bias: bisect
+        bias = (low + high) / 2
+        mean = sum(1 / (1 + math.exp(-min(max(x + bias, -500), 500))) for x in scores) / len(scores)
+        low, high = (bias, high) if mean < target else (low, bias)
+    return [*direction, (low + high) / 2]
+
+
 RERANKER_FILE = "reranker.json"
 
 

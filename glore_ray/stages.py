@@ -512,9 +512,9 @@ def _exists(path: str) -> bool:
 
 
 def fit_reranker_stage(cfg: GloreConfig, orm_rows: str, orm: str, policy: str, out_dir: str, log: Log = print) -> dict:
-    """The likelihood reranker (`reward_models.LikelihoodReranker`): its three weights fitted on the
-    first `reranker.fit_rows` ORM training rows (each a solution and its correctness, at the answer
-    line), written with its ORM's and policy's folders as `out_dir/model/reranker.json`. Reports
+    """The likelihood reranker (`reward_models.LikelihoodReranker`): its three weights fitted
+    (`reranker.objective`) on the first `reranker.fit_rows` ORM training rows (each a solution and
+    its correctness, at the answer line), written with its ORM's and policy's folders as `out_dir/model/reranker.json`. Reports
     each ranker's within-question AUROC on those rows (in-sample for the ORM, which trained on them)."""
     import json
     from pathlib import Path
@@ -522,7 +522,14 @@ def fit_reranker_stage(cfg: GloreConfig, orm_rows: str, orm: str, policy: str, o
     import pyarrow.dataset as ds
 
     from glore_ray.report import within_question_auroc
-    from glore_ray.reward_models import RERANKER_FILE, HFStepScorer, PolicyLikelihood, fit_logistic, logit
+    from glore_ray.reward_models import (
+        RERANKER_FILE,
+        HFStepScorer,
+        PolicyLikelihood,
+        fit_logistic,
+        fit_within_question,
+        logit,
+    )
 
     filesystem, root = filesystem_for(orm_rows)
     rows = ds.dataset(root, filesystem=filesystem, format="parquet").head(
@@ -533,7 +540,9 @@ def fit_reranker_stage(cfg: GloreConfig, orm_rows: str, orm: str, policy: str, o
     correct = [r["labels"][-1] for r in rows]
     orm_values = [logit(v[-1]) for v in HFStepScorer(orm).score(questions, steps)]
     likelihood = [lp[-1] for lp in PolicyLikelihood(policy).mean_logprobs(questions, steps)]
-    weights = fit_logistic(list(zip(orm_values, likelihood)), correct)
+    features = list(zip(orm_values, likelihood))
+    weights = (fit_within_question(features, [r["problem_id"] for r in rows], correct)
+               if cfg.reranker.objective == "within_question" else fit_logistic(features, correct))
     combined = [weights[0] * o + weights[1] * lp + weights[2] for o, lp in zip(orm_values, likelihood)]
 
     def ranking(scores: list[float]) -> float | None:

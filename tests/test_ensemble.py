@@ -208,3 +208,36 @@ def test_iterated_refinement_refines_again_only_what_the_orm_still_doubts() -> N
         ["#### 10", "#### 8"]]   # 10 scores 0.9: left alone; 8 is refined a third time, and stays
     assert [len(c) for c in e.global_refiner.calls] == [2, 2, 1]
     assert iterate(e, [Q1], e.solve([Q1]), max_rounds=1) == [[e.solve([Q1])[0].global_]]
+
+
+def test_the_within_question_fit_ranks_a_questions_solutions_where_the_pooled_fit_does_not() -> None:
+    """Feature a says how easy the question is (the same for all its solutions, so useless for
+    ranking them), feature b which of its solutions is right, but only weakly: a pooled regression
+    leans on a; the within-question fit leans on b and ignores a."""
+    import random
+
+    from glore_ray.report import within_question_auroc
+    from glore_ray.reward_models import fit_logistic, fit_within_question
+
+    rng = random.Random(0)
+    features, questions, labels = [], [], []
+    for q in range(400):
+        ease = rng.gauss(0, 2)
+        for _ in range(4):
+            right = rng.random() < 1 / (1 + 2.718281828 ** -ease)
+            features.append((ease + rng.gauss(0, 1), (1.0 if right else 0.0) + rng.gauss(0, 1.5)))
+            questions.append(str(q))
+            labels.append(right)
+
+    def ranking(weights: list[float]) -> float:
+        groups: dict[str, list] = {}
+        for f, q, ok in zip(features, questions, labels):
+            groups.setdefault(q, []).append((weights[0] * f[0] + weights[1] * f[1], ok))
+        return within_question_auroc(groups.values())[0]
+
+    pooled, within = fit_logistic(features, labels), fit_within_question(features, questions, labels)
+    assert abs(within[0]) < 0.25 * abs(within[1]) and pooled[0] > pooled[1] > 0
+    assert ranking(within) > ranking(pooled) + 0.05
+    # Still a calibrated probability: the mean predicted P(correct) is the share correct.
+    predicted = [1 / (1 + 2.718281828 ** -(within[0] * a + within[1] * b + within[2])) for a, b in features]
+    assert sum(predicted) / len(predicted) == pytest.approx(sum(labels) / len(labels), abs=0.03)

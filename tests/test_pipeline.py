@@ -138,7 +138,8 @@ def test_the_likelihood_reranker_is_a_stage_that_ranks_in_the_orms_place() -> No
     policy = ensemble_models(cfg, "/run")["policy"]
     assert stages["reranker"].inputs == {"rows": "/run/orm_labels/data", "orm": model_dir("/run", "orm"),
                                          "policy": policy}
-    assert stages["reranker"].config == {"reranker": {"likelihood": True, "fit_rows": 100}}
+    assert stages["reranker"].config == {"reranker": {"likelihood": True, "fit_rows": 100,
+                                                      "objective": "within_question"}}
     assert ensemble_models(cfg, "/run")["reranker"] == model_dir("/run", "reranker")
     assert stages["evaluate"].inputs["reranker"] == model_dir("/run", "reranker")
 
