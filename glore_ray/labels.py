@@ -326,6 +326,10 @@ def local_pair(question: str, labelled: LabelledRollout) -> dict | None:
     f = first_negative(labelled.labels)
     if labelled.pos_continuation is None or labelled.neg_continuation is None:
         return None
+    if f >= len(labelled.rollout.steps):
+        # Every reasoning step is labelled good (a wrong rollout whose prefixes all still succeed):
+        # there is no step to rewrite from, as in the ensemble, which never rewrites the answer line.
+        return None
     prefix = labelled.rollout.steps[:f + 1]
     return {"id": f"{labelled.rollout.id}/local", "question": question,
             "draft_steps": prefix + split_steps(labelled.neg_continuation), "bad_step": f,

@@ -15,6 +15,7 @@ import pytest
 from glore_ray.data import Problem
 from glore_ray.engines import Completion, Generation, Sampling
 from glore_ray.labels import (
+    LabelledRollout,
     Question,
     Rollout,
     SormLabeller,
@@ -176,6 +177,16 @@ def test_local_pair_marks_the_first_step_that_differs() -> None:
     assert pair["draft_steps"][1] == "12 - 3 = 9 apples." and pair["target"] == "12 - 2 = 10 apples.\n#### 10"
     prompt = local_refine_prompt(Q, pair["draft_steps"], pair["bad_step"])
     assert f"{steps[0]}\n{BAD_MARK} {steps[1]}" in prompt
+
+
+def test_a_wrong_rollout_with_every_step_labelled_good_makes_no_local_pair() -> None:
+    """Its first negative label is past its last step: the refiner has no step to start from (a
+    pair marking step len(steps) stopped the local refiner's training on the organism benchmark)."""
+    steps = ["3 * 4 = 12 apples.", "12 - 2 = 10 apples."]
+    wrong = rollout("q/r0", steps, "11", False)
+    labelled = LabelledRollout(wrong, [True, True], pos_continuation="#### 10", neg_continuation="#### 11")
+    assert local_pair(Q, labelled) is None
+    assert local_pair(Q, LabelledRollout(wrong, [True, False], "12 - 2 = 10 apples.\n#### 10", "#### 11")) is not None
 
 
 def test_balancing_evens_every_step_index() -> None:
