@@ -272,7 +272,8 @@ class EvalConfig:
     max_rounds: int = 1
     """Iterated refinement (beyond the paper): after the first round, a question whose chosen
     candidate the ORM (or the reranker) scores below `orm_threshold` is refined again from that
-    candidate, up to this many rounds in all; each round is a row of the report."""
+    candidate, the refiners sampling at `temperature` (greedy refiners would repeat the first
+    round's rewrites), up to this many rounds in all; each round is a row of the report."""
     pool: EnginePoolConfig = field(default_factory=lambda: EnginePoolConfig(cpus_per_replica=0.25, batch_size=64))
     """Resources of each of the five model servers; batch_size is questions per ensemble call."""
 

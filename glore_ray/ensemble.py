@@ -42,6 +42,11 @@ class EnsembleSettings:
     where: Literal["sorm", "orm"] = "sorm"
     """Which reward model's step values locate the first bad step."""
     max_tokens: int = 256
+    refine_temperature: float = 0.0
+    """The refiners decode greedily (0, the paper), or sample: iterated refinement's later rounds
+    sample, since greedy refiners given the same draft again propose the same rewrites."""
+    seed: int = 0
+    """The refiners' sampling seed (with refine_temperature > 0)."""
 
 
 @dataclass
@@ -84,10 +89,10 @@ def first_bad_step(step_values: Sequence[float], draft: str, threshold: float) -
     return next((i for i, value in enumerate(step_values[:n_steps]) if value < threshold), None)
 
 
-def _greedy(engine: Engine, prompts: list[str], max_tokens: int) -> list[str]:
+def _decode(engine: Engine, prompts: list[str], max_tokens: int, temperature: float = 0.0, seed: int = 0) -> list[str]:
     if not prompts:
         return []
-    sampling = Sampling(n=1, temperature=0.0, max_tokens=max_tokens)
+    sampling = Sampling(n=1, temperature=temperature, max_tokens=max_tokens, seed=seed)
     return [g.completions[0].text for g in engine.generate(prompts, sampling)]
 
 
@@ -109,7 +114,7 @@ class RefinementEnsemble:
         s = self.settings
         drafts = list(drafts) if drafts is not None else [None] * len(questions)
         missing = [i for i, d in enumerate(drafts) if d is None]
-        for i, text in zip(missing, _greedy(self.policy, [solve_prompt(questions[i]) for i in missing],
+        for i, text in zip(missing, _decode(self.policy, [solve_prompt(questions[i]) for i in missing],
                                              s.max_tokens)):
             drafts[i] = text
         draft_scores = _score(self.orm, questions, drafts)
@@ -125,7 +130,8 @@ class RefinementEnsemble:
             d.step_values = v
             d.first_bad_step = first_bad_step(v, d.draft, s.step_threshold)
 
-        globals_ = _greedy(self.global_refiner, [global_refine_prompt(d.question, d.draft) for d in todo], s.max_tokens)
+        globals_ = _decode(self.global_refiner, [global_refine_prompt(d.question, d.draft) for d in todo], s.max_tokens,
+                           s.refine_temperature, s.seed)
         locals_ = self.refine_locally([d.question for d in todo], [d.draft for d in todo],
                                       [d.first_bad_step for d in todo])
         for d, global_, local in zip(todo, globals_, locals_, strict=True):
@@ -143,8 +149,9 @@ class RefinementEnsemble:
         """The local refiner's rewrite of each draft from its bad step on (None where there is none):
         the draft's steps before the mark, then the refiner's continuation."""
         todo = [i for i, bad in enumerate(bad_steps) if bad is not None]
-        texts = _greedy(self.local_refiner, [local_refine_prompt(questions[i], split_steps(drafts[i]), bad_steps[i])
-                                             for i in todo], self.settings.max_tokens)
+        s = self.settings
+        texts = _decode(self.local_refiner, [local_refine_prompt(questions[i], split_steps(drafts[i]), bad_steps[i])
+                                             for i in todo], s.max_tokens, s.refine_temperature, s.seed)
         out: list[str | None] = [None] * len(drafts)
         for i, text in zip(todo, texts, strict=True):
             out[i] = "\n".join(split_steps(drafts[i])[:bad_steps[i]] + [text.strip()])

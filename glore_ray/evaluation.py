@@ -160,15 +160,17 @@ def _oracle_bad_step(draft: str, first_wrong: int | None) -> int | None:
 
 
 def iterate(ensemble: RefinementEnsemble, questions: Sequence[str], decisions: Sequence[Decision],
-            max_rounds: int) -> list[list[str]]:
+            max_rounds: int, temperature: float, seed: int) -> list[list[str]]:
     """Each round's answer text per question: round 1 is the ensemble's choice; in every later round
     a question whose chosen text scores below `orm_threshold` is refined again from that text (the
-    ensemble with it as the draft, refining only below the threshold), the others keep theirs."""
+    ensemble with it as the draft, refining only below the threshold, its refiners sampling at
+    `temperature` with a seed per round), the others keep theirs."""
     texts = [d.candidate(d.chosen) for d in decisions]
     scores = [d.orm_scores[d.chosen] for d in decisions]
-    again = dataclasses.replace(ensemble, settings=dataclasses.replace(ensemble.settings, always_refine=False))
     rounds = [list(texts)]
-    for _ in range(max_rounds - 1):
+    for r in range(2, max_rounds + 1):
+        again = dataclasses.replace(ensemble, settings=dataclasses.replace(
+            ensemble.settings, always_refine=False, refine_temperature=temperature, seed=seed + r))
         todo = [i for i, score in enumerate(scores) if score < again.settings.orm_threshold]
         for i, d in zip(todo, again.solve([questions[i] for i in todo], [texts[i] for i in todo]) if todo else [],
                         strict=True):
@@ -214,7 +216,7 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
     local_orm = ensemble.refine_locally(questions, drafts, orm_where)
     local_oracle = ensemble.refine_locally(questions, drafts, oracle_where)
 
-    rounds = iterate(ensemble, questions, decisions, ev.max_rounds)
+    rounds = iterate(ensemble, questions, decisions, ev.max_rounds, ev.temperature, cfg.sampling.seed)
     ranker = models.ranker
     metrics.record("questions", len(problems))
     for decision in decisions:

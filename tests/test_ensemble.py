@@ -21,11 +21,11 @@ class ScriptedEngine:
     name = "scripted"
 
     def __init__(self, reply: Callable[[str], str]):
-        self.reply, self.calls = reply, []
+        self.reply, self.calls, self.samplings = reply, [], []
 
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
-        assert sampling.temperature == 0  # the ensemble decodes greedily
         self.calls.append(list(prompts))
+        self.samplings.append(sampling)
         return [Generation(p, 5, [Completion(self.reply(p), 5, "stop")]) for p in prompts]
 
 
@@ -69,6 +69,8 @@ def test_a_low_scoring_draft_is_refined_where_the_sorm_drops_and_reranked() -> N
     assert not second.refined and second.chosen == "draft" and second.answer == "8"
     assert second.global_ is None and second.local is None
     assert [len(c) for c in e.policy.calls] == [2] and [len(c) for c in e.global_refiner.calls] == [1]
+    # Every model decodes greedily by default (the paper's refiners).
+    assert all(s.temperature == 0 for m in (e.policy, e.global_refiner, e.local_refiner) for s in m.samplings)
 
 
 def test_always_refine_still_keeps_a_draft_the_orm_prefers() -> None:
@@ -201,13 +203,15 @@ def test_iterated_refinement_refines_again_only_what_the_orm_still_doubts() -> N
     # The global refiner turns an answer of 11 into 10 (the ORM: 0.9) and anything else into 11 (0.6).
     e.global_refiner = ScriptedEngine(lambda p: "3 * 4 = 12 apples.\n12 - 2 = 10 apples.\n#### 10" if "#### 11" in p
                                       else "3 * 4 = 12 apples.\n12 - 1 = 11 apples.\n#### 11")
-    rounds = iterate(e, [Q1, Q2], e.solve([Q1, Q2]), max_rounds=3)
+    rounds = iterate(e, [Q1, Q2], e.solve([Q1, Q2]), max_rounds=3, temperature=0.7, seed=5)
     assert [[text.splitlines()[-1] for text in texts] for texts in rounds] == [
         ["#### 11", "#### 8"],   # round 1: 11 (0.6) beats the draft's 9 (0.1); the draft 8 ties 11 (0.6) and stays
         ["#### 10", "#### 8"],   # both below 0.7: refined again; 11 becomes 10 (0.9)
         ["#### 10", "#### 8"]]   # 10 scores 0.9: left alone; 8 is refined a third time, and stays
     assert [len(c) for c in e.global_refiner.calls] == [2, 2, 1]
-    assert iterate(e, [Q1], e.solve([Q1]), max_rounds=1) == [[e.solve([Q1])[0].global_]]
+    # Round 1 decodes greedily; the later rounds sample, each with its own seed.
+    assert [(s.temperature, s.seed) for s in e.global_refiner.samplings] == [(0.0, 0), (0.7, 7), (0.7, 8)]
+    assert iterate(e, [Q1], e.solve([Q1]), max_rounds=1, temperature=0.7, seed=5) == [[e.solve([Q1])[0].global_]]
 
 
 def test_the_within_question_fit_ranks_a_questions_solutions_where_the_pooled_fit_does_not() -> None:
