@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="STAGE",
                    help="run just this stage (repeatable; `expert_iteration` means every round); "
                         "earlier stages must be done")
+    _config_args(verbs.add_parser("config", help="print the effective configuration (defaults <- --config <- --set) "
+                                                 "as YAML, each field with its documentation"))
     _verb(verbs, "serve", "the refinement ensemble over HTTP (Ray Serve) until interrupted; serve.* in the "
           "config sets host, port, token, replicas and batching",
           models="pipeline run directory (--out of `glore pipeline` with the same config)")
@@ -87,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"glore: config error: {e}", file=sys.stderr)
         return 2
+    if args.verb == "config":
+        from glore_ray.config import describe_config
+
+        print(describe_config(cfg))
+        return 0
     from glore_ray import single_process  # after parsing: `glore --help` stays instant
 
     if args.verb == "organism":

@@ -458,11 +458,12 @@ class RerankerConfig:
     (bench/orm_ranking.py); the reward models' own rows are reported either way."""
 
     likelihood: bool = False
+    """Rank with the ORM and the policy's likelihood (a `reranker` stage fits the weights)."""
     fit_rows: int = 4000
     """ORM training rows (solutions) the weights are fitted on."""
     objective: Literal["within_question", "pooled"] = "within_question"
     """`within_question`: the weights rank the solutions of one question (pairs of a right and a
-    wrong solution), then are scaled to a calibrated probability; `pooled`: one logistic regression
+    wrong solution), the bias then set so the mean P(correct) is the share right; `pooled`: one logistic regression
     of correctness over all solutions, which also rewards telling easy questions from hard ones."""
 
     def validate(self, key: str) -> None:
@@ -613,3 +614,38 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Gl
 
 def config_to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's documentation: the string literal after it in the class body (read from the
+    source, as vLLM derives its CLI help; dataclasses keep no attribute docstrings at run time)."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {node.target.id: inspect.cleandoc(after.value.value) for node, after in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)}
+
+
+def describe_config(section: Any, indent: int = 0) -> str:
+    """The effective configuration as YAML that `load_config` reads back, each field under its
+    documentation as comments."""
+    import inspect
+    import json
+
+    pad, lines = " " * indent, []
+    docs = field_docs(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        lines += [f"{pad}# {line}".rstrip() for line in docs.get(f.name, "").splitlines()]
+        if dataclasses.is_dataclass(value):
+            if f.name not in docs and type(value).__doc__:  # a section without its own: its class's
+                lines += [f"{pad}# {line}".rstrip() for line in inspect.cleandoc(type(value).__doc__).splitlines()]
+            lines += [f"{pad}{f.name}:", describe_config(value, indent + 2)]
+        else:
+            # JSON scalars and lists are YAML too: strings quoted, booleans and null as YAML spells them.
+            lines.append(f"{pad}{f.name}: {json.dumps(list(value) if isinstance(value, tuple) else value)}")
+    return "\n".join(lines)

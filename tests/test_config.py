@@ -105,3 +105,15 @@ def test_a_partial_section_keeps_that_sections_own_defaults() -> None:
     assert replace(cfg.orm, steps=default.orm.steps) == default.orm and cfg.orm.steps == 40
     assert replace(cfg.eval.pool, batch_size=default.eval.pool.batch_size) == default.eval.pool
     assert cfg.serve.ingress.batch_wait_timeout_s == default.serve.ingress.batch_wait_timeout_s
+
+
+def test_glore_config_prints_the_effective_config_documented_and_loadable(tmp_path, capsys) -> None:
+    overrides = ["eval.k=4", "data.organism.max_steps=5", "reranker.likelihood=true", "run_name=run:1"]
+    assert main(["config", "--config", str(TINY), *[a for o in overrides for a in ("--set", o)]]) == 0
+    printed = capsys.readouterr().out
+    assert "\n    # Problems in the training split.\n    n_train: 20000\n" in printed  # data.organism.n_train
+    assert "# The whole job." not in printed and "\neval:\n" in printed and "  k: 4\n" in printed
+    assert "# What ranks a question's candidates" in printed  # a section's class documentation
+    # It reads back as the same configuration.
+    (tmp_path / "effective.yaml").write_text(printed)
+    assert load_config(tmp_path / "effective.yaml") == load_config(TINY, overrides)
