@@ -20,6 +20,11 @@ class ConfigError(ValueError):
     """A config value or key is invalid; the message names the dotted key."""
 
 
+EXECUTION = {"execution": True}
+"""Field metadata: where and how fast a stage runs (resources, replicas, logging, checkpoints,
+storage), never what it computes. A stage's hash leaves these fields out
+(`result_config`), so scaling a run or moving it re-runs nothing."""
+
 @dataclass
 class OrganismConfig:
     """The model organism: procedurally generated multi-step arithmetic word problems."""
@@ -124,18 +129,18 @@ class TrainConfig:
     skip_long: bool = False
     """Skip over-long examples (counted and reported) instead of failing."""
     seed: int = 0
-    log_every: int = 50
+    log_every: int = field(default=50, metadata=EXECUTION)
     strategy: Literal["ddp", "zero2", "zero3"] = "ddp"
     """Plain DDP, or DeepSpeed ZeRO stage 2 (sharded optimizer and gradients) or 3 (and parameters)."""
     num_workers: int = 1
     """Ray Train workers (data-parallel ranks)."""
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = field(default=1.0, metadata=EXECUTION)
+    gpus_per_worker: float = field(default=0.0, metadata=EXECUTION)
     """0 trains on CPU (gloo); 1 gives each worker a GPU (nccl)."""
-    accelerator_type: str = ""
+    accelerator_type: str = field(default="", metadata=EXECUTION)
     """Ray's accelerator type the GPUs must be (e.g. A100-80G, as nodes advertise it in
     `accelerator_type:<type>`); empty: any."""
-    torch_threads: int = 2
+    torch_threads: int = field(default=2, metadata=EXECUTION)
     """Intra-op threads per worker; 0 keeps Ray's default (one per reserved CPU). More than the
     reserved CPUs speeds up CPU training on a node that is otherwise idle while it trains."""
     bf16: bool | None = None
@@ -146,11 +151,11 @@ class TrainConfig:
     """ZeRO: keep optimizer states in CPU memory."""
     offload_params: bool = False
     """ZeRO-3: keep parameters in CPU memory."""
-    checkpoint_every: int = 200
+    checkpoint_every: int = field(default=200, metadata=EXECUTION)
     """Steps between checkpoints; a failed worker resumes from the last one."""
-    max_failures: int = 1
+    max_failures: int = field(default=1, metadata=EXECUTION)
     """Worker failures a run survives (Ray Train restarts the group from the last checkpoint)."""
-    storage_path: str = ""
+    storage_path: str = field(default="", metadata=EXECUTION)
     """Where Ray Train keeps checkpoints (local path or s3://, gs://); default: <out>.ray_train."""
     replay_rows: int = 4096
     """A worker whose data shard has at most this many rows keeps its encoded examples after the
@@ -197,13 +202,13 @@ class EngineConfig:
     """`auto`: bfloat16 on GPU, float32 on CPU."""
     max_model_len: int = 512
     tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.85
-    cpu_kv_cache_gib: int = 1
+    gpu_memory_utilization: float = field(default=0.85, metadata=EXECUTION)
+    cpu_kv_cache_gib: int = field(default=1, metadata=EXECUTION)
     """KV cache of the vLLM CPU build in GiB (VLLM_CPU_KVCACHE_SPACE)."""
-    multiprocessing: bool = False
+    multiprocessing: bool = field(default=False, metadata=EXECUTION)
     """Run vLLM's engine core in its own process (faster on GPU); off keeps it in-process, which
     starts in ~2 s instead of ~14 s on CPU (VLLM_ENABLE_V1_MULTIPROCESSING)."""
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool = field(default=True, metadata=EXECUTION)
     """Reuse the KV cache of shared prompt prefixes (K samples, SORM continuations)."""
 
     def validate(self, key: str) -> None:
@@ -274,7 +279,7 @@ class EvalConfig:
     candidate the ORM (or the reranker) scores below `orm_threshold` is refined again from that
     candidate, the refiners sampling at `temperature` (greedy refiners would repeat the first
     round's rewrites), up to this many rounds in all; each round is a row of the report."""
-    pool: EnginePoolConfig = field(default_factory=lambda: EnginePoolConfig(cpus_per_replica=0.25, batch_size=64))
+    pool: EnginePoolConfig = field(default_factory=lambda: EnginePoolConfig(cpus_per_replica=0.25, batch_size=64), metadata=EXECUTION)
     """Resources of each of the five model servers; batch_size is questions per ensemble call."""
 
     def validate(self, key: str) -> None:
@@ -413,7 +418,7 @@ class RolloutConfig:
     greedy: bool = True
     """Also keep each question's greedy solution: the reward models judge greedy texts (the draft,
     the refiners' outputs) at evaluation, so they should train on some."""
-    pool: EnginePoolConfig = field(default_factory=EnginePoolConfig)
+    pool: EnginePoolConfig = field(default_factory=EnginePoolConfig, metadata=EXECUTION)
 
     def validate(self, key: str) -> None:
         _check(self.k >= 1, f"{key}.k", "must be >= 1")
@@ -440,7 +445,7 @@ class LabelConfig:
     prm: bool = True
     """On the model organism, also train a PRM: the SORM's model and training on the exact checker's
     step labels of the same rollouts, the upper bound for "where" (reported, never served)."""
-    pool: EnginePoolConfig = field(default_factory=EnginePoolConfig)
+    pool: EnginePoolConfig = field(default_factory=EnginePoolConfig, metadata=EXECUTION)
 
     def validate(self, key: str) -> None:
         _check(self.k >= 1, f"{key}.k", "must be >= 1")
@@ -649,3 +654,25 @@ def describe_config(section: Any, indent: int = 0) -> str:
             # JSON scalars and lists are YAML too: strings quoted, booleans and null as YAML spells them.
             lines.append(f"{pad}{f.name}: {json.dumps(list(value) if isinstance(value, tuple) else value)}")
     return "\n".join(lines)
+
+
+def _execution_keys(section: Any) -> set[str]:
+    keys = set()
+    for f in dataclasses.fields(section):
+        if f.metadata.get("execution"):
+            keys.add(f.name)
+        elif dataclasses.is_dataclass(value := getattr(section, f.name)):
+            keys |= _execution_keys(value)
+    return keys
+
+
+EXECUTION_KEYS = frozenset(_execution_keys(GloreConfig()))
+"""The names of every EXECUTION field: each names only such fields wherever it appears."""
+
+
+def result_config(tree: Any) -> Any:
+    """A stage's config slice (nested dicts, as manifests store it) without its EXECUTION fields:
+    what its hash covers."""
+    if isinstance(tree, dict):
+        return {k: result_config(v) for k, v in tree.items() if k not in EXECUTION_KEYS}
+    return tree

@@ -1,5 +1,6 @@
-"""A stage's manifest: what it was run with (config and input fingerprints) and what it produced
-(counts), written as `manifest.json` in its output directory, local or s3/gs."""
+"""A stage's manifest: what it was run with (its config slice, the hash of the part that changes its
+result, and input fingerprints) and what it produced (counts), written as `manifest.json` in its
+output directory, local or s3/gs."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def input_fingerprint(path: str) -> str:
 
 
 def write_manifest(out_dir: str, stage: str, config: Any, inputs: dict[str, str], counts: dict[str, Any]) -> dict:
-    manifest = {"stage": stage, "config_hash": fingerprint(config), "config": config,
+    from glore_ray.config import result_config
+
+    manifest = {"stage": stage, "config_hash": fingerprint(result_config(config)), "config": config,
                 "inputs": {name: {"path": path, "hash": input_fingerprint(path)} for name, path in inputs.items()},
                 "counts": counts}
     write_text(f"{out_dir.rstrip('/')}/{MANIFEST}", json.dumps(manifest, indent=2, default=str) + "\n")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glore_ray.config import SERVED_MODELS, GloreConfig, RolloutConfig
+from glore_ray.config import SERVED_MODELS, GloreConfig, RolloutConfig, result_config
 from glore_ray.manifest import MANIFEST, fingerprint, input_fingerprint, write_manifest
 
 Log = Callable[[str], None]
@@ -195,7 +195,9 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _signature(stage: Stage) -> dict:
-    return {"config_hash": fingerprint(stage.config),
+    """What a stage's result depends on: its config slice without the EXECUTION fields (resources,
+    replicas, logging, checkpoints, storage) and its inputs' fingerprints."""
+    return {"config_hash": fingerprint(result_config(stage.config)),
             "inputs": {name: input_fingerprint(path) for name, path in stage.inputs.items()}}
 
 
@@ -203,7 +205,9 @@ def stage_state(stage: Stage, stage_dir: Path) -> tuple[str, dict]:
     """`done` (manifest matches), `resume` (started with this signature, no manifest) or `run`."""
     signature = _signature(stage)
     manifest = _read_json(stage_dir / MANIFEST)
-    if manifest is not None and {"config_hash": manifest.get("config_hash"), "inputs": {
+    # Hashed from the manifest's own config slice, so a manifest written when every field was hashed
+    # still matches.
+    if manifest is not None and {"config_hash": fingerprint(result_config(manifest.get("config"))), "inputs": {
             name: entry.get("hash") for name, entry in manifest.get("inputs", {}).items()}} == signature:
         return "done", signature
     started = _read_json(stage_dir / STARTED)

@@ -147,3 +147,37 @@ def test_the_likelihood_reranker_is_a_stage_that_ranks_in_the_orms_place() -> No
 def test_from_names_an_unknown_stage(pipeline_run, capsys) -> None:
     assert main(["pipeline", "--out", str(pipeline_run), "--from", "sorm-labels", *as_sets(MINIATURE)]) == 2
     assert "--from 'sorm-labels': not a stage of this config; stages: data, init_model" in capsys.readouterr().err
+
+
+def test_scaling_or_moving_a_run_changes_no_stage_hash_and_a_result_setting_does() -> None:
+    """Resources, replicas, logging, checkpoints and storage are where and how fast a stage runs,
+    not what it computes: re-running with other values skips every finished stage."""
+    from glore_ray.config import load_config, result_config
+    from glore_ray.manifest import fingerprint
+    from glore_ray.pipeline import build_stages
+
+    def hashes(overrides: list[str]) -> dict[str, str]:
+        stages = build_stages(load_config(None, ["expert_iteration.rounds=1", *overrides]), "/run", print)
+        return {s.name: fingerprint(result_config(s.config)) for s in stages}
+
+    base = hashes([])
+    scaled = hashes(["rollouts.pool.replicas=4", "labels.pool.cpus_per_replica=2", "eval.pool.batch_size=8",
+                     "policy.log_every=7", "policy.cpus_per_worker=4", "policy.torch_threads=8",
+                     "sorm.checkpoint_every=5", "orm.storage_path=s3://bucket/ckpt", "engine.gpu_memory_utilization=0.5"])
+    assert scaled == base
+    changed = hashes(["rollouts.k=5"])
+    assert [name for name in base if changed[name] != base[name]] == ["rollouts"]
+
+
+def test_a_manifest_that_hashed_every_field_still_matches(tmp_path) -> None:
+    """Run directories from before execution fields left the hash are not re-run for it."""
+    from glore_ray.manifest import MANIFEST, fingerprint
+    from glore_ray.pipeline import Stage, stage_state
+
+    config = {"policy": {"steps": 10, "lr": 0.001, "log_every": 50, "cpus_per_worker": 1.0}}
+    old = {"stage": "policy", "config_hash": fingerprint(config), "config": config, "inputs": {}, "counts": {}}
+    (tmp_path / MANIFEST).write_text(json.dumps(old))
+    rescaled = {"policy": {"steps": 10, "lr": 0.001, "log_every": 5, "cpus_per_worker": 4.0}}
+    assert stage_state(Stage("policy", {}, rescaled, lambda d, k: {}), tmp_path)[0] == "done"
+    retrained = {"policy": {"steps": 11, "lr": 0.001, "log_every": 50, "cpus_per_worker": 1.0}}
+    assert stage_state(Stage("policy", {}, retrained, lambda d, k: {}), tmp_path)[0] == "run"
