@@ -148,10 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def job_main(*verb: str) -> None:
-    """The body of a `jobs/` script: joins the cluster the job was submitted to with a plain
-    `ray.init()` (a job must not pass resources: the cluster has them), then runs `glore <verb>`
-    with the script's arguments."""
-    _connect_ray()
+    """The body of a `jobs/` script: runs `glore <verb>` with the script's arguments; the verb joins
+    the cluster the job was submitted to with a plain `ray.init()` (a job must not pass resources:
+    the cluster has them), after checking its inputs."""
     sys.exit(main([*verb, *sys.argv[1:]]))
 
 

@@ -107,10 +107,6 @@ class Quarantine:
         self.records.append(record)
         return record
 
-    @property
-    def count(self) -> int:
-        return len(self.records)
-
     def __len__(self) -> int:
         return len(self.records)
 
@@ -127,7 +123,7 @@ class Quarantine:
         if not self.records:
             return "no bad records"
         sources = len({record.source for record in self.records})
-        return (f"{self.count} bad record(s) quarantined from {sources} file(s); "
+        return (f"{len(self.records)} bad record(s) quarantined from {sources} file(s); "
                 f"first: {self.records[0]}")
 
 

@@ -222,11 +222,11 @@ class PipelineProgress:
         self.path, self.log, self.t0 = out / "pipeline.json", log, time.perf_counter()
         self.rows = {name: {"state": "pending", "wall_s": None} for name in names}
 
-    def update(self, name: str, state: str, wall_s: float | None = None, note: str = "") -> None:
+    def update(self, name: str, state: str, wall_s: float | None = None) -> None:
         self.rows[name] = {"state": state, "wall_s": None if wall_s is None else round(wall_s, 1)}
         index = list(self.rows).index(name) + 1
         elapsed = time.perf_counter() - self.t0
-        self.log(f"== [{index}/{len(self.rows)}] {name}: {state}{note}  (pipeline {elapsed:.0f} s)")
+        self.log(f"== [{index}/{len(self.rows)}] {name}: {state}  (pipeline {elapsed:.0f} s)")
         self.path.write_text(json.dumps({"stages": self.rows, "elapsed_s": round(elapsed, 1)}, indent=2) + "\n")
 
     def table(self) -> str:

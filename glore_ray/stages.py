@@ -251,8 +251,8 @@ def prepare_questions(cfg: GloreConfig, source: str, out_dir: str, log: Log) -> 
         quarantine.write_jsonl(f"{out_dir}/quarantine.jsonl")
         log(f"{quarantine.summary()} -> {out_dir}/quarantine.jsonl")
     if count == 0:
-        raise ValueError(f"{source}: no valid questions (quarantined: {quarantine.count})")
-    return {"questions": count, "quarantined": quarantine.count}
+        raise ValueError(f"{source}: no valid questions (quarantined: {len(quarantine)})")
+    return {"questions": count, "quarantined": len(quarantine)}
 
 
 def run_rollouts(cfg: GloreConfig, questions: str, policy: str, out_dir: str, log: Log = print) -> dict:

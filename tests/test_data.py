@@ -47,7 +47,7 @@ def test_every_gsm8k_gold_solution_loads_and_grades_correct(name: str, expected_
     problems = list(iter_gsm8k(str(path), quarantine))
     records = raw_records(path)
 
-    assert quarantine.count == 0, quarantine.summary()
+    assert len(quarantine) == 0, quarantine.summary()
     assert len(problems) == len(records) == expected_count
     assert [p.id for p in problems[:2]] == [f"{name}-1", f"{name}-2"]
     for problem, record in zip(problems, records, strict=True):
@@ -81,7 +81,7 @@ def test_every_svamp_answer_loads_and_grades_correct() -> None:
     quarantine = Quarantine()
     problems = list(iter_svamp(str(path), quarantine))
 
-    assert quarantine.count == 0, quarantine.summary()
+    assert len(quarantine) == 0, quarantine.summary()
     assert len(problems) == len(records)
     for problem, record in zip(problems, records, strict=True):
         assert problem.id == record["ID"]
@@ -156,7 +156,7 @@ def test_quarantine_writes_every_bad_record(tmp_path: Path) -> None:
     assert rows[0] == {"source": "a.jsonl", "line": 3, "reason": "missing field 'answer'",
                        "raw": '{"question": "q"}'}
     assert rows[1]["line"] == 7 and len(rows[1]["raw"]) == MAX_RAW_CHARS
-    assert len(quarantine) == quarantine.count == 2
+    assert len(quarantine) == 2
     assert Quarantine().summary() == "no bad records"
 
 
@@ -290,7 +290,7 @@ def test_load_problems_without_quarantine_fails_on_the_first_bad_record(tmp_path
 
     quarantine = Quarantine()
     assert [p.id for p in load_problems(path, quarantine=quarantine)] == ["bad-1", "bad-3"]
-    assert quarantine.count == 1
+    assert len(quarantine) == 1
 
 
 def test_file_uri_loads_through_pyarrow(tmp_path: Path) -> None:
