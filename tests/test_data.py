@@ -4,7 +4,6 @@ small malformed files."""
 from __future__ import annotations
 
 import json
-import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,10 +21,8 @@ from glore_ray.data import (
     open_text,
 )
 from glore_ray.grading import extract_answer, is_correct, render_solution, split_steps
+from tests.conftest import SHARED_DATA
 
-# The shared data sits next to the repository checkout: /work/shared/data for /work/main.
-SHARED_DATA = Path(os.environ.get("GLORE_SHARED_DATA",
-                                  Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def shared_file(relative: str) -> Path:

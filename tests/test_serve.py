@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -17,17 +16,12 @@ import pytest
 
 from glore_ray.config import load_config
 from tests.miniature import MINIATURE
+from tests.ray_head import free_port
 
 # The first test's set-up runs the miniature pipeline (~4-5 min here) unless an earlier module did.
 pytestmark = pytest.mark.timeout(900)
 
 TOKEN = "test-token-8f2c"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(method: str, url: str, body: bytes | dict | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
@@ -51,7 +45,7 @@ def served(miniature_run, ray_module, tmp_path_factory):
 
     token_file = tmp_path_factory.mktemp("secret") / "token"
     token_file.write_text(TOKEN + "\n")
-    port = _free_port()
+    port = free_port()
     # A short model timeout: a request that meets a dead replica answers 503 within seconds.
     cfg = load_config(None, MINIATURE + [f"serve.port={port}", f"serve.token_file={token_file}",
                                          "serve.model_timeout_s=3"])
