@@ -203,3 +203,13 @@ def test_every_resource_a_13b_stage_asks_for_exists_in_some_node_type() -> None:
     # The check bites: a GPU type no node has, or more engines than the GPU nodes hold.
     assert _unplaceable({"rollouts": ({"CPU": 4, "GPU": 1, "accelerator_type:H100": 0.001}, 1)}, cluster)
     assert _unplaceable({"rollouts": ({"CPU": 4, "GPU": 1}, 100)}, cluster)
+
+
+def test_every_cluster_file_runs_the_same_image() -> None:
+    """One image, built from cluster/Dockerfile and pushed where docs/cluster.md says: a manifest
+    naming another would pull an image nobody built."""
+    import re
+
+    images = {m for path in REPO.joinpath("cluster").rglob("*.yaml")
+              for m in re.findall(r"^\s*image:\s*\"?([^\s\"]+)", path.read_text(), re.M)}
+    assert images == {"YOUR-REGISTRY/glore-ray:0.1.0"}
