@@ -104,16 +104,14 @@ def refinement_table(records: Sequence[dict]) -> dict:
     return table
 
 
-def iteration_gap(records: Sequence[dict], k: int) -> dict:
+def iteration_gap(records: Sequence[dict], k: int, policy: dict) -> dict:
     """Each refinement round's accuracy (round 1: the ensemble's choice) and the share of the gap
-    from greedy to pass@k it closes."""
-    n = max(len(records), 1)
-    greedy = sum(r["correct"]["draft"] for r in records) / n
-    pass_at_k = sum(any(s["correct"] for s in r["solutions"][1:]) for r in records) / n
+    from greedy to pass@k (the report's `policy` figures) it closes."""
+    greedy, pass_at_k = policy["greedy_accuracy"], policy["pass_at_k"]
     rounds = len(records[0]["correct"].get("rounds", [])) if records else 0
     out = {}
     for i in range(rounds):
-        accuracy = sum(r["correct"]["rounds"][i] for r in records) / n
+        accuracy = sum(r["correct"]["rounds"][i] for r in records) / len(records)
         out[f"round_{i + 1}"] = {"accuracy": accuracy, "gap_closed": (accuracy - greedy) / (pass_at_k - greedy)
                                  if pass_at_k > greedy else None}
     return {"greedy_to_pass_at_k": f"greedy {greedy:.4f} -> pass@{k} {pass_at_k:.4f}", **out}
@@ -224,17 +222,17 @@ def build_report(records: Sequence[dict], k: int, settings: dict, run_name: str,
     chosen: dict[str, int] = {}
     for r in records:
         chosen[r["decision"]["chosen"]] = chosen.get(r["decision"]["chosen"], 0) + 1
+    policy = {"greedy_accuracy": sum(r["correct"]["draft"] for r in records) / max(len(records), 1),
+              "sample_accuracy": sum(s["correct"] for s in samples) / max(len(samples), 1),
+              "pass_at_k": sum(any(s["correct"] for s in r["solutions"][1:]) for r in records) / max(len(records), 1)}
     return {
         "run_name": run_name, "split": split, "n_test": len(records), "k": k, "settings": settings,
         "step_truth": "exact (model organism)" if exact == len(records) else "final answer only",
-        "policy": {"greedy_accuracy": sum(r["correct"]["draft"] for r in records) / max(len(records), 1),
-                   "sample_accuracy": sum(s["correct"] for s in samples) / max(len(samples), 1),
-                   "pass_at_k": sum(any(s["correct"] for s in r["solutions"][1:]) for r in records)
-                   / max(len(records), 1)},
+        "policy": policy,
         "reward_models": {m: reward_model_metrics(records, m) for m in REWARD_MODELS
                           if any(m in s for r in records for s in r["solutions"])},
         "refinement": refinement_table(records),
-        "iteration": iteration_gap(records, k),
+        "iteration": iteration_gap(records, k, policy),
         "ensemble": {"refined": sum(r["decision"]["refined"] for r in records),
                      "local_located": sum(r["decision"]["first_bad_step"] is not None for r in records),
                      "chosen": chosen},

@@ -11,62 +11,28 @@ from pathlib import Path
 from glore_ray.prompts import solve_prompt
 
 
-class HFStepScorer:
-    """P(good) at the end of every step, from an `AutoModelForTokenClassification` folder."""
+class _SolutionReader:
+    """A Hugging Face model folder that reads solutions as the reward models do (the prompt, then
+    each step and its newline, in batches): the shared part of the ORM's and the policy's reading."""
 
-    def __init__(self, model_dir: str, batch_size: int = 32):
+    def __init__(self, model_dir: str, auto_class: str, batch_size: int = 32):
         import torch
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        import transformers
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForTokenClassification.from_pretrained(model_dir).to(self.device).eval()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        self.model = getattr(transformers, auto_class).from_pretrained(model_dir).to(self.device).eval()
         self.max_length = self.model.config.max_position_embeddings
         self.batch_size = batch_size
 
-    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+    def _batches(self, questions: Sequence[str], steps: Sequence[Sequence[str]]):
+        """(solution indices, prompts, collated batch, logits) per batch; a solution without steps
+        is skipped (it has nothing to read)."""
         import torch
 
         from glore_ray.sft import collate
-        from glore_ray.step_reward import encode_step_example, step_scores
-
-        scores: list[list[float]] = [[] for _ in questions]
-        todo = [i for i, s in enumerate(steps) if s]  # a solution without steps has nothing to score
-        for start in range(0, len(todo), self.batch_size):
-            rows = todo[start:start + self.batch_size]
-            examples = [encode_step_example(self.tokenizer, solve_prompt(questions[i]), list(steps[i]),
-                                            [0] * len(steps[i]), self.max_length, f"solution {i}") for i in rows]
-            batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
-            with torch.no_grad():
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            for i, values in zip(rows, step_scores(logits, batch["labels"]), strict=True):
-                scores[i] = values
-        return scores
-
-
-class PolicyLikelihood:
-    """The policy's mean token log-probability of a solution up to the end of every step, read as
-    the ORM reads a solution (the prompt, then each step and its newline). Slips are low-probability
-    tokens: on the model organism this ranks a question's solutions far better than a small ORM
-    does (bench/orm_ranking.py)."""
-
-    def __init__(self, policy_dir: str, batch_size: int = 32):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(policy_dir).to(self.device).eval()
-        self.max_length = self.model.config.max_position_embeddings
-        self.batch_size = batch_size
-
-    def mean_logprobs(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        import torch
-
-        from glore_ray.sft import IGNORE, collate
         from glore_ray.step_reward import encode_step_example
 
-        out: list[list[float]] = [[] for _ in questions]
         todo = [i for i, s in enumerate(steps) if s]
         for start in range(0, len(todo), self.batch_size):
             rows = todo[start:start + self.batch_size]
@@ -76,6 +42,41 @@ class PolicyLikelihood:
             batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
             with torch.no_grad():
                 logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            yield rows, prompts, batch, logits
+
+
+class HFStepScorer(_SolutionReader):
+    """P(good) at the end of every step, from an `AutoModelForTokenClassification` folder."""
+
+    def __init__(self, model_dir: str, batch_size: int = 32):
+        super().__init__(model_dir, "AutoModelForTokenClassification", batch_size)
+
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        from glore_ray.step_reward import step_scores
+
+        scores: list[list[float]] = [[] for _ in questions]
+        for rows, _, batch, logits in self._batches(questions, steps):
+            for i, values in zip(rows, step_scores(logits, batch["labels"]), strict=True):
+                scores[i] = values
+        return scores
+
+
+class PolicyLikelihood(_SolutionReader):
+    """The policy's mean token log-probability of a solution up to the end of every step, read as
+    the ORM reads a solution (the prompt, then each step and its newline). Slips are low-probability
+    tokens: on the model organism this ranks a question's solutions far better than a small ORM
+    does (bench/orm_ranking.py)."""
+
+    def __init__(self, policy_dir: str, batch_size: int = 32):
+        super().__init__(policy_dir, "AutoModelForCausalLM", batch_size)
+
+    def mean_logprobs(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        import torch
+
+        from glore_ray.sft import IGNORE
+
+        out: list[list[float]] = [[] for _ in questions]
+        for rows, prompts, batch, logits in self._batches(questions, steps):
             # Token t's log-probability is read at position t - 1.
             token_logprobs = torch.log_softmax(logits[:, :-1].float(), -1).gather(
                 2, batch["input_ids"][:, 1:, None])[..., 0]
@@ -142,8 +143,8 @@ RERANKER_FILE = "reranker.json"
 class LikelihoodReranker:
     """The ORM's value combined with the policy's likelihood at every step:
     sigmoid(w_orm * logit(ORM value) + w_lik * mean token log-probability so far + bias), the
-    weights fitted on the ORM's training solutions (`fit_reranker`). A StepScorer, so the ensemble
-    and Serve use it wherever they use the ORM."""
+    weights fitted on the ORM's training solutions (`stages.fit_reranker_stage`). A StepScorer, so
+    the ensemble and Serve use it wherever they use the ORM."""
 
     def __init__(self, orm: HFStepScorer, likelihood: PolicyLikelihood, weights: Sequence[float]):
         self.orm, self.likelihood = orm, likelihood
@@ -154,14 +155,6 @@ class LikelihoodReranker:
         likelihood = self.likelihood.mean_logprobs(questions, steps)
         return [[1 / (1 + math.exp(-(self.w_orm * logit(v) + self.w_likelihood * lp + self.bias)))
                  for v, lp in zip(vs, lps, strict=True)] for vs, lps in zip(orm, likelihood, strict=True)]
-
-
-def fit_reranker(orm_dir: str, policy_dir: str, questions: Sequence[str], steps: Sequence[Sequence[str]],
-                 correct: Sequence[bool]) -> list[float]:
-    """(w_orm, w_likelihood, bias) from solutions and their correctness, at the answer line."""
-    orm = HFStepScorer(orm_dir).score(questions, steps)
-    likelihood = PolicyLikelihood(policy_dir).mean_logprobs(questions, steps)
-    return fit_logistic([(logit(v[-1]), lp[-1]) for v, lp in zip(orm, likelihood, strict=True)], correct)
 
 
 def load_scorer(model_dir: str):
