@@ -23,8 +23,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # on a few polls (start, finish, a dead worker), ~5 s a run.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
-SHARED_DATA = Path(os.environ.get("GLORE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    """The GSM8K/SVAMP directory: $GLORE_SHARED_DATA, else `shared/data` beside this checkout, else
+    beside the checkout this one was cloned from (a local clone made elsewhere, as CI's check
+    does). The tests that read it name it when it is missing."""
+    if "GLORE_SHARED_DATA" in os.environ:
+        return Path(os.environ["GLORE_SHARED_DATA"])
+    beside = REPO.parent / "shared" / "data"
+    origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if not beside.is_dir() and origin and Path(origin).is_dir():
+        cloned_from = Path(origin).resolve().parent / "shared" / "data"
+        if cloned_from.is_dir():
+            return cloned_from
+    return beside
+
+
+SHARED_DATA = _shared_data()
 
 
 @pytest.fixture(scope="session", autouse=True)
