@@ -9,6 +9,7 @@ MINIATURE = ["data.organism.n_train=300", "data.organism.n_test=20", "engine.bac
              "policy.steps=6", "policy.warmup_steps=1", "policy.batch_size=16", "policy.log_every=3",
              "expert_iteration.rounds=0",
              "rollouts.max_questions=8", "rollouts.k=3", "labels.k=2", "eval.n_problems=8",
+             "rollouts.pool.batch_size=2",  # four batches, as eval's below: metrics show while the stage runs
              "reranker.likelihood=true",  # the ORM ranks with the policy's likelihood, in the evaluation and Serve
              "eval.pool.batch_size=2",  # four batches: the first ones' metrics are exported while the last run
              *[f"{m}.{key}" for m in ("orm", "sorm", "global_refiner", "local_refiner")
