@@ -28,19 +28,21 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig  # noqa: E402
-from glore_ray.data import write_jsonl  # noqa: E402
-from glore_ray.organism import generate  # noqa: E402
-from glore_ray.stages import run_labels, run_rollouts  # noqa: E402
+from glore_ray.io import write_jsonl  # noqa: E402
+from glore_ray.core.organism import generate  # noqa: E402
+from glore_ray.pipeline.stages import run_labels, run_rollouts  # noqa: E402
 
 
 def trained_policy(path: Path, cfg: GloreConfig) -> str:
-    from glore_ray.single_process import build_tiny_policy, train_policy_local, write_split
+    from glore_ray.pipeline.data_stage import build_tiny_policy, read_problems, write_split
+    from glore_ray.training.local import train_policy_local
 
     if not (path / "config.json").is_file():
         work = path.parent / "policy-work"
         write_split(cfg, "train", str(work / "train.jsonl"))
         init = build_tiny_policy(cfg, str(work / "train.jsonl"), str(work / "init"))
-        train_policy_local(cfg, str(work / "train.jsonl"), init, str(path))
+        problems = read_problems(cfg, str(work / "train.jsonl"), str(work / "quarantine.jsonl"))
+        train_policy_local(cfg.policy, problems, init, str(path))
     return str(path)
 
 
@@ -64,15 +66,15 @@ def main() -> None:
         last = generate(cfg.data.organism, "train", args.questions, start=cfg.data.organism.n_train - args.questions)
         write_jsonl(str(work / "q.jsonl"), (p.to_row() for p in last))
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(work / "ray"))
-        rollouts = run_rollouts(cfg, str(work / "q.jsonl"), policy, str(work / "rollouts"), log=lambda m: None)
+        rollouts = run_rollouts(cfg, "rollouts", str(work / "q.jsonl"), policy, str(work / "rollouts"))
         results |= {"rollout_samples": rollouts["samples"], "rollout_unique": rollouts["unique"],
                     "rollout_correct_unique": rollouts["correct_unique"]}
-        orm = run_labels(cfg, "orm", str(work / "rollouts"), None, str(work / "orm"), log=lambda m: None)
+        orm = run_labels(cfg, "orm", str(work / "rollouts"), None, str(work / "orm"))
         labels = {}
         for mode in ("exhaustive", "efficient"):
             mode_cfg = replace(cfg, labels=replace(cfg.labels, mode=mode, balance=False))
             t0 = time.perf_counter()
-            counts = run_labels(mode_cfg, "sorm", str(work / "rollouts"), policy, str(work / mode), log=lambda m: None)
+            counts = run_labels(mode_cfg, "sorm", str(work / "rollouts"), policy, str(work / mode))
             results |= {f"{mode}_wall_s": round(time.perf_counter() - t0, 1),
                         f"{mode}_generated_tokens": counts["generated_tokens"],
                         f"{mode}_continuations": counts["continuations"],

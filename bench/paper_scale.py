@@ -15,11 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
-from glore_ray.config import load_config
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.results_table import publish  # noqa: E402
+from glore_ray.config import load_config  # noqa: E402
+from glore_ray.core.ensemble import MODELS  # noqa: E402
 ASSUMED = {
     "chars_per_token": 3.5,             # LLaMA's SentencePiece on GSM8K-style English and arithmetic
     "sampled_vs_gold_length": 1.5,      # temperature-1.0 solutions run longer than the gold ones
@@ -60,12 +64,12 @@ def estimate(gsm8k: dict, organism: dict, cfg) -> dict:
     }
     train_steps = {"policy": cfg.policy.steps, "expert_iteration": ei.rounds * ei.steps,
                    **{m: getattr(cfg, m).steps for m in ("orm", "sorm", "global_refiner", "local_refiner")}}
-    sequences_per_step = cfg.policy.batch_size * cfg.policy.num_workers
+    sequences_per_step = cfg.policy.batch_size  # across all workers
     trained = {name: steps * sequences_per_step * seq for name, steps in train_steps.items()}
 
     gpus = {stage: ro.pool.replicas * ro.pool.gpus_per_replica for stage in gen}
     gpus["sorm_labels"] = lab.pool.replicas * lab.pool.gpus_per_replica
-    gpus["evaluate"] = 5 * ev.pool.replicas * ev.pool.gpus_per_replica  # five model servers per replica set
+    gpus["evaluate"] = len(MODELS) * ev.pool.replicas * ev.pool.gpus_per_replica  # a server per model and replica set
     gpus_gen = gpus["rollouts"]
     # 6 FLOPs per parameter and token, plus a forward pass recomputed under activation checkpointing.
     node_train_tok_s = 8 * ASSUMED["a100_bf16_flops"] * ASSUMED["train_mfu"] / (8 * PARAMS_13B)
@@ -95,13 +99,7 @@ def main() -> None:
     organism = json.loads((REPO / "bench" / "results" / "labels.json").read_text())
     result = estimate(gsm8k_lengths(Path(args.gsm8k)), organism,
                       load_config(REPO / "cluster" / "configs" / "llama2-13b-gsm8k.yaml"))
-    result |= {f"assumed_{k}": v for k, v in ASSUMED.items()}
-    width = max(map(len, result))
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value:,}" if isinstance(value, int) else f"{key:<{width}}  {value}")
-    path = REPO / "bench" / "results" / "paper_scale.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"-> {path}")
+    publish("paper_scale", result | {f"assumed_{k}": v for k, v in ASSUMED.items()})
 
 
 if __name__ == "__main__":

@@ -31,8 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import load_config  # noqa: E402
-from glore_ray.report import within_question_auroc  # noqa: E402
-from glore_ray.single_process import build_tiny_policy, evaluate_policy, train_policy_local, write_split  # noqa: E402
+from glore_ray.core.report import within_question_auroc  # noqa: E402
+from glore_ray.pipeline.data_stage import build_tiny_policy, read_problems, write_split  # noqa: E402
+from glore_ray.pipeline.policy_eval import evaluate_policy  # noqa: E402
+from glore_ray.training.local import train_policy_local  # noqa: E402
 
 SLIPS = ("arithmetic",)
 """The checker's error kinds that are slips (a wrong result, then a consistent continuation);
@@ -43,7 +45,7 @@ def token_logprobs(model, tokenizer, question: str, text: str) -> list[float]:
     """The policy's log-probability of each token of a solution (and its EOS) given the question."""
     import torch
 
-    from glore_ray.prompts import solve_prompt
+    from glore_ray.core.prompts import solve_prompt
 
     prompt = tokenizer(solve_prompt(question))["input_ids"]
     target = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -96,7 +98,8 @@ def main() -> None:
         name = f"{args.tag}_{steps}x{batch}" if args.tag else f"{steps}x{batch}"
         run_cfg = replace(cfg, policy=replace(cfg.policy, steps=steps, batch_size=batch, log_every=100))
         t0 = time.perf_counter()
-        model = train_policy_local(run_cfg, str(work / "train.jsonl"), init, str(work / name))
+        problems = read_problems(run_cfg, str(work / "train.jsonl"), str(work / "quarantine.jsonl"))
+        model = train_policy_local(run_cfg.policy, problems, init, str(work / name))
         train_s = time.perf_counter() - t0
         summary = evaluate_policy(run_cfg, str(work / "validation.jsonl"), model, str(work / f"{name}-samples"))
         errors = {k.split(".", 1)[1]: v for k, v in summary.items() if k.startswith("sampled_errors.")}

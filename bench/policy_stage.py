@@ -34,14 +34,16 @@ import torch  # noqa: E402
 
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig, TrainConfig  # noqa: E402
-from glore_ray.data import write_jsonl  # noqa: E402
-from glore_ray.objectives import encode_row  # noqa: E402
-from glore_ray.organism import generate  # noqa: E402
-from glore_ray.prompts import solve_prompt  # noqa: E402
-from glore_ray.sft import causal_lm_batch_loss, collate  # noqa: E402
-from glore_ray.tiny_model import build_model, load_model_folder, save_model_folder, train_tokenizer  # noqa: E402
-from glore_ray.train_loop import TorchUpdate, train_steps  # noqa: E402
-from glore_ray.trainer import fit  # noqa: E402
+from glore_ray.io import write_jsonl  # noqa: E402
+from glore_ray.training.objectives import encode_row  # noqa: E402
+from glore_ray.core.organism import generate  # noqa: E402
+from glore_ray.core.prompts import solve_prompt  # noqa: E402
+from glore_ray.training.examples import collate  # noqa: E402
+from glore_ray.models.tiny import build_model, load_model_folder, save_model_folder, train_tokenizer  # noqa: E402
+from glore_ray.training.loop import train_steps  # noqa: E402
+from glore_ray.training.objectives import objective  # noqa: E402
+from glore_ray.training.strategy import TorchStrategy  # noqa: E402
+from glore_ray.training.ray_train import fit  # noqa: E402
 
 
 def bare_tokens_per_s(model_dir: str, rows: list[dict], cfg: TrainConfig) -> float:
@@ -55,7 +57,7 @@ def bare_tokens_per_s(model_dir: str, rows: list[dict], cfg: TrainConfig) -> flo
                                for r in rows[start:start + cfg.batch_size]], tokenizer.pad_token_id)
 
     logs = []
-    train_steps(model, batches(), cfg, causal_lm_batch_loss, TorchUpdate(model, cfg), logs.append)
+    train_steps(model, batches(), cfg, objective("policy").loss, TorchStrategy(model, cfg).step, logs.append)
     return logs[-1].tokens_per_s
 
 
@@ -90,7 +92,7 @@ def main() -> None:
         for name, (run_cfg, data) in variants.items():
             ray.init(num_cpus=2, include_dashboard=name.endswith("dashboard"), _temp_dir=str(work / "ray"))
             t0 = time.perf_counter()
-            meta = fit("policy", run_cfg, str(work / data), model_dir, str(work / name), name, log=lambda m: None)
+            meta = fit("policy", run_cfg, str(work / data), model_dir, str(work / name), name)
             results[f"{name}_tokens_per_s"] = round(meta["tokens_per_s"], 1)
             results[f"{name}_wall_s_with_startup"] = round(time.perf_counter() - t0, 1)
             ray.shutdown()

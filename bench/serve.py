@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.results_table import publish  # noqa: E402
-from glore_ray.config import SERVED_MODELS, GloreConfig, load_config  # noqa: E402
-from glore_ray.engines import vllm_available  # noqa: E402
+from glore_ray.config import GloreConfig, load_config  # noqa: E402
+from glore_ray.core.ensemble import MODELS  # noqa: E402
+from glore_ray.models.engines import vllm_available  # noqa: E402
 
 BATCH_SIZE_ON = 16
 
@@ -82,7 +83,7 @@ def load(url: str, questions: list[str], clients: int, n_requests: int, cap_s: f
 
 
 def with_batch_size(cfg: GloreConfig, size: int) -> GloreConfig:
-    models = {m: replace(getattr(cfg.serve, m), max_batch_size=size) for m in ("ingress", *SERVED_MODELS)}
+    models = {m: replace(getattr(cfg.serve, m), max_batch_size=size) for m in ("ingress", *MODELS)}
     return replace(cfg, serve=replace(cfg.serve, **models))
 
 
@@ -98,11 +99,11 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from glore_ray.pipeline import ensemble_models
-    from glore_ray.serve_app import APP_NAME, build_app
+    from glore_ray.layout import model_dirs
+    from glore_ray.serve.app import APP_NAME, build_app
 
     cfg = load_config(args.config, args.overrides)
-    models = ensemble_models(cfg, args.models)
+    models = model_dirs(cfg, args.models)
     questions = [json.loads(line)["question"] for line in
                  (Path(args.models) / "data" / "test.jsonl").read_text().splitlines()[:200]]
     with socket.socket() as s:

@@ -31,13 +31,15 @@ import torch  # noqa: E402
 
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig, TrainConfig  # noqa: E402
-from glore_ray.objectives import encode_row  # noqa: E402
-from glore_ray.organism import generate  # noqa: E402
-from glore_ray.prompts import solve_prompt  # noqa: E402
-from glore_ray.sft import causal_lm_batch_loss, collate  # noqa: E402
-from glore_ray.tiny_model import build_model, load_model_folder, save_model_folder, train_tokenizer  # noqa: E402
-from glore_ray.train_loop import TorchUpdate, train_steps  # noqa: E402
-from glore_ray.trainer import fit  # noqa: E402
+from glore_ray.training.objectives import encode_row  # noqa: E402
+from glore_ray.core.organism import generate  # noqa: E402
+from glore_ray.core.prompts import solve_prompt  # noqa: E402
+from glore_ray.training.examples import collate  # noqa: E402
+from glore_ray.models.tiny import build_model, load_model_folder, save_model_folder, train_tokenizer  # noqa: E402
+from glore_ray.training.loop import train_steps  # noqa: E402
+from glore_ray.training.objectives import objective  # noqa: E402
+from glore_ray.training.strategy import TorchStrategy  # noqa: E402
+from glore_ray.training.ray_train import fit  # noqa: E402
 from tests.training_rows import rows  # noqa: E402
 
 
@@ -47,13 +49,14 @@ def bare_tokens_per_s(model_dir: str, data: list[dict], cfg: TrainConfig) -> flo
 
     def batches():  # tokenized as it goes, as the Ray workers do: the same work per step
         while True:
-            for start in range(0, len(data) - cfg.batch_size + 1, cfg.batch_size):
-                chunk = data[start:start + cfg.batch_size]
+            size = cfg.batch_size_per_worker
+            for start in range(0, len(data) - size + 1, size):
+                chunk = data[start:start + size]
                 yield collate([encode_row("policy", tokenizer, r, cfg.max_length) for r in chunk],
                               tokenizer.pad_token_id)
 
     logs = []
-    train_steps(model, batches(), cfg, causal_lm_batch_loss, TorchUpdate(model, cfg), logs.append)
+    train_steps(model, batches(), cfg, objective("policy").loss, TorchStrategy(model, cfg).step, logs.append)
     return logs[-1].tokens_per_s  # the last window: warm
 
 
@@ -63,9 +66,9 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    cfg = TrainConfig(steps=args.steps, batch_size=32, warmup_steps=1, log_every=args.steps // 3,
+    cfg = TrainConfig(steps=args.steps, batch_size=64, warmup_steps=1, log_every=args.steps // 3,
                       checkpoint_every=10**6, num_workers=2, cpus_per_worker=0.5, max_failures=0)
-    results: dict = {"steps": args.steps, "batch_size_per_worker": cfg.batch_size, "workers": cfg.num_workers}
+    results: dict = {"steps": args.steps, "batch_size_per_worker": cfg.batch_size_per_worker, "workers": cfg.num_workers}
     with tempfile.TemporaryDirectory() as tmp:
         problems = list(generate(GloreConfig().data.organism, "train", 2000))
         tokenizer = train_tokenizer((solve_prompt(p.question) + p.solution() for p in problems), 512)
@@ -83,10 +86,9 @@ def main() -> None:
         per_worker = {}
         for name, run_cfg in [("ray_zero2", replace(cfg, strategy="zero2")),
                               ("ray_ddp", replace(cfg, strategy="ddp")),
-                              ("ray_zero2_1_worker", replace(cfg, strategy="zero2", num_workers=1))]:
+                              ("ray_zero2_1_worker", replace(cfg, strategy="zero2", num_workers=1, batch_size=32))]:
             t0 = time.perf_counter()
-            meta = fit("policy", run_cfg, str(Path(tmp) / "rows.parquet"), model_dir, str(Path(tmp) / name), name,
-                       log=lambda m: None)
+            meta = fit("policy", run_cfg, str(Path(tmp) / "rows.parquet"), model_dir, str(Path(tmp) / name), name)
             per_worker[name] = meta["tokens_per_s"]
             results[f"{name}_wall_s_with_startup"] = round(time.perf_counter() - t0, 1)
         ray.shutdown()

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import load_config  # noqa: E402
-from glore_ray.memory_plan import LLAMA2_13B, zero3_model_states_gib  # noqa: E402
+from glore_ray.training.memory_plan import LLAMA2_13B, zero3_model_states_gib  # noqa: E402
 
 cfg = load_config(ROOT / "cluster" / "configs" / "llama2-13b-gsm8k.yaml").policy
 results = {}

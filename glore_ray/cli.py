@@ -4,10 +4,12 @@ when omitted) and repeatable `--set section.key=value` overrides of the same typ
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 
 from glore_ray.config import ConfigError, load_config
-from glore_ray.objectives import OBJECTIVES
+from glore_ray.training.objectives import OBJECTIVES
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(verbs, "train", "train an objective on Ray Train (DDP or DeepSpeed ZeRO)",
               data="training rows: Parquet file/directory or JSONL, local or s3/gs",
               model="Hugging Face folder to start from (the policy for every objective)",
-              out="Hugging Face folder to write")
+              out="stage directory: model/ (a Hugging Face folder), manifest.json")
     p.add_argument("objective", choices=OBJECTIVES)
     _verb(verbs, "rollouts", "K graded, de-duplicated policy samples per question (Ray Data + engine pool)",
           data="questions (GSM8K/SVAMP/our JSONL, local or s3/gs)", model="policy (Hugging Face folder)",
@@ -82,6 +84,38 @@ def _connect_ray() -> None:
         ray.init()  # the cluster in RAY_ADDRESS, else a local one
 
 
+class _Stdout(logging.StreamHandler):
+    """glore's lines on the current sys.stdout (which `ray job` log capture and tests swap), flushed
+    per line so that progress shows live in `ray job logs` and piped output."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _show_glore_logs() -> None:
+    logger = logging.getLogger("glore_ray")
+    if not any(isinstance(h, _Stdout) for h in logger.handlers):
+        handler = _Stdout()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _run_stage(stage, out: str) -> None:
+    from glore_ray.pipeline.runner import run_stage
+
+    _connect_ray()
+    run_stage(stage, Path(out).absolute())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -94,56 +128,55 @@ def main(argv: list[str] | None = None) -> int:
 
         print(describe_config(cfg))
         return 0
-    from glore_ray import single_process  # after parsing: `glore --help` stays instant
+    _show_glore_logs()
+    # Imported after parsing: `glore --help` stays instant.
+    from glore_ray.pipeline import data_stage, registry
 
     if args.verb == "organism":
         cfg.data.source = "organism"
-        single_process.write_split(cfg, args.split, args.out)
+        data_stage.write_split(cfg, args.split, args.out)
     elif args.verb == "build-model":
-        single_process.build_tiny_policy(cfg, args.data, args.out)
+        data_stage.build_tiny_policy(cfg, args.data, args.out)
     elif args.verb == "sft":
-        single_process.train_policy_local(cfg, args.data, args.model, args.out)
+        from glore_ray.training.local import train_policy_local
+
+        problems = data_stage.read_problems(cfg, args.data, f"{args.out}/quarantine.jsonl")
+        train_policy_local(cfg.policy, problems, args.model, args.out)
     elif args.verb == "train":
-        from glore_ray.metrics import StageMetrics
-        from glore_ray.trainer import fit
-
-        _connect_ray()
-        fit(args.objective, cfg.training(args.objective), args.data, args.model, args.out,
-            f"{cfg.run_name}-{args.objective}", single_process.echo, StageMetrics(args.objective, cfg.run_name))
-    elif args.verb in ("rollouts", "label", "pairs"):
-        from glore_ray import stages
-
-        _connect_ray()
-        if args.verb == "rollouts":
-            stages.run_rollouts(cfg, args.data, args.model, args.out, single_process.echo)
-        elif args.verb == "label":
-            if args.mode:
-                cfg.labels.mode = args.mode
-            stages.run_labels(cfg, args.kind, args.data, args.model, args.out, single_process.echo)
-        else:
-            stages.run_pairs(args.data, args.sorm, args.out, single_process.echo)
+        _run_stage(registry.train_stage(args.objective, args.objective, cfg.training(args.objective), args.data,
+                                        args.model, cfg.run_name), args.out)
+    elif args.verb == "rollouts":
+        _run_stage(registry.rollouts_stage("rollouts", cfg, args.data, args.model), args.out)
+    elif args.verb == "label":
+        if args.mode:
+            cfg.labels.mode = args.mode
+        _run_stage(registry.labels_stage(cfg, args.kind, args.data, args.model), args.out)
+    elif args.verb == "pairs":
+        _run_stage(registry.pairs_stage(args.data, registry.sorm_pair_rows(cfg, args.sorm)), args.out)
     elif args.verb == "sample":
-        single_process.evaluate_policy(cfg, args.data, args.model, args.out)
+        from glore_ray.pipeline.policy_eval import evaluate_policy
+
+        evaluate_policy(cfg, args.data, args.model, args.out)
     elif args.verb == "pipeline":
-        from glore_ray.pipeline import run_pipeline
+        from glore_ray.pipeline.runner import run_pipeline
 
         _connect_ray()
         try:
-            run_pipeline(cfg, args.out, args.from_stage, single_process.echo, args.only)
+            run_pipeline(cfg, args.out, args.from_stage, args.only)
         except ValueError as e:
             print(f"glore: {e}", file=sys.stderr)
             return 2
     elif args.verb == "serve":
-        from glore_ray.pipeline import ensemble_models
-        from glore_ray.serve_app import build_app, run_server
+        from glore_ray.layout import model_dirs
+        from glore_ray.serve.app import build_app, run_server
 
         try:
-            app = build_app(cfg, ensemble_models(cfg, args.models))
+            app = build_app(cfg, model_dirs(cfg, args.models))
         except FileNotFoundError as e:
             print(f"glore: {e}", file=sys.stderr)
             return 2
         _connect_ray()
-        run_server(app, cfg.serve, single_process.echo)
+        run_server(app, cfg.serve)
     return 0
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
+from glore_ray.core.ensemble import GENERATORS, MODELS
+
 
 class ConfigError(ValueError):
     """A config value or key is invalid; the message names the dotted key."""
@@ -112,12 +114,14 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """One supervised fine-tuning run (causal LM, loss on target tokens only)."""
+    """One training run of an objective (policy or refiner SFT, ORM/SORM step reward) on Ray Train."""
 
     steps: int = 300
     """Optimizer steps."""
     batch_size: int = 32
-    """Examples per step (per worker); a tiny model learns more per token from small batches."""
+    """Examples per optimizer step, across all workers (each takes batch_size / num_workers), so
+    the number of workers changes how fast a run goes, not what it computes. A tiny model learns
+    more per token from small batches."""
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     """Cosine decay ends at lr * min_lr_ratio."""
@@ -132,8 +136,8 @@ class TrainConfig:
     log_every: int = field(default=50, metadata=EXECUTION)
     strategy: Literal["ddp", "zero2", "zero3"] = "ddp"
     """Plain DDP, or DeepSpeed ZeRO stage 2 (sharded optimizer and gradients) or 3 (and parameters)."""
-    num_workers: int = 1
-    """Ray Train workers (data-parallel ranks)."""
+    num_workers: int = field(default=1, metadata=EXECUTION)
+    """Ray Train workers (data-parallel ranks); must divide batch_size."""
     cpus_per_worker: float = field(default=1.0, metadata=EXECUTION)
     gpus_per_worker: float = field(default=0.0, metadata=EXECUTION)
     """0 trains on CPU (gloo); 1 gives each worker a GPU (nccl)."""
@@ -160,10 +164,14 @@ class TrainConfig:
     replay_rows: int = 4096
     """A worker whose data shard has at most this many rows keeps its encoded examples after the
     first epoch and replays them reshuffled, instead of re-executing the Ray Dataset every epoch
-    (~2.5 s each on a laptop, which dominates small label sets); 0 always re-reads."""
+    (which dominates the time of small label sets); 0 always re-reads."""
     shuffle_buffer_rows: int = 10000
     """Rows a worker shuffles among while it streams its shard, in a new order every epoch (seeded
     by `seed` and the epoch): the files hold a question's rows together; 0 keeps file order."""
+
+    @property
+    def batch_size_per_worker(self) -> int:
+        return self.batch_size // self.num_workers
 
     def validate(self, key: str) -> None:
         _check(self.steps > 0, f"{key}.steps", "must be > 0")
@@ -181,6 +189,8 @@ class TrainConfig:
         _check(not self.offload_optimizer or self.strategy != "ddp", f"{key}.offload_optimizer",
                "optimizer offload needs strategy zero2 or zero3")
         _check(self.batch_size > 0, f"{key}.batch_size", "must be > 0")
+        _check(self.batch_size % self.num_workers == 0, f"{key}.batch_size",
+               f"{self.batch_size} does not split evenly over num_workers {self.num_workers}")
         _check(self.lr > 0, f"{key}.lr", "must be > 0")
         _check(0 <= self.min_lr_ratio <= 1, f"{key}.min_lr_ratio", "must be in [0, 1]")
         _check(0 <= self.warmup_steps < self.steps, f"{key}.warmup_steps", "must be in [0, steps)")
@@ -207,7 +217,7 @@ class EngineConfig:
     """KV cache of the vLLM CPU build in GiB (VLLM_CPU_KVCACHE_SPACE)."""
     multiprocessing: bool = field(default=False, metadata=EXECUTION)
     """Run vLLM's engine core in its own process (faster on GPU); off keeps it in-process, which
-    starts in ~2 s instead of ~14 s on CPU (VLLM_ENABLE_V1_MULTIPROCESSING)."""
+    starts several times faster on CPU (VLLM_ENABLE_V1_MULTIPROCESSING)."""
     enable_prefix_caching: bool = field(default=True, metadata=EXECUTION)
     """Reuse the KV cache of shared prompt prefixes (K samples, SORM continuations)."""
 
@@ -365,14 +375,8 @@ class ServeConfig:
         _check(self.max_draft_chars > 0, f"{key}.max_draft_chars", "must be > 0")
         for name in ("orm_threshold", "step_threshold"):
             _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")
-        for name in ("ingress", *SERVED_MODELS):
+        for name in ("ingress", *MODELS):
             getattr(self, name).validate(f"{key}.{name}")
-
-
-GENERATORS = ("policy", "global_refiner", "local_refiner")
-SCORERS = ("orm", "sorm")
-SERVED_MODELS = GENERATORS + SCORERS
-"""The ensemble's five models, by their stage and deployment names."""
 
 
 @dataclass
@@ -497,8 +501,8 @@ class GloreConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
 
     def training(self, objective: str) -> TrainConfig:
-        """The training section of an objective (`global-refiner` -> `global_refiner`)."""
-        return getattr(self, objective.replace("-", "_"))
+        """The training section of an objective (its name is the section's)."""
+        return getattr(self, objective)
 
     def validate(self, key: str = "") -> None:
         for f in dataclasses.fields(self):
@@ -615,10 +619,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Gl
     except ConfigError as e:
         raise ConfigError(f"{path or 'config'}: {e}") from None
     return config
-
-
-def config_to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
 
 
 def field_docs(cls: type) -> dict[str, str]:

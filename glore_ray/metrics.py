@@ -69,11 +69,6 @@ class StageMetrics:
     stage: str
     run: str
 
-    @classmethod
-    def of_stage_dir(cls, stage_dir: str, run: str) -> StageMetrics:
-        """A pipeline stage's metrics: its directory is named after it (local path or URI)."""
-        return cls(stage_dir.rstrip("/").rsplit("/", 1)[-1], run)
-
     def record(self, name: str, value: float = 1, **tags: str) -> None:
         """Add `value` to a counter, set a gauge to it or observe it in a histogram."""
         if not _recording():

@@ -57,9 +57,9 @@ def _session_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny Llama + tokenizer trained on organism text, as a Hugging Face folder."""
     from glore_ray.config import ModelConfig, OrganismConfig
-    from glore_ray.organism import generate
-    from glore_ray.prompts import solve_prompt
-    from glore_ray.tiny_model import build_model, save_model_folder, train_tokenizer
+    from glore_ray.core.organism import generate
+    from glore_ray.core.prompts import solve_prompt
+    from glore_ray.models.tiny import build_model, save_model_folder, train_tokenizer
 
     problems = list(generate(OrganismConfig(), "train", 500))
     tokenizer = train_tokenizer((solve_prompt(p.question) + p.solution() for p in problems), 512)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import importlib
 
-from glore_ray.config import SERVED_MODELS, load_config
-from glore_ray.memory_plan import LLAMA2_13B, zero3_model_states_gib
-from glore_ray.objectives import OBJECTIVES
+from glore_ray.config import load_config
+from glore_ray.core.ensemble import MODELS
+from glore_ray.training.memory_plan import LLAMA2_13B, zero3_model_states_gib
+from glore_ray.training.objectives import OBJECTIVES
 from tests.conftest import REPO
 
 CONFIG = REPO / "cluster" / "configs" / "llama2-13b-gsm8k.yaml"
@@ -36,7 +37,7 @@ def _serve_schema(config: dict):
 def test_the_serve_config_file_passes_serves_schema_and_names_the_app_builder() -> None:
     import yaml
 
-    from glore_ray.serve_app import app_builder
+    from glore_ray.serve.app import app_builder
 
     schema = _serve_schema(yaml.safe_load((REPO / "cluster" / "serve" / "glore.yaml").read_text()))
     assert schema.http_options.host == "127.0.0.1"  # loopback unless configured otherwise
@@ -53,13 +54,13 @@ def test_the_rayservice_runs_the_same_app_with_a_gpu_per_model_replica() -> None
     assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
     spec = manifest["spec"]
     (app,) = _serve_schema(yaml.safe_load(spec["serveConfigV2"])).applications
-    assert app.import_path == "glore_ray.serve_app:app_builder"
+    assert app.import_path == "glore_ray.serve.app:app_builder"
     cfg = load_config(REPO / app.args["config"].removeprefix("/home/ray/glore-ray/"))
     cluster = spec["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] and cluster["headGroupSpec"]["template"]["spec"]["containers"]
     gpu_group = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "gpu-serve")
     limits = gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]
-    served = [getattr(cfg.serve, m) for m in SERVED_MODELS]
+    served = [getattr(cfg.serve, m) for m in MODELS]
     assert all(0 < d.gpus <= int(limits["nvidia.com/gpu"]) for d in served)
     assert gpu_group["minReplicas"] == sum(d.min_replicas for d in served)
     assert gpu_group["maxReplicas"] == sum(d.max_replicas for d in served)
@@ -71,7 +72,7 @@ def test_the_rayservice_runs_the_same_app_with_a_gpu_per_model_replica() -> None
 def test_the_app_builder_rejects_unknown_arguments() -> None:
     import pytest
 
-    from glore_ray.serve_app import app_builder
+    from glore_ray.serve.app import app_builder
 
     with pytest.raises(ValueError, match=r"need `models`.*got \['config', 'model'\]"):
         app_builder({"config": "cluster/configs/tiny-cpu.yaml", "model": "runs/demo"})
@@ -160,7 +161,7 @@ def _stage_requests(cfg) -> dict[str, tuple[dict, int]]:
         requests[name] = (bundle(pool.cpus_per_replica, pool.gpus_per_replica, pool.accelerator_type), pool.replicas)
     pool = cfg.eval.pool
     requests["evaluate"] = (bundle(pool.cpus_per_replica, pool.gpus_per_replica, pool.accelerator_type),
-                            5 * pool.replicas)
+                            len(MODELS) * pool.replicas)
     for objective in OBJECTIVES:
         t = cfg.training(objective)
         requests[f"train {objective}"] = (bundle(t.cpus_per_worker, t.gpus_per_worker, t.accelerator_type),
@@ -169,7 +170,7 @@ def _stage_requests(cfg) -> dict[str, tuple[dict, int]]:
 
 
 def _serve_requests(cfg) -> dict[str, tuple[dict, int]]:
-    deployments = {name: getattr(cfg.serve, name) for name in (*SERVED_MODELS, "ingress")}
+    deployments = {name: getattr(cfg.serve, name) for name in (*MODELS, "ingress")}
     return {f"serve {name}": ({"CPU": d.cpus, "GPU": d.gpus}
                               | ({f"accelerator_type:{d.accelerator_type}": 0.001} if d.accelerator_type else {}),
                               d.max_replicas) for name, d in deployments.items()}

@@ -57,9 +57,9 @@ def test_bad_values_name_the_key(override: str, message: str) -> None:
 
 
 def test_the_validation_split_is_evaluated_while_settings_are_chosen() -> None:
-    from glore_ray.pipeline import build_stages
+    from glore_ray.pipeline.registry import build_stages
 
-    stages = {s.name: s for s in build_stages(load_config(None, ["eval.split=validation"]), "/run", print)}
+    stages = {s.name: s for s in build_stages(load_config(None, ["eval.split=validation"]), "/run")}
     assert stages["evaluate"].inputs["test"] == "/run/data/validation.jsonl"
     with pytest.raises(ConfigError, match="eval.split: validation needs data.validation_path"):
         load_config(None, ["eval.split=validation", "data.source=files", "data.train_path=a.jsonl",

@@ -1,4 +1,4 @@
-"""Problem loaders and the quarantine (glore_ray.data), on the real GSM8K/SVAMP files and on
+"""Problem loaders and the quarantine (glore_ray.core.problems), on the real GSM8K/SVAMP files and on
 small malformed files."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from glore_ray.data import (
+from glore_ray.core.problems import (
     MAX_RAW_CHARS,
     BadRecord,
     Problem,
@@ -18,9 +18,9 @@ from glore_ray.data import (
     iter_problems_jsonl,
     iter_svamp,
     load_problems,
-    open_text,
 )
-from glore_ray.grading import extract_answer, is_correct, render_solution, split_steps
+from glore_ray.io import open_text
+from glore_ray.core.grading import extract_answer, is_correct, render_solution, split_steps
 from tests.conftest import SHARED_DATA
 
 

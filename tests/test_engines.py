@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from glore_ray.config import EngineConfig, GloreConfig
-from glore_ray.engines import HFEngine, Sampling, VLLMEngine, make_engine, vllm_available
-from glore_ray.organism import generate
-from glore_ray.prompts import solve_prompt
-from glore_ray.tiny_model import load_model_folder, train_tokenizer
+from glore_ray.core.generation import Sampling
+from glore_ray.models.engines import HFEngine, VLLMEngine, make_engine, vllm_available
+from glore_ray.core.organism import generate
+from glore_ray.core.prompts import solve_prompt
+from glore_ray.models.tiny import load_model_folder, train_tokenizer
 from tests.conftest import SHARED_DATA
 
 PROMPTS = [solve_prompt(p.question) for p in generate(GloreConfig().data.organism, "test", 3)]
@@ -93,7 +94,7 @@ def test_stop_strings_end_a_completion(engine) -> None:
 
 def test_auto_uses_vllm_when_it_imports_else_transformers(tiny_model_dir, monkeypatch) -> None:
     assert vllm_available()  # the `cpu` extra is installed for the suite
-    monkeypatch.setattr("glore_ray.engines.vllm_available", lambda: False)
+    monkeypatch.setattr("glore_ray.models.engines.vllm_available", lambda: False)
     assert make_engine(str(tiny_model_dir), EngineConfig(backend="auto")).name == "hf"
 
 

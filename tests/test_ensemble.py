@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from glore_ray.engines import Completion, Generation, Sampling
-from glore_ray.ensemble import EnsembleSettings, RefinementEnsemble
-from glore_ray.prompts import BAD_MARK
+from glore_ray.core.generation import Completion, Generation, Sampling
+from glore_ray.core.ensemble import EnsembleSettings, RefinementEnsemble
+from glore_ray.core.prompts import BAD_MARK
 
 Q1, Q2 = "Ava has 3 boxes of 4 apples. She eats 2. How many are left?", "Ben has 5 cards. He finds 3. How many?"
 DRAFT1 = "3 * 4 = 12 apples.\n12 - 3 = 9 apples.\n#### 9"
@@ -103,7 +103,7 @@ def test_the_answer_line_is_scored_and_never_a_place_to_refine_from() -> None:
 def test_hf_step_scorer_scores_every_step(tiny_model_dir, tmp_path) -> None:
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from glore_ray.reward_models import HFStepScorer
+    from glore_ray.models.scorers import HFStepScorer
 
     model = AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1)
     model.save_pretrained(tmp_path / "orm")
@@ -119,8 +119,8 @@ def test_policy_likelihood_is_each_steps_running_mean_token_logprob(tiny_model_d
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from glore_ray.prompts import solve_prompt
-    from glore_ray.reward_models import PolicyLikelihood
+    from glore_ray.core.prompts import solve_prompt
+    from glore_ray.models.scorers import PolicyLikelihood
 
     steps = ["3 * 4 = 12 apples.", "12 - 3 = 9 apples.", "#### 9"]
     values = PolicyLikelihood(str(tiny_model_dir)).mean_logprobs([Q2, Q1, Q1], [["5 + 3 = 8 cards."], steps, []])
@@ -143,7 +143,7 @@ def test_a_reranker_folder_scores_as_the_orm_and_the_likelihood_combined(tiny_mo
 
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from glore_ray.reward_models import RERANKER_FILE, HFStepScorer, PolicyLikelihood, load_scorer
+    from glore_ray.models.scorers import RERANKER_FILE, HFStepScorer, PolicyLikelihood, load_scorer
 
     AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(tmp_path / "orm")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "orm")
@@ -171,7 +171,7 @@ def test_a_reranker_folder_scores_as_the_orm_and_the_likelihood_combined(tiny_mo
 def test_fit_logistic_recovers_the_direction_and_scale_of_a_logistic_model() -> None:
     import random
 
-    from glore_ray.reward_models import fit_logistic
+    from glore_ray.models.scorers import fit_logistic
 
     rng = random.Random(0)
     x = [(rng.gauss(0, 1), rng.gauss(5, 2)) for _ in range(4000)]
@@ -196,7 +196,7 @@ def test_scores_within_float_noise_are_a_tie_the_draft_wins(margin, chosen) -> N
 def test_iterated_refinement_refines_again_only_what_the_orm_still_doubts() -> None:
     from dataclasses import replace
 
-    from glore_ray.evaluation import iterate
+    from glore_ray.pipeline.evaluation import iterate
 
     e = replace(ensemble(EnsembleSettings(always_refine=True, orm_threshold=0.7)),
                 sorm=ScriptedScorer(lambda q, steps: [0.9] * len(steps)))  # no local rewrites
@@ -220,8 +220,8 @@ def test_the_within_question_fit_ranks_a_questions_solutions_where_the_pooled_fi
     leans on a; the within-question fit leans on b and ignores a."""
     import random
 
-    from glore_ray.report import within_question_auroc
-    from glore_ray.reward_models import fit_logistic, fit_within_question
+    from glore_ray.core.report import within_question_auroc
+    from glore_ray.models.scorers import fit_logistic, fit_within_question
 
     rng = random.Random(0)
     features, questions, labels = [], [], []

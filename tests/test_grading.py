@@ -1,4 +1,4 @@
-"""Answer extraction, numeric grading and step splitting (glore_ray.grading)."""
+"""Answer extraction, numeric grading and step splitting (glore_ray.core.grading)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from glore_ray.grading import (
+from glore_ray.core.grading import (
     answers_match,
     extract_answer,
     format_answer,

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from glore_ray.metrics import METRICS, StageMetrics
-from glore_ray.pipeline import select_stages
+from glore_ray.pipeline.runner import select_stages
 from tests.conftest import REPO
 from tests.ray_head import parse_metrics
 
@@ -106,7 +106,7 @@ def test_a_stage_job_names_the_earlier_stage_that_is_not_done(tmp_path) -> None:
     """What `jobs/orm.py` runs on an empty run directory: it stops before any work, naming the
     first stage that has not run (no cluster needed to find out)."""
     from glore_ray.config import load_config
-    from glore_ray.pipeline import run_pipeline
+    from glore_ray.pipeline.runner import run_pipeline
 
     with pytest.raises(ValueError, match=r"data is not done in .* run it before orm$"):
         run_pipeline(load_config(None), str(tmp_path / "run"), only=["orm"])
@@ -115,9 +115,9 @@ def test_a_stage_job_names_the_earlier_stage_that_is_not_done(tmp_path) -> None:
 
 def test_every_stage_of_the_pipeline_has_a_job_script() -> None:
     from glore_ray.config import GloreConfig
-    from glore_ray.pipeline import build_stages
+    from glore_ray.pipeline.registry import build_stages
 
-    names = [s.name for s in build_stages(GloreConfig(), "/tmp/run", print)]
+    names = [s.name for s in build_stages(GloreConfig(), "/tmp/run")]
     scripts = {p.stem for p in (REPO / "jobs").glob("*.py")}
     for name in names:
         job = "expert_iteration" if name.startswith("expert_iteration_") else name

@@ -12,9 +12,9 @@ from fractions import Fraction
 
 import pytest
 
-from glore_ray.data import Problem
-from glore_ray.engines import Completion, Generation, Sampling
-from glore_ray.labels import (
+from glore_ray.core.problems import Problem
+from glore_ray.core.generation import Completion, Generation, Sampling
+from glore_ray.core.labels import (
     LabelledRollout,
     Question,
     Rollout,
@@ -29,8 +29,8 @@ from glore_ray.labels import (
     step_result,
     uses_result,
 )
-from glore_ray.prompts import BAD_MARK, local_refine_prompt
-from glore_ray.rollouts import grade_rollouts
+from glore_ray.core.prompts import BAD_MARK, local_refine_prompt
+from glore_ray.core.rollouts import grade_rollouts
 
 Q = "Ava has 3 boxes of 4 apples. She eats 2 apples. How many apples are left?"
 
@@ -237,7 +237,7 @@ def test_reward_model_rows_end_with_the_answer_line_labelled_by_correctness() ->
 def test_orm_rows_score_the_answer_line() -> None:
     import pyarrow as pa
 
-    from glore_ray.stages import _orm_rows
+    from glore_ray.pipeline.stages import _orm_rows
 
     same_steps = Rollout("q/r2", RIGHT.steps, "\n".join(RIGHT.steps + ["#### 11"]), False)
     rollouts = [{"id": r.id, "text": r.text, "steps": r.steps, "correct": r.correct, "first_wrong": None}

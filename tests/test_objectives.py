@@ -6,19 +6,19 @@ import pytest
 import torch
 
 from glore_ray.config import GloreConfig
-from glore_ray.objectives import OBJECTIVES, encode_row
-from glore_ray.organism import generate
-from glore_ray.prompts import local_refine_prompt
-from glore_ray.sft import IGNORE
-from glore_ray.step_reward import encode_step_example, step_reward_loss, step_scores
-from glore_ray.tiny_model import load_model_folder
+from glore_ray.training.objectives import OBJECTIVES, encode_row
+from glore_ray.core.organism import generate
+from glore_ray.core.prompts import local_refine_prompt
+from glore_ray.training.examples import IGNORE
+from glore_ray.training.examples import encode_step_example, step_reward_loss, step_scores
+from glore_ray.models.tiny import load_model_folder
 
 P = next(iter(generate(GloreConfig().data.organism, "train", 1)))
 ROWS = {
     "policy": {"id": "p", "question": P.question, "solution": P.solution()},
-    "global-refiner": {"id": "g", "question": P.question, "draft": "The bags hold 1 + 1 = 3.\n#### 3",
+    "global_refiner": {"id": "g", "question": P.question, "draft": "The bags hold 1 + 1 = 3.\n#### 3",
                        "target": P.solution()},
-    "local-refiner": {"id": "l", "question": P.question, "draft_steps": list(P.steps), "bad_step": 1,
+    "local_refiner": {"id": "l", "question": P.question, "draft_steps": list(P.steps), "bad_step": 1,
                       "target": "\n".join(P.steps[1:]) + f"\n#### {P.answer}"},
     "orm": {"id": "o", "prompt": P.question, "completions": list(P.steps), "labels": [False] * len(P.steps)},
     "sorm": {"id": "s", "prompt": P.question, "completions": list(P.steps),
@@ -60,12 +60,12 @@ def test_step_labels_sit_on_each_steps_newline(tokenizer) -> None:
 @pytest.mark.parametrize("row, message", [
     ({**ROWS["sorm"], "labels": [True]}, "row s: 1 labels for .* steps in 'completions'"),
     ({**ROWS["orm"], "completions": [], "labels": []}, "row o: no steps in 'completions'"),
-    ({**ROWS["local-refiner"], "bad_step": 9}, "row l: field 'bad_step': bad_step 9 is outside"),
-    ({k: v for k, v in ROWS["global-refiner"].items() if k != "draft"}, "row g: missing field 'draft'"),
+    ({**ROWS["local_refiner"], "bad_step": 9}, "row l: field 'bad_step': bad_step 9 is outside"),
+    ({k: v for k, v in ROWS["global_refiner"].items() if k != "draft"}, "row g: missing field 'draft'"),
     ({**ROWS["policy"], "solution": " "}, "row p: empty target"),
 ])
 def test_bad_rows_are_named(row, message, tokenizer) -> None:
-    objective = {"s": "sorm", "o": "orm", "l": "local-refiner", "g": "global-refiner", "p": "policy"}[row["id"]]
+    objective = {"s": "sorm", "o": "orm", "l": "local_refiner", "g": "global_refiner", "p": "policy"}[row["id"]]
     with pytest.raises(ValueError, match=message):
         encode_row(objective, tokenizer, row, 400)
 
@@ -85,7 +85,7 @@ def test_step_reward_loss_ignores_unlabelled_tokens() -> None:
 def test_a_token_classifier_from_the_policy_learns_step_labels(tiny_model_dir, tokenizer, tmp_path) -> None:
     from transformers import AutoModelForTokenClassification
 
-    from glore_ray.sft import collate
+    from glore_ray.training.examples import collate
 
     torch.manual_seed(0)
     model = AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1)

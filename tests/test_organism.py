@@ -10,9 +10,10 @@ from dataclasses import replace
 import pytest
 
 from glore_ray.config import OrganismConfig
-from glore_ray.data import Problem, Quarantine, load_problems, write_jsonl
-from glore_ray.grading import extract_answer, render_solution, split_steps
-from glore_ray.organism import StepCheck, check_solution, generate, make_problem, parse_equation
+from glore_ray.core.problems import Problem, Quarantine, load_problems
+from glore_ray.io import write_jsonl
+from glore_ray.core.grading import extract_answer, render_solution, split_steps
+from glore_ray.core.organism import StepCheck, check_solution, generate, make_problem, parse_equation
 
 CFG = OrganismConfig()
 PROBLEMS = list(generate(CFG, "train", 600))
@@ -129,14 +130,14 @@ def test_subtraction_in_the_wrong_order_is_wrong() -> None:
 def test_missing_equation_wrong_answer_and_no_answer() -> None:
     p = PROBLEMS[0]
     n = len(p.steps)
-    assert check_solution(p, _corrupt(p, 1, "Then we think hard.")) == StepCheck(1, "no_equation", n)
-    assert check_solution(p, render_solution(p.steps, str(p.gold + 1))) == StepCheck(n, "wrong_answer", n)
-    assert check_solution(p, "\n".join(p.steps)) == StepCheck(n, "no_answer", n)
+    assert check_solution(p, _corrupt(p, 1, "Then we think hard.")) == StepCheck(1, "no_equation")
+    assert check_solution(p, render_solution(p.steps, str(p.gold + 1))) == StepCheck(n, "wrong_answer")
+    assert check_solution(p, "\n".join(p.steps)) == StepCheck(n, "no_answer")
 
 
 def test_a_truncated_solution_is_wrong_at_its_answer_line() -> None:
     p = next(p for p in PROBLEMS if len(p.steps) >= 3)
-    assert check_solution(p, render_solution(p.steps[:1], "0")) == StepCheck(1, "wrong_answer", 1)
+    assert check_solution(p, render_solution(p.steps[:1], "0")) == StepCheck(1, "wrong_answer")
 
 
 def test_a_step_hiding_a_wrong_result_in_a_chain_is_wrong() -> None:
@@ -145,7 +146,7 @@ def test_a_step_hiding_a_wrong_result_in_a_chain_is_wrong() -> None:
     hidden = f"So {eq.a} {eq.op} {eq.b} = {eq.result} + 0 = {eq.result + 7}."
     twice = f"So {eq.a} {eq.op} {eq.b} = {eq.result + 1} so {eq.a} {eq.op} {eq.b} = {eq.result}."
     assert check_solution(p, _corrupt(p, 0, hidden)).first_wrong == 0
-    assert check_solution(p, _corrupt(p, 0, twice)) == StepCheck(0, "arithmetic", len(p.steps))
+    assert check_solution(p, _corrupt(p, 0, twice)) == StepCheck(0, "arithmetic")
 
 
 def test_step_counts_are_drawn_uniformly() -> None:

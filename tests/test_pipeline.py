@@ -81,6 +81,21 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_scaling_the_run_out_re_runs_nothing(pipeline_run, capsys) -> None:
+    """More replicas and workers, other logging and checkpoint storage: where and how fast the stages
+    run, not what they compute, so every finished stage is skipped."""
+    out = pipeline_run
+    before = {stage: (out / stage / "manifest.json").stat().st_mtime_ns for stage in STAGES}
+    scaled = ["rollouts.pool.replicas=2", "labels.pool.replicas=2", "policy.num_workers=2", "sorm.num_workers=2",
+              "policy.log_every=1", "orm.storage_path=" + str(out / "elsewhere"), "eval.pool.replicas=2"]
+    capsys.readouterr()
+    assert main(["pipeline", "--out", str(out), *as_sets(MINIATURE + scaled)]) == 0
+    printed = capsys.readouterr().out
+    for i, stage in enumerate(STAGES, 1):
+        assert f"== [{i}/{len(STAGES)}] {stage}: up to date, skipped" in printed
+    assert {stage: (out / stage / "manifest.json").stat().st_mtime_ns for stage in STAGES} == before
+
+
 def test_rerun_skips_finished_stages_resumes_an_interrupted_one_and_reruns_a_changed_one(
         pipeline_run, capsys) -> None:
     out = pipeline_run
@@ -97,6 +112,7 @@ def test_rerun_skips_finished_stages_resumes_an_interrupted_one_and_reruns_a_cha
     assert _manifest(out, "orm")["counts"]["resumed_from"] == 4  # the final checkpoint: no step redone
     assert "== [11/15] reranker: running" in printed  # its input, the ORM's model, was rewritten
     assert "== [15/15] evaluate: running" in printed
+    assert "evaluate: re-running: eval.n_problems" in printed  # the runner says what changed
     assert json.loads((out / "report.json").read_text())["n_test"] == 5
     for stage in STAGES:
         if stage not in ("orm", "reranker", "evaluate"):
@@ -108,10 +124,11 @@ def test_expert_iteration_rounds_chain_their_policies() -> None:
     """Each round samples with the previous round's policy and trains from it; the later stages
     and the ensemble use the last round's (the miniature run has no rounds)."""
     from glore_ray.config import load_config
-    from glore_ray.pipeline import build_stages, ensemble_models, model_dir
+    from glore_ray.layout import model_dir, model_dirs
+    from glore_ray.pipeline.registry import build_stages
 
     cfg = load_config(None, ["expert_iteration.rounds=2"])
-    stages = {s.name: s for s in build_stages(cfg, "/run", print)}
+    stages = {s.name: s for s in build_stages(cfg, "/run")}
     assert list(stages)[3:9] == ["expert_iteration_1_samples", "expert_iteration_1_rows", "expert_iteration_1",
                                  "expert_iteration_2_samples", "expert_iteration_2_rows", "expert_iteration_2"]
     previous = model_dir("/run", "policy")
@@ -121,26 +138,27 @@ def test_expert_iteration_rounds_chain_their_policies() -> None:
                                                          "init": previous}
         previous = model_dir("/run", f"expert_iteration_{r}")
     assert stages["rollouts"].inputs["policy"] == stages["sorm_labels"].inputs["policy"] == previous
-    assert ensemble_models(cfg, "/run")["policy"] == previous
+    assert model_dirs(cfg, "/run")["policy"] == previous
 
 
 def test_the_likelihood_reranker_is_a_stage_that_ranks_in_the_orms_place() -> None:
     from glore_ray.config import load_config
-    from glore_ray.pipeline import build_stages, ensemble_models, model_dir
+    from glore_ray.layout import model_dir, model_dirs
+    from glore_ray.pipeline.registry import build_stages
 
     off = load_config(None)
-    assert "reranker" not in [s.name for s in build_stages(off, "/run", print)]
-    assert "reranker" not in ensemble_models(off, "/run")
+    assert "reranker" not in [s.name for s in build_stages(off, "/run")]
+    assert "reranker" not in model_dirs(off, "/run")
     cfg = load_config(None, ["reranker.likelihood=true", "reranker.fit_rows=100"])
-    stages = {s.name: s for s in build_stages(cfg, "/run", print)}
+    stages = {s.name: s for s in build_stages(cfg, "/run")}
     names = list(stages)
     assert names.index("orm") < names.index("reranker") < names.index("evaluate")
-    policy = ensemble_models(cfg, "/run")["policy"]
+    policy = model_dirs(cfg, "/run")["policy"]
     assert stages["reranker"].inputs == {"rows": "/run/orm_labels/data", "orm": model_dir("/run", "orm"),
                                          "policy": policy}
     assert stages["reranker"].config == {"reranker": {"likelihood": True, "fit_rows": 100,
                                                       "objective": "within_question"}}
-    assert ensemble_models(cfg, "/run")["reranker"] == model_dir("/run", "reranker")
+    assert model_dirs(cfg, "/run")["reranker"] == model_dir("/run", "reranker")
     assert stages["evaluate"].inputs["reranker"] == model_dir("/run", "reranker")
 
 
@@ -153,16 +171,16 @@ def test_scaling_or_moving_a_run_changes_no_stage_hash_and_a_result_setting_does
     """Resources, replicas, logging, checkpoints and storage are where and how fast a stage runs,
     not what it computes: re-running with other values skips every finished stage."""
     from glore_ray.config import load_config, result_config
-    from glore_ray.manifest import fingerprint
-    from glore_ray.pipeline import build_stages
+    from glore_ray.pipeline.manifest import fingerprint
+    from glore_ray.pipeline.registry import build_stages
 
     def hashes(overrides: list[str]) -> dict[str, str]:
-        stages = build_stages(load_config(None, ["expert_iteration.rounds=1", *overrides]), "/run", print)
+        stages = build_stages(load_config(None, ["expert_iteration.rounds=1", *overrides]), "/run")
         return {s.name: fingerprint(result_config(s.config)) for s in stages}
 
     base = hashes([])
     scaled = hashes(["rollouts.pool.replicas=4", "labels.pool.cpus_per_replica=2", "eval.pool.batch_size=8",
-                     "policy.log_every=7", "policy.cpus_per_worker=4", "policy.torch_threads=8",
+                     "policy.log_every=7", "policy.num_workers=4", "orm.num_workers=2", "policy.cpus_per_worker=4", "policy.torch_threads=8",
                      "sorm.checkpoint_every=5", "orm.storage_path=s3://bucket/ckpt", "engine.gpu_memory_utilization=0.5"])
     assert scaled == base
     changed = hashes(["rollouts.k=5"])
@@ -171,8 +189,8 @@ def test_scaling_or_moving_a_run_changes_no_stage_hash_and_a_result_setting_does
 
 def test_a_manifest_that_hashed_every_field_still_matches(tmp_path) -> None:
     """Run directories from before execution fields left the hash are not re-run for it."""
-    from glore_ray.manifest import MANIFEST, fingerprint
-    from glore_ray.pipeline import Stage, stage_state
+    from glore_ray.pipeline.manifest import MANIFEST, fingerprint
+    from glore_ray.pipeline.runner import Stage, stage_state
 
     config = {"policy": {"steps": 10, "lr": 0.001, "log_every": 50, "cpus_per_worker": 1.0}}
     old = {"stage": "policy", "config_hash": fingerprint(config), "config": config, "inputs": {}, "counts": {}}

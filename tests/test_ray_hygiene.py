@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from glore_ray.config import OrganismConfig
-from glore_ray.data import Problem, write_jsonl
-from glore_ray.grading import is_correct
-from glore_ray.organism import generate
+from glore_ray.core.problems import Problem
+from glore_ray.io import write_jsonl
+from glore_ray.core.grading import is_correct
+from glore_ray.core.organism import generate
 
 
 class GoldGrader:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from glore_ray.report import (
+from glore_ray.core.report import (
     auroc,
     build_report,
     paired_bootstrap,

@@ -40,8 +40,8 @@ def http(method: str, url: str, body: bytes | dict | None = None, token: str | N
 def served(miniature_run, ray_module, tmp_path_factory):
     from ray import serve
 
-    from glore_ray.pipeline import ensemble_models
-    from glore_ray.serve_app import APP_NAME, build_app
+    from glore_ray.layout import model_dirs
+    from glore_ray.serve.app import APP_NAME, build_app
 
     token_file = tmp_path_factory.mktemp("secret") / "token"
     token_file.write_text(TOKEN + "\n")
@@ -49,7 +49,7 @@ def served(miniature_run, ray_module, tmp_path_factory):
     # A short model timeout: a request that meets a dead replica answers 503 within seconds.
     cfg = load_config(None, MINIATURE + [f"serve.port={port}", f"serve.token_file={token_file}",
                                          "serve.model_timeout_s=3"])
-    models = ensemble_models(cfg, str(miniature_run))
+    models = model_dirs(cfg, str(miniature_run))
     serve.start(http_options={"host": cfg.serve.host, "port": port})
     try:
         serve.run(build_app(cfg, models), name=APP_NAME, route_prefix="/")
@@ -65,9 +65,9 @@ def _questions(miniature_run, n: int) -> list[str]:
 
 def test_answers_and_decisions_match_the_offline_ensemble(served, miniature_run) -> None:
     from glore_ray.config import EngineConfig
-    from glore_ray.engines import HFEngine
-    from glore_ray.ensemble import EnsembleSettings, RefinementEnsemble
-    from glore_ray.reward_models import HFStepScorer, load_scorer
+    from glore_ray.models.engines import HFEngine
+    from glore_ray.core.ensemble import EnsembleSettings, RefinementEnsemble
+    from glore_ray.models.scorers import HFStepScorer, load_scorer
 
     url, cfg, models = served
     questions = _questions(miniature_run, 4)

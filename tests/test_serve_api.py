@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from glore_ray.config import ServeConfig
-from glore_ray.serve_api import RequestError, SolveRequest, authorized, ensemble_settings, load_token
+from glore_ray.serve.api import RequestError, SolveRequest, authorized, ensemble_settings, load_token
 
 
 def test_request_settings_override_the_server_defaults() -> None:

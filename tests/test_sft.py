@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from glore_ray.config import GloreConfig, TrainConfig
-from glore_ray.single_process import encode_problems
-from glore_ray.organism import generate
-from glore_ray.prompts import solve_prompt
-from glore_ray.sft import IGNORE, ExampleTooLong, causal_lm_batch_loss, causal_lm_loss, collate, encode_example
-from glore_ray.train_loop import TorchUpdate, lr_at, train_steps
-from glore_ray.tiny_model import load_model_folder
+from glore_ray.core.organism import generate
+from glore_ray.core.prompts import solve_prompt
+from glore_ray.models.tiny import load_model_folder
+from glore_ray.training.examples import IGNORE, ExampleTooLong, causal_lm_loss, collate, encode_example
+from glore_ray.training.local import encode_problems
+from glore_ray.training.loop import lr_at, train_steps
+from glore_ray.training.objectives import objective
+from glore_ray.training.strategy import TorchStrategy
 
 PROBLEMS = list(generate(GloreConfig().data.organism, "train", 64))
 
@@ -46,16 +48,16 @@ def test_bad_examples_name_the_row(tiny_model_dir) -> None:
         encode_problems(tokenizer, iter(PROBLEMS), TrainConfig(max_length=20))
 
 
-def test_skip_long_is_an_explicit_counted_choice(tiny_model_dir) -> None:
+def test_skip_long_is_an_explicit_counted_choice(tiny_model_dir, caplog) -> None:
     _, tokenizer = load_model_folder(tiny_model_dir)
     lengths = [len(encode_example(tokenizer, solve_prompt(p.question), p.solution(), 10**6).input_ids)
                for p in PROBLEMS]
     limit = sorted(lengths)[len(lengths) // 2]
-    messages = []
-    kept = encode_problems(tokenizer, iter(PROBLEMS), TrainConfig(max_length=limit, skip_long=True), messages.append)
+    with caplog.at_level("INFO", logger="glore_ray"):
+        kept = encode_problems(tokenizer, iter(PROBLEMS), TrainConfig(max_length=limit, skip_long=True))
     n_long = sum(n > limit for n in lengths)
     assert len(kept) == len(PROBLEMS) - n_long > 0
-    assert messages == [f"skipped {n_long} examples longer than {limit} tokens (policy.skip_long)"]
+    assert caplog.messages == [f"skipped {n_long} examples longer than {limit} tokens (policy.skip_long)"]
 
 
 def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir) -> None:
@@ -66,7 +68,7 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir) -> None:
     before = causal_lm_loss(model(input_ids=batch["input_ids"]).logits, batch["labels"]).item()
     logs = []
     cfg = TrainConfig(steps=30, warmup_steps=3, log_every=10)
-    train_steps(model, itertools.repeat(batch), cfg, causal_lm_batch_loss, TorchUpdate(model, cfg), logs.append)
+    train_steps(model, itertools.repeat(batch), cfg, objective("policy").loss, TorchStrategy(model, cfg).step, logs.append)
     after = causal_lm_loss(model(input_ids=batch["input_ids"]).logits, batch["labels"]).item()
     assert [log.step for log in logs] == [10, 20, 30]
     assert after < 0.7 * before

@@ -13,12 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from glore_ray.config import GloreConfig, LabelConfig, RolloutConfig, SamplingConfig
-from glore_ray.engines import Completion, Generation
-from glore_ray.grading import render_solution
-from glore_ray.organism import generate
-from glore_ray.prompts import BAD_MARK, local_refine_prompt
-from glore_ray.rollouts import grade_rollouts
-from glore_ray.stages import ROLLOUTS_SCHEMA, counters_name, run_labels, run_pairs, run_rollouts
+from glore_ray.core.generation import Completion, Generation
+from glore_ray.core.grading import render_solution
+from glore_ray.core.organism import generate
+from glore_ray.core.prompts import BAD_MARK, local_refine_prompt
+from glore_ray.core.rollouts import grade_rollouts
+from glore_ray.pipeline.registry import rollouts_stage
+from glore_ray.pipeline.runner import run_stage
+from glore_ray.pipeline.stages import ROLLOUTS_SCHEMA, counters_name, run_labels, run_pairs
 from tests.training_rows import corrupt
 
 CFG = replace(GloreConfig(), rollouts=RolloutConfig(k=4), sampling=SamplingConfig(max_tokens=40),
@@ -40,25 +42,28 @@ def write_questions(path, n: int, bad_lines: list[str] = ()) -> list[str]:
 
 def test_rollouts_graded_deduplicated_quarantined_and_a_killed_replica_loses_nothing(
         ray_module, tiny_model_dir, tmp_path) -> None:
+    import os
+    import signal
+
+    import psutil
     import ray
 
     ids = write_questions(tmp_path / "q.jsonl", 24, ['{"id": "x", "question": "Hi?"}', "not json"])
     cfg = replace(CFG, rollouts=replace(CFG.rollouts, pool=replace(CFG.rollouts.pool, batch_size=2)))
-    out = str(tmp_path / "rollouts")
-    result: dict = {}
-    run = threading.Thread(target=lambda: result.update(run_rollouts(cfg, str(tmp_path / "q.jsonl"),
-                                                                     str(tiny_model_dir), out)))
+    out = tmp_path / "rollouts"
+    stage = rollouts_stage("rollouts", cfg, str(tmp_path / "q.jsonl"), str(tiny_model_dir))
+    run = threading.Thread(target=run_stage, args=(stage, out))
     run.start()
     deadline, killed = time.time() + 240, None
     while killed is None and time.time() < deadline and run.is_alive():
         try:
-            counters = ray.get_actor(counters_name(out))
-            replicas = ray.get(counters.replicas.remote())
-            done = ray.get(counters.snapshot.remote()).get("questions", 0)
+            done = ray.get(ray.get_actor(counters_name(str(out))).snapshot.remote()).get("questions", 0)
         except ValueError:  # the stage has not created its counters yet
-            replicas, done = [], 0
+            done = 0
+        # Ray titles an actor pool replica's process after its class (`ray::MapWorker(...RolloutSampler)`).
+        replicas = [p for p in psutil.process_iter(["cmdline"]) if "RolloutSampler" in " ".join(p.info["cmdline"] or [])]
         if replicas and 2 <= done < 20:
-            ray.kill(replicas[0], no_restart=False)  # Ray restarts it; Ray Data retries its batch
+            os.kill(replicas[0].pid, signal.SIGKILL)  # Ray restarts the actor; Ray Data retries its batch
             killed = done
         time.sleep(0.2)
     run.join(timeout=300)
@@ -74,7 +79,7 @@ def test_rollouts_graded_deduplicated_quarantined_and_a_killed_replica_loses_not
         assert len(set(texts)) == len(texts)
     manifest = json.loads((tmp_path / "rollouts" / "manifest.json").read_text())
     counts = manifest["counts"]
-    assert counts == result and len(manifest["config_hash"]) == 16
+    assert manifest["stage"] == "rollouts" and len(manifest["config_hash"]) == 16
     assert counts["questions"] == 24 and counts["samples"] == 96 and counts["quarantined"] == 2
     assert counts["unique"] == sum(len(r["rollouts"]) for r in rows) and counts["generated_tokens"] > 0
     quarantined = [json.loads(line) for line in (tmp_path / "rollouts" / "quarantine.jsonl").read_text().splitlines()]
@@ -122,7 +127,7 @@ def test_orm_and_sorm_labels_and_the_pairs_they_make(ray_module, tiny_model_dir,
     assert indices and all(sorm[f"positives_at_{i}"] == sorm[f"negatives_at_{i}"] for i in indices)
     assert orm["step_accuracy"] < 1.0  # the ORM marks the right steps of a wrong rollout negative
 
-    pairs = run_pairs(rollouts, str(tmp_path / "sorm"), str(tmp_path / "pairs"))
+    pairs = run_pairs(rollouts, str(tmp_path / "sorm" / "unbalanced"), str(tmp_path / "pairs"))
     assert pairs["global_pairs"] == len(problems)
     local = {r["id"].split("/")[0]: r for r in read_rows(tmp_path / "pairs" / "local")}
     assert local and pairs["local_pairs"] == len(local)
@@ -138,20 +143,30 @@ def test_orm_and_sorm_labels_and_the_pairs_they_make(ray_module, tiny_model_dir,
         assert pair["target"] == render_solution(p.steps[bad_at:], p.answer)
 
 
-def test_cli_labels_orm_and_reports(ray_module, tmp_path, capsys) -> None:
+def test_the_cli_verb_runs_the_pipelines_stage_and_skips_it_when_up_to_date(ray_module, tmp_path, capsys) -> None:
     from glore_ray.cli import main
 
     _handmade_rollouts(tmp_path / "rollouts", n=3)
-    assert main(["label", "orm", "--data", str(tmp_path / "rollouts"), "--out", str(tmp_path / "orm")]) == 0
-    assert "orm labels: {'rows': 6" in capsys.readouterr().out
+    args = ["label", "orm", "--data", str(tmp_path / "rollouts"), "--out", str(tmp_path / "orm")]
+    assert main(args) == 0
+    assert "orm_labels: rows 6, labels" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "orm" / "manifest.json").read_text())
     assert manifest["stage"] == "orm_labels" and manifest["counts"]["rows"] == 6
-    assert manifest["inputs"]["rollouts"]["path"] == str(tmp_path / "rollouts")
+    assert manifest["inputs"]["rollouts"]["path"] == str(tmp_path / "rollouts" / "data")
+    # The same runner as `glore pipeline`: the stage is up to date, and a changed input re-runs it.
+    assert main(args) == 0
+    assert f"orm_labels: up to date in {tmp_path / 'orm'}, skipped" in capsys.readouterr().out
+    _handmade_rollouts(tmp_path / "rollouts2", n=2)
+    (tmp_path / "rollouts" / "data" / "part-0.parquet").write_bytes(
+        (tmp_path / "rollouts2" / "data" / "part-0.parquet").read_bytes())
+    assert main(args) == 0
+    assert "orm_labels: re-running: input rollouts rewritten" in capsys.readouterr().out
+    assert json.loads((tmp_path / "orm" / "manifest.json").read_text())["counts"]["rows"] == 4
 
 
 def test_expert_iteration_rows_are_each_sampled_questions_gold_and_correct_rollouts_shuffled(
         ray_module, tmp_path) -> None:
-    from glore_ray.stages import write_expert_iteration_rows
+    from glore_ray.pipeline.stages import write_expert_iteration_rows
 
     problems = _handmade_rollouts(tmp_path / "samples", n=40)  # a gold and a wrong rollout per question
     counts = write_expert_iteration_rows(str(tmp_path / "samples"), str(tmp_path / "rows"), seed=0)

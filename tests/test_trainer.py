@@ -18,15 +18,16 @@ import pytest
 import torch
 
 from glore_ray.config import EngineConfig, TrainConfig
-from glore_ray.engines import Sampling, make_engine
-from glore_ray.objectives import OBJECTIVES, STEP_REWARD, encode_row
-from glore_ray.prompts import solve_prompt
-from glore_ray.step_reward import encode_step_example, step_scores
-from glore_ray.trainer import fit
+from glore_ray.core.generation import Sampling
+from glore_ray.models.engines import make_engine
+from glore_ray.training.objectives import OBJECTIVES, encode_row, objective as objective_spec
+from glore_ray.core.prompts import solve_prompt
+from glore_ray.training.examples import encode_step_example, step_scores
+from glore_ray.training.ray_train import fit
 from tests.training_rows import rows
 
 # Two workers at half a CPU each leave a CPU for Ray Data's read tasks (a full pool hangs them).
-TWO_WORKERS = TrainConfig(steps=4, batch_size=8, lr=3e-3, warmup_steps=1, log_every=1, checkpoint_every=2,
+TWO_WORKERS = TrainConfig(steps=4, batch_size=16, lr=3e-3, warmup_steps=1, log_every=1, checkpoint_every=2,
                           num_workers=2, cpus_per_worker=0.5, torch_threads=1, max_failures=0)
 
 
@@ -45,7 +46,7 @@ def write_fixed_batch(objective: str, path: Path) -> str:
 
 # The strategy changes how a model is wrapped, saved and exported, which depends on its head, not on
 # the objective's rows: every strategy for each head (causal LM, step value), every objective once.
-MATRIX = [("local-refiner", "ddp"), ("global-refiner", "zero2"), ("policy", "zero3"),
+MATRIX = [("local_refiner", "ddp"), ("global_refiner", "zero2"), ("policy", "zero3"),
           ("orm", "ddp"), ("orm", "zero2"), ("sorm", "zero3")]
 assert {objective for objective, _ in MATRIX} == set(OBJECTIVES)
 
@@ -60,7 +61,7 @@ def test_each_objective_trains_and_exports(objective, strategy, ray_module, tiny
 
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-    if objective in STEP_REWARD:  # scores every step of a training row
+    if objective_spec(objective).step_reward:  # scores every step of a training row
         tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
         model = AutoModelForTokenClassification.from_pretrained(tmp_path / "out")
         row = rows(objective, 1)[0]
@@ -95,7 +96,7 @@ def test_a_bad_row_fails_the_cli_run_naming_it(ray_module, tiny_model_dir, tmp_p
         args += ["--set", f"sorm.{override}"]
     with pytest.raises(Exception, match=r"row sorm-row-7: 1 labels for \d+ steps in 'completions'"):
         main(args)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "model").exists() and not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint(ray_module, tiny_model_dir, tmp_path) -> None:
@@ -142,15 +143,15 @@ def test_every_epoch_holds_every_row_in_a_new_order(replay_rows, reads, ray_modu
     import ray.data
     from transformers import AutoTokenizer
 
-    from glore_ray.trainer import row_batches
+    from glore_ray.training.ray_train import row_batches
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    cfg = replace(TWO_WORKERS, batch_size=8, replay_rows=replay_rows)
+    cfg = replace(TWO_WORKERS, num_workers=1, batch_size=8, replay_rows=replay_rows)
     file_order = [tuple(encode_row("orm", tokenizer, r, 512).input_ids) for r in rows("orm", 24)]
 
     def epochs(seed: int) -> tuple[list[list[tuple]], int]:
         shard = CountingShard(ray.data.from_items(rows("orm", 24)).iterator())
-        batches = itertools.islice(row_batches(shard, "orm", tokenizer, replace(cfg, seed=seed), [0]), 9)
+        batches = itertools.islice(row_batches(shard, "orm", tokenizer, replace(cfg, seed=seed)), 9)
         order = [tuple(ids[mask.bool()].tolist()) for b in batches for ids, mask in zip(b["input_ids"],
                                                                                         b["attention_mask"])]
         return [order[24 * e:24 * e + 24] for e in range(3)], shard.reads

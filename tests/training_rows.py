@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 
 from glore_ray.config import OrganismConfig
-from glore_ray.grading import render_solution
-from glore_ray.organism import generate, parse_equation
+from glore_ray.core.grading import render_solution
+from glore_ray.core.organism import generate, parse_equation
 
 
 def corrupt(steps: list[str], i: int, rng: random.Random | None = None) -> list[str]:
@@ -27,9 +27,9 @@ def rows(objective: str, n: int, seed: int = 0) -> list[dict]:
         bad = corrupt(steps, i, rng)
         if objective == "policy":
             out.append({"id": p.id, "question": p.question, "solution": p.solution()})
-        elif objective == "global-refiner":
+        elif objective == "global_refiner":
             out.append({"id": p.id, "question": p.question, "draft": render_solution(bad, "0"), "target": p.solution()})
-        elif objective == "local-refiner":
+        elif objective == "local_refiner":
             out.append({"id": p.id, "question": p.question, "draft_steps": bad, "bad_step": i,
                         "target": render_solution(steps[i:], p.answer)})
         else:  # orm labels every step with the final outcome; sorm marks the first wrong step and after

@@ -1,31 +1,31 @@
 """The data stages on Ray Data: questions -> rollouts -> ORM / SORM labels -> refinement pairs.
 
 Each stage streams Parquet through Ray Data (local paths or s3/gs), runs the engine in an actor
-pool sized by the config (one engine per replica; fractional CPUs here, GPUs on a cluster), and
-writes its dataset plus a manifest (config hash, input hashes, counts). Ray Data restarts a dead
-replica and retries its batch, so a lost actor costs one batch of work and no output twice.
-The labelling rules themselves are plain functions in `labels.py` and `rollouts.py`.
+pool sized by the config (one engine per replica; fractional CPUs here, GPUs on a cluster), writes
+its dataset and returns its counts (the runner writes the manifest). Ray Data restarts a dead
+replica and retries its batch, so a lost actor costs one batch of work and no output twice. The
+labelling rules themselves are plain functions in `core/labels.py` and `core/rollouts.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
+import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any
 
 import pyarrow as pa
 
-from glore_ray.config import EngineConfig, EnginePoolConfig, GloreConfig
-from glore_ray.data import Problem, Quarantine, filesystem_for, load_problems
-from glore_ray.engines import Sampling, make_engine
-from glore_ray.grading import scored_steps
-from glore_ray.labels import (
+from glore_ray.config import EngineConfig, EnginePoolConfig, GloreConfig, LabelConfig
+from glore_ray.core.problems import Problem, Quarantine, load_problems
+from glore_ray.io import absolute, exists, filesystem_for, output_target
+from glore_ray.core.generation import Sampling
+from glore_ray.models.engines import load_model
+from glore_ray.core.grading import scored_steps
+from glore_ray.core.labels import (
     SormLabeller,
     balance_lengths,
     global_pairs,
@@ -33,18 +33,17 @@ from glore_ray.labels import (
     orm_labels,
     reward_model_row,
 )
-from glore_ray.manifest import write_manifest
 from glore_ray.metrics import StageMetrics
-from glore_ray.prompts import solve_prompt
-from glore_ray.rollouts import grade_rollouts, question_from_row
+from glore_ray.core.prompts import solve_prompt
+from glore_ray.core.rollouts import grade_rollouts, question_from_row
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 QUESTIONS_PER_FILE = 10_000
 """Validated questions per Parquet file: the unit Ray Data reads in parallel."""
 
 
 def counters_name(out_dir: str) -> str:
-    """The name of a stage's counters actor (one per output directory)."""
+    """The name of a stage's counters actor (one per output directory; `ray list actors` shows it)."""
     return f"glore-counters:{out_dir}"
 
 
@@ -58,17 +57,13 @@ def _counters_class():
 
     @ray.remote(num_cpus=0)
     class StageCounters:
-        """Totals the replicas report (tokens, continuations, batches) and their handles, read by
-        the driver's progress line and at the end for the manifest; also the stage's metrics."""
+        """Totals the replicas report (tokens, continuations, batches), read by the driver's
+        progress line and at the end for the manifest; also the stage's metrics."""
 
         def __init__(self, metrics: StageMetrics) -> None:
             self.totals: Counter = Counter()
-            self.handles: list = []
             self.metrics = metrics
             self.t0 = time.perf_counter()
-
-        def register(self, handle) -> None:
-            self.handles.append(handle)
 
         def add(self, counts: dict) -> None:
             self.totals.update(counts)
@@ -82,27 +77,21 @@ def _counters_class():
         def snapshot(self) -> dict:
             return dict(self.totals)
 
-        def replicas(self) -> list:
-            return list(self.handles)
-
     return StageCounters
 
 
 class _Replica:
     """One engine in a Ray Data actor pool; reports to the stage's counters actor."""
 
-    def __init__(self, model: str, engine: dict, counters):
-        import ray
-
-        self.engine = make_engine(model, EngineConfig(**engine))
+    def __init__(self, model: str, engine: EngineConfig, counters):
+        self.engine = load_model(model, "generator", engine)
         self.counters = counters
-        counters.register.remote(ray.get_runtime_context().current_actor)
 
 
 class RolloutSampler(_Replica):
-    def __init__(self, model: str, engine: dict, counters, sampling: dict, greedy: bool):
+    def __init__(self, model: str, engine: EngineConfig, counters, sampling: Sampling, greedy: bool):
         super().__init__(model, engine, counters)
-        self.sampling = Sampling(**sampling)
+        self.sampling = sampling
         self.greedy = dataclasses.replace(self.sampling, n=1, temperature=0.0) if greedy else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -128,15 +117,16 @@ all null still share one schema."""
 
 
 class SormLabelBatch(_Replica):
-    def __init__(self, model: str, engine: dict, counters, labels: dict, max_tokens: int):
+    def __init__(self, model: str, engine: EngineConfig, counters, labels: LabelConfig, max_tokens: int):
         super().__init__(model, engine, counters)
         self.labels, self.max_tokens = labels, max_tokens
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         questions = [question_from_row(row) for row in rows]
-        labeller = SormLabeller(self.engine, self.labels["mode"], self.labels["k"], self.labels["temperature"],
-                                self.max_tokens, self.labels["seed"], self.labels["round_size"])
+        labels = self.labels
+        labeller = SormLabeller(self.engine, labels.mode, labels.k, labels.temperature, self.max_tokens, labels.seed,
+                                labels.round_size)
         out = []
         for row, question, labelled in zip(rows, questions, labeller.label(questions), strict=True):
             truth = {r["id"]: r["first_wrong"] for r in row["rollouts"]}
@@ -175,8 +165,8 @@ def _pool_args(pool: EnginePoolConfig) -> dict:
 class _Progress:
     """A progress line from the counters actor every `every` seconds while a stage runs."""
 
-    def __init__(self, stage: str, counters, log: Log, every: float = 10.0):
-        self.stage, self.counters, self.log, self.every = stage, counters, log, every
+    def __init__(self, stage: str, counters, every: float = 10.0):
+        self.stage, self.counters, self.every = stage, counters, every
         self.stop = threading.Event()
         self.t0 = time.perf_counter()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -200,16 +190,16 @@ class _Progress:
 
     def _run(self) -> None:
         while not self.stop.wait(self.every):
-            self.log(self.line())
+            log.info(self.line())
 
 
 @contextmanager
-def _stage_counters(out_dir: str, run: str):
-    """The stage's named counters actor, removed when the stage ends (a re-run can reuse the name).
-    Its metrics are tagged with the stage directory's name (the pipeline's stage name) and the run."""
+def _stage_counters(out_dir: str, stage: str, run: str):
+    """The stage's named counters actor, removed when the stage ends (a re-run can reuse the name);
+    its metrics are tagged with the stage and the run."""
     import ray
 
-    counters = _counters_class().options(name=counters_name(out_dir)).remote(StageMetrics.of_stage_dir(out_dir, run))
+    counters = _counters_class().options(name=counters_name(out_dir)).remote(StageMetrics(stage, run))
     try:
         yield counters
     finally:
@@ -219,8 +209,7 @@ def _stage_counters(out_dir: str, run: str):
 def _write_parquet(path: str, rows: list[dict], schema: pa.Schema | None = None) -> None:
     import pyarrow.parquet as pq
 
-    filesystem, target = filesystem_for(path)
-    filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    filesystem, target = output_target(path)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), target, filesystem=filesystem)
 
 
@@ -228,15 +217,11 @@ def write_dataset(dataset, path: str, schema: pa.Schema) -> None:
     """`write_parquet`, plus an empty file with the schema when there is no row: Ray Data writes
     nothing then, and the next stage must read an empty dataset, not a missing one."""
     dataset.write_parquet(path)
-    if not _exists(path):
+    if not exists(path):
         _write_parquet(f"{path}/empty.parquet", [], schema)
 
 
-def _abs(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
-
-
-def prepare_questions(cfg: GloreConfig, source: str, out_dir: str, log: Log) -> dict:
+def prepare_questions(cfg: GloreConfig, source: str, out_dir: str) -> dict:
     """Validate questions from a GSM8K/SVAMP/problems file into Parquet under `out_dir/questions`,
     streaming (QUESTIONS_PER_FILE per file); bad records go to `out_dir/quarantine.jsonl`."""
     quarantine = Quarantine()
@@ -249,37 +234,31 @@ def prepare_questions(cfg: GloreConfig, source: str, out_dir: str, log: Log) -> 
         count, part = count + len(chunk), part + 1
     if quarantine:
         quarantine.write_jsonl(f"{out_dir}/quarantine.jsonl")
-        log(f"{quarantine.summary()} -> {out_dir}/quarantine.jsonl")
+        log.info(f"{quarantine.summary()} -> {out_dir}/quarantine.jsonl")
     if count == 0:
         raise ValueError(f"{source}: no valid questions (quarantined: {len(quarantine)})")
     return {"questions": count, "quarantined": len(quarantine)}
 
 
-def run_rollouts(cfg: GloreConfig, questions: str, policy: str, out_dir: str, log: Log = print) -> dict:
+def run_rollouts(cfg: GloreConfig, stage: str, questions: str, policy: str, out_dir: str) -> dict:
     """K graded, de-duplicated samples per question -> `out_dir/data` (one row per question)."""
     import ray.data
 
-    out_dir = _abs(out_dir)
-    t0 = time.perf_counter()
-    prepared = prepare_questions(cfg, questions, out_dir, log)
-    sampling = dataclasses.asdict(Sampling(n=cfg.rollouts.k, temperature=cfg.rollouts.temperature,
-                                           top_p=cfg.sampling.top_p, max_tokens=cfg.sampling.max_tokens,
-                                           seed=cfg.sampling.seed))
-    with _stage_counters(out_dir, cfg.run_name) as counters, _Progress("rollouts", counters, log):
+    out_dir = absolute(out_dir)
+    prepared = prepare_questions(cfg, questions, out_dir)
+    sampling = Sampling(n=cfg.rollouts.k, temperature=cfg.rollouts.temperature, top_p=cfg.sampling.top_p,
+                        max_tokens=cfg.sampling.max_tokens, seed=cfg.sampling.seed)
+    with _stage_counters(out_dir, stage, cfg.run_name) as counters, _Progress(stage, counters):
         write_dataset(ray.data.read_parquet(f"{out_dir}/questions").map_batches(
-            RolloutSampler, fn_constructor_kwargs={"model": _abs(policy), "engine": dataclasses.asdict(cfg.engine),
+            RolloutSampler, fn_constructor_kwargs={"model": absolute(policy), "engine": cfg.engine,
                                                    "counters": counters, "sampling": sampling,
                                                    "greedy": cfg.rollouts.greedy},
             **_pool_args(cfg.rollouts.pool)), f"{out_dir}/data", ROLLOUTS_SCHEMA)
         totals = ray.get(counters.snapshot.remote())
     counts = _rollout_counts(f"{out_dir}/data") | {"quarantined": prepared["quarantined"],
-                                                   "generated_tokens": totals.get("generated_tokens", 0),
-                                                   "wall_s": round(time.perf_counter() - t0, 1)}
+                                                   "generated_tokens": totals.get("generated_tokens", 0)}
     if counts["questions"] != prepared["questions"]:
         raise RuntimeError(f"rollouts: {counts['questions']} questions written for {prepared['questions']} read")
-    config = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("rollouts", "engine", "sampling")}
-    write_manifest(out_dir, "rollouts", config, {"questions": questions, "policy": policy}, counts)
-    log(f"rollouts: {counts} -> {out_dir}")
     return counts
 
 
@@ -317,9 +296,9 @@ def write_expert_iteration_rows(rollouts: str, out: str, seed: int) -> dict:
                          for r in row["rollouts"] if r["correct"]]
         return pa.Table.from_pylist(out_rows, schema=SFT_SCHEMA)
 
-    source = ray.data.read_parquet(f"{_abs(rollouts)}/data")
-    write_dataset(source.map_batches(rows, batch_format="pyarrow").random_shuffle(seed=seed), _abs(out), SFT_SCHEMA)
-    n_rows, questions = ray.data.read_parquet(_abs(out)).count(), source.count()
+    source = ray.data.read_parquet(f"{absolute(rollouts)}/data")
+    write_dataset(source.map_batches(rows, batch_format="pyarrow").random_shuffle(seed=seed), absolute(out), SFT_SCHEMA)
+    n_rows, questions = ray.data.read_parquet(absolute(out)).count(), source.count()
     return {"rows": n_rows, "gold_rows": questions, "correct_samples": n_rows - questions}
 
 
@@ -349,22 +328,19 @@ def _prm_rows(batch: pa.Table) -> pa.Table:
     return pa.Table.from_pylist([r for r in rows if r["step_truth"]], schema=ORM_SCHEMA)
 
 
-def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, out_dir: str,
-               log: Log = print) -> dict:
+def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, out_dir: str) -> dict:
     """ORM or SORM step labels in TRL's PRM layout -> `out_dir/data`; SORM also keeps the unbalanced
     rows with their continuations in `out_dir/unbalanced` (the local pairs' source)."""
     import ray
     import ray.data
 
-    out_dir, t0 = _abs(out_dir), time.perf_counter()
-    source = ray.data.read_parquet(f"{_abs(rollouts)}/data")
-    config: dict[str, Any] = {"kind": kind}
+    out_dir = absolute(out_dir)
+    source = ray.data.read_parquet(f"{absolute(rollouts)}/data")
     totals: dict = {}
     if kind == "orm":
         write_dataset(source.map_batches(_orm_rows, batch_format="pyarrow"), f"{out_dir}/data", ORM_SCHEMA)
     elif kind == "prm":
         # Balanced like the SORM's, so that the two differ only in where their labels come from.
-        config |= {"balance": cfg.labels.balance, "seed": cfg.labels.seed}
         target = f"{out_dir}/unbalanced" if cfg.labels.balance else f"{out_dir}/data"
         write_dataset(source.map_batches(_prm_rows, batch_format="pyarrow"), target, ORM_SCHEMA)
         if cfg.labels.balance:
@@ -372,14 +348,12 @@ def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, o
     elif kind == "sorm":
         if policy is None:
             raise ValueError("SORM labels need the policy (--model) to sample continuations")
-        config |= {"labels": dataclasses.asdict(cfg.labels), "engine": dataclasses.asdict(cfg.engine),
-                   "max_tokens": cfg.sampling.max_tokens}
         target = f"{out_dir}/unbalanced" if cfg.labels.balance else f"{out_dir}/data"
-        with (_stage_counters(out_dir, cfg.run_name) as counters,
-              _Progress(f"sorm labels ({cfg.labels.mode})", counters, log)):
+        with (_stage_counters(out_dir, "sorm_labels", cfg.run_name) as counters,
+              _Progress(f"sorm labels ({cfg.labels.mode})", counters)):
             write_dataset(source.map_batches(
-                SormLabelBatch, fn_constructor_kwargs={"model": _abs(policy), "engine": dataclasses.asdict(cfg.engine),
-                                                       "counters": counters, "labels": dataclasses.asdict(cfg.labels),
+                SormLabelBatch, fn_constructor_kwargs={"model": absolute(policy), "engine": cfg.engine,
+                                                       "counters": counters, "labels": cfg.labels,
                                                        "max_tokens": cfg.sampling.max_tokens},
                 **_pool_args(cfg.labels.pool)), target, SORM_SCHEMA)
             totals = ray.get(counters.snapshot.remote())
@@ -392,10 +366,6 @@ def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, o
         # Balancing drops rows: label quality is compared with the ORM's on the same, unbalanced rows.
         counts |= {f"unbalanced_{k}": v for k, v in label_counts(f"{out_dir}/unbalanced").items()
                    if k in LABEL_QUALITY}
-    counts["wall_s"] = round(time.perf_counter() - t0, 1)
-    write_manifest(out_dir, f"{kind}_labels", config, {"rollouts": rollouts} | ({"policy": policy} if policy else {}),
-                   counts)
-    log(f"{kind} labels: {counts} -> {out_dir}")
     return counts
 
 
@@ -460,11 +430,11 @@ LABEL_QUALITY = ("rows", "labels", "positives", "checked", "step_accuracy", "neg
                  "bad_labelled_good")
 
 
-def run_pairs(rollouts: str, sorm: str, out_dir: str, log: Log = print) -> dict:
-    """Global pairs from the rollouts, local pairs from the SORM labelling's continuations."""
+def run_pairs(rollouts: str, sorm_rows: str, out_dir: str) -> dict:
+    """Global pairs from the rollouts, local pairs from labelled SORM rows' continuations."""
     import ray.data
 
-    out_dir = _abs(out_dir)
+    out_dir = absolute(out_dir)
 
     def global_rows(batch: pa.Table) -> pa.Table:
         rows = [pair for row in batch.to_pylist() for pair in global_pairs(question_from_row(row))]
@@ -477,16 +447,12 @@ def run_pairs(rollouts: str, sorm: str, out_dir: str, log: Log = print) -> dict:
                 rows.append(pair)
         return pa.Table.from_pylist(rows, schema=LOCAL_SCHEMA)
 
-    sorm_rows = f"{_abs(sorm)}/unbalanced"
-    sorm_rows = sorm_rows if _exists(sorm_rows) else f"{_abs(sorm)}/data"
-    write_dataset(ray.data.read_parquet(f"{_abs(rollouts)}/data").map_batches(global_rows, batch_format="pyarrow"),
+    write_dataset(ray.data.read_parquet(f"{absolute(rollouts)}/data").map_batches(global_rows, batch_format="pyarrow"),
                   f"{out_dir}/global", GLOBAL_SCHEMA)
-    write_dataset(ray.data.read_parquet(sorm_rows).map_batches(local_rows, batch_format="pyarrow"),
+    write_dataset(ray.data.read_parquet(absolute(sorm_rows)).map_batches(local_rows, batch_format="pyarrow"),
                   f"{out_dir}/local", LOCAL_SCHEMA)
     counts = {"global_pairs": ray.data.read_parquet(f"{out_dir}/global").count(),
               "local_pairs": ray.data.read_parquet(f"{out_dir}/local").count()}
-    write_manifest(out_dir, "pairs", {}, {"rollouts": rollouts, "sorm": sorm}, counts)
-    log(f"pairs: {counts} -> {out_dir}")
     return counts
 
 
@@ -497,21 +463,13 @@ LOCAL_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("draf
 
 
 def _labelled_row(row: dict):
-    from glore_ray.labels import LabelledRollout, Rollout
+    from glore_ray.core.labels import LabelledRollout, Rollout
 
     rollout = Rollout(row["id"], list(row["completions"]), "", False)
     return LabelledRollout(rollout, list(row["labels"]), row["pos_continuation"], row["neg_continuation"])
 
 
-def _exists(path: str) -> bool:
-    from pyarrow import fs
-
-    filesystem, target = filesystem_for(path)
-    return filesystem.get_file_info(target).type != fs.FileType.NotFound
-
-
-
-def fit_reranker_stage(cfg: GloreConfig, orm_rows: str, orm: str, policy: str, out_dir: str, log: Log = print) -> dict:
+def fit_reranker_stage(cfg: GloreConfig, orm_rows: str, orm: str, policy: str, out_dir: str) -> dict:
     """The likelihood reranker (`reward_models.LikelihoodReranker`): its three weights fitted
     (`reranker.objective`) on the first `reranker.fit_rows` ORM training rows (each a solution and
     its correctness, at the answer line), written with its ORM's and policy's folders as `out_dir/model/reranker.json`. Reports
@@ -521,8 +479,8 @@ def fit_reranker_stage(cfg: GloreConfig, orm_rows: str, orm: str, policy: str, o
 
     import pyarrow.dataset as ds
 
-    from glore_ray.report import within_question_auroc
-    from glore_ray.reward_models import (
+    from glore_ray.core.report import within_question_auroc
+    from glore_ray.models.scorers import (
         RERANKER_FILE,
         HFStepScorer,
         PolicyLikelihood,
@@ -554,11 +512,10 @@ def fit_reranker_stage(cfg: GloreConfig, orm_rows: str, orm: str, policy: str, o
 
     model = Path(out_dir) / "model"
     model.mkdir(parents=True, exist_ok=True)
-    (model / RERANKER_FILE).write_text(json.dumps({"orm": _abs(orm), "policy": _abs(policy), "weights": weights},
+    (model / RERANKER_FILE).write_text(json.dumps({"orm": absolute(orm), "policy": absolute(policy), "weights": weights},
                                                   indent=2) + "\n")
     counts = {"rows": len(rows), "weights": [round(w, 4) for w in weights],
               "orm_within_question_auroc": ranking(orm_values),
               "likelihood_within_question_auroc": ranking(likelihood),
               "reranker_within_question_auroc": ranking(combined)}
-    log(f"reranker: fitted on {len(rows)} ORM rows: {counts}")
     return counts

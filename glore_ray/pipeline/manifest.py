@@ -8,7 +8,7 @@ import hashlib
 import json
 from typing import Any
 
-from glore_ray.data import filesystem_for
+from glore_ray.io import filesystem_for, write_text
 
 MANIFEST = "manifest.json"
 
@@ -41,10 +41,3 @@ def write_manifest(out_dir: str, stage: str, config: Any, inputs: dict[str, str]
                 "counts": counts}
     write_text(f"{out_dir.rstrip('/')}/{MANIFEST}", json.dumps(manifest, indent=2, default=str) + "\n")
     return manifest
-
-
-def write_text(path: str, text: str) -> None:
-    filesystem, target = filesystem_for(path)
-    filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
-    with filesystem.open_output_stream(target) as sink:
-        sink.write(text.encode())

@@ -14,43 +14,37 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from glore_ray.config import SCORERS, GloreConfig
-from glore_ray.data import Problem, Quarantine, load_problems
-from glore_ray.engines import Engine, Generation, Sampling
-from glore_ray.ensemble import Decision, EnsembleSettings, RefinementEnsemble, StepScorer, first_bad_step
-from glore_ray.grading import is_correct, scored_steps, split_steps
+from glore_ray.config import EngineConfig, GloreConfig
+from glore_ray.core.problems import Problem, Quarantine, load_problems
+from glore_ray.core.generation import Generation, Sampling
+from glore_ray.core.ensemble import SCORERS, Decision, EnsembleSettings, RefinementEnsemble, first_bad_step
+from glore_ray.core.grading import is_correct, scored_steps, split_steps
 from glore_ray.metrics import StageMetrics
-from glore_ray.organism import check_solution, is_organism_problem
-from glore_ray.prompts import solve_prompt
+from glore_ray.models.engines import load_model
+from glore_ray.models.remote import RemoteModel
+from glore_ray.core.organism import check_solution, is_organism_problem
+from glore_ray.core.prompts import solve_prompt
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 SERVER_WAIT_LOG_S = 60.0
 EVAL_SCORERS = (*SCORERS, "prm", "reranker")
 
 
 class ModelServer:
-    """One model in an actor: a generation engine (`make_engine`) or a step scorer (an ORM/SORM)."""
+    """One model in an actor (`models.engines.load_model`): a generation engine or a step scorer."""
 
-    def __init__(self, model_dir: str, kind: str, engine: dict):
-        from glore_ray.config import EngineConfig
+    def __init__(self, model_dir: str, kind: str, engine: EngineConfig):
+        self.model = load_model(model_dir, kind, engine)
 
-        if kind == "scorer":
-            from glore_ray.reward_models import load_scorer
-
-            self.model = load_scorer(model_dir)
-        else:
-            from glore_ray.engines import make_engine
-
-            self.model = make_engine(model_dir, EngineConfig(**engine))
-
-    def name(self) -> str:
-        return getattr(self.model, "name", "scorer")
+    def ready(self) -> bool:
+        return True
 
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
         return self.model.generate(prompts, sampling)
@@ -59,83 +53,40 @@ class ModelServer:
         return self.model.score(questions, steps)
 
 
-class ActorEngine:
-    """The Engine interface over a ModelServer actor."""
+def _ray_get(name: str, ref):
+    import ray
 
-    def __init__(self, handle):
-        import ray
-
-        self.handle = handle
-        self.name = ray.get(handle.name.remote())
-
-    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
-        import ray
-
-        return ray.get(self.handle.generate.remote(list(prompts), sampling))
+    return ray.get(ref)
 
 
-class ActorScorer:
-    """The StepScorer interface over a ModelServer actor."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        import ray
-
-        return ray.get(self.handle.score.remote(list(questions), [list(s) for s in steps]))
+def ranker(models: dict) -> str:
+    """The scorer that ranks candidates: the likelihood reranker when there is one, else the ORM."""
+    return "reranker" if "reranker" in models else "orm"
 
 
-@dataclasses.dataclass
-class EnsembleModels:
-    policy: Engine
-    global_refiner: Engine
-    local_refiner: Engine
-    orm: StepScorer
-    sorm: StepScorer
-    prm: StepScorer | None = None
-    """Scored in the report only (the model organism's exact-label PRM); the ensemble never uses it."""
-    reranker: StepScorer | None = None
-    """The likelihood reranker (`reranker.likelihood`): it ranks in the ORM's place."""
-
-    def stop(self) -> None:
-        import ray
-
-        for model in vars(self).values():
-            if model is not None:
-                ray.kill(model.handle)
-
-    def scorers(self) -> dict[str, StepScorer]:
-        return {m: getattr(self, m) for m in EVAL_SCORERS if getattr(self, m) is not None}
-
-    @property
-    def ranker(self) -> str:
-        """The scorer that ranks candidates: the reranker when there is one, else the ORM."""
-        return "reranker" if self.reranker is not None else "orm"
-
-    def ensemble(self, settings: EnsembleSettings) -> RefinementEnsemble:
-        return RefinementEnsemble(self.policy, self.global_refiner, self.local_refiner, getattr(self, self.ranker),
-                                  self.sorm, settings)
-
-
-def start_model_servers(cfg: GloreConfig, models: dict[str, str], log: Log = print) -> EnsembleModels:
-    """One actor per model with `eval.pool`'s resources; the five load in parallel. Returns once
-    all five answer, saying every SERVER_WAIT_LOG_S which ones still wait (for resources, or a node
-    the autoscaler is adding) instead of hanging silently."""
+def start_model_servers(cfg: GloreConfig, models: dict[str, str]) -> dict[str, RemoteModel]:
+    """One actor per model with `eval.pool`'s resources; they load in parallel. Returns once all
+    answer, saying every SERVER_WAIT_LOG_S which ones still wait (for resources, or a node the
+    autoscaler is adding) instead of hanging silently."""
     import ray
 
     pool = cfg.eval.pool
     server = ray.remote(ModelServer).options(num_cpus=pool.cpus_per_replica, num_gpus=pool.gpus_per_replica,
                                              accelerator_type=pool.accelerator_type or None)
-    engine = dataclasses.asdict(cfg.engine)
-    handles = {name: server.remote(path, "scorer" if name in EVAL_SCORERS else "engine", engine)
+    handles = {name: server.remote(path, "scorer" if name in EVAL_SCORERS else "generator", cfg.engine)
                for name, path in models.items()}
-    ready = {handle.name.remote(): name for name, handle in handles.items()}
+    ready = {handle.ready.remote(): name for name, handle in handles.items()}
     while pending := ray.wait(list(ready), num_returns=len(ready), timeout=SERVER_WAIT_LOG_S)[1]:
-        log(f"evaluate: waiting for model servers {', '.join(ready[r] for r in pending)} "
-            f"({pool.cpus_per_replica} CPUs, {pool.gpus_per_replica} GPUs each; `ray status` shows pending demands)")
-    return EnsembleModels(**{name: (ActorScorer if name in EVAL_SCORERS else ActorEngine)(h)
-                             for name, h in handles.items()})
+        log.info(f"evaluate: waiting for model servers {', '.join(ready[r] for r in pending)} "
+                 f"({pool.cpus_per_replica} CPUs, {pool.gpus_per_replica} GPUs each; `ray status` shows pending demands)")
+    return {name: RemoteModel(name, handle, _ray_get) for name, handle in handles.items()}
+
+
+def stop_model_servers(models: dict[str, RemoteModel]) -> None:
+    import ray
+
+    for model in models.values():
+        ray.kill(model.handle)
 
 
 def _grade(problem: Problem, text: str) -> tuple[bool, int | None]:
@@ -179,7 +130,7 @@ def iterate(ensemble: RefinementEnsemble, questions: Sequence[str], decisions: S
     return rounds
 
 
-def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: GloreConfig,
+def evaluate_batch(models: dict[str, RemoteModel], problems: Sequence[Problem], cfg: GloreConfig,
                    metrics: StageMetrics) -> list[dict]:
     """The records of a batch of test problems (see the module docstring). Each model output is
     computed once: the ensemble runs once (where = SORM), and the rows that differ only in where
@@ -188,8 +139,8 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
     ev, max_tokens = cfg.eval, cfg.sampling.max_tokens
     prompts = [solve_prompt(p.question) for p in problems]
     questions = [p.question for p in problems]
-    greedy = models.policy.generate(prompts, Sampling(n=1, temperature=0.0, max_tokens=max_tokens))
-    sampled = models.policy.generate(prompts, Sampling(n=ev.k, temperature=ev.temperature, top_p=cfg.sampling.top_p,
+    greedy = models["policy"].generate(prompts, Sampling(n=1, temperature=0.0, max_tokens=max_tokens))
+    sampled = models["policy"].generate(prompts, Sampling(n=ev.k, temperature=ev.temperature, top_p=cfg.sampling.top_p,
                                                        max_tokens=max_tokens, seed=cfg.sampling.seed))
     drafts = [g.completions[0].text for g in greedy]
     texts = [[d] + [c.text for c in g.completions] for d, g in zip(drafts, sampled, strict=True)]
@@ -197,7 +148,7 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
     metrics.record("generated_tokens", sum(c.n_tokens for g in (*greedy, *sampled) for c in g.completions))
     flat_q = [q for q, ts in zip(questions, texts) for _ in ts]
     flat_steps = [scored_steps(t) for ts in texts for t in ts]
-    values = {m: iter(scorer.score(flat_q, flat_steps)) for m, scorer in models.scorers().items()}
+    values = {m: iter(models[m].score(flat_q, flat_steps)) for m in EVAL_SCORERS if m in models}
     scored = []
     for problem, solutions in zip(problems, texts, strict=True):
         scored.append([{"text": text, **dict(zip(("correct", "first_wrong"), _grade(problem, text))),
@@ -205,7 +156,8 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
 
     settings = EnsembleSettings(orm_threshold=ev.orm_threshold, always_refine=ev.always_refine,
                                 step_threshold=ev.step_threshold, where="sorm", max_tokens=max_tokens)
-    ensemble = models.ensemble(settings)
+    ranked_by = ranker(models)
+    ensemble = RefinementEnsemble.of(models | {"orm": models[ranked_by]}, settings)
     decisions = ensemble.solve(questions, drafts)
     # The same refinement with the local refiner started elsewhere: at the ORM's first low step, and
     # at the exact first wrong step (model organism). Only refined drafts are rewritten.
@@ -217,7 +169,6 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
     local_oracle = ensemble.refine_locally(questions, drafts, oracle_where)
 
     rounds = iterate(ensemble, questions, decisions, ev.max_rounds, ev.temperature, cfg.sampling.seed)
-    ranker = models.ranker
     metrics.record("questions", len(problems))
     for decision in decisions:
         metrics.record("chosen_candidates", candidate=decision.chosen)
@@ -230,8 +181,8 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
         samples = solutions[1:]
         with_greedy = solutions[:ev.k]  # the greedy draft and k - 1 samples
         correct = {"draft": solutions[0]["correct"],
-                   "best_of_k": samples[_orm_best([s[ranker] for s in samples])]["correct"],
-                   "best_of_k_with_greedy": with_greedy[_orm_best([s[ranker] for s in with_greedy])]["correct"],
+                   "best_of_k": samples[_orm_best([s[ranked_by] for s in samples])]["correct"],
+                   "best_of_k_with_greedy": with_greedy[_orm_best([s[ranked_by] for s in with_greedy])]["correct"],
                    "global": right(decision.global_), "local": right(decision.local),
                    "local_orm": right(local_orm[i]),
                    "local_oracle_where": right(local_oracle[i]) if organism else None,
@@ -244,19 +195,18 @@ def evaluate_batch(models: EnsembleModels, problems: Sequence[Problem], cfg: Glo
     return records
 
 
-def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_dir: str, report_dir: str,
-                   log: Log = print) -> dict:
+def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_dir: str, report_dir: str) -> dict:
     """Evaluate on the first `eval.n_problems` test problems; writes `stage_dir/decisions.jsonl` and
     the report (report.json, report.md, plots) under `report_dir`. Returns counts for the manifest."""
-    from glore_ray.report import build_report, write_report
+    from glore_ray.core.report import build_report, write_report
 
     t0 = time.perf_counter()
-    metrics = StageMetrics.of_stage_dir(stage_dir, cfg.run_name)
+    metrics = StageMetrics("evaluate", cfg.run_name)
     quarantine = Quarantine()
     problems = itertools.islice(load_problems(test, quarantine=quarantine), cfg.eval.n_problems)
     with ThreadPoolExecutor(cfg.eval.pool.replicas) as threads:  # the replica sets load in parallel
-        replicas = list(threads.map(lambda _: start_model_servers(cfg, models, log), range(cfg.eval.pool.replicas)))
-    log(f"evaluate: {len(models) * len(replicas)} model servers up in {time.perf_counter() - t0:.0f} s")
+        replicas = list(threads.map(lambda _: start_model_servers(cfg, models), range(cfg.eval.pool.replicas)))
+    log.info(f"evaluate: {len(models) * len(replicas)} model servers up in {time.perf_counter() - t0:.0f} s")
     batches = iter(lambda: list(itertools.islice(problems, cfg.eval.pool.batch_size)), [])
     records: list[dict] = []
     decisions = Path(stage_dir) / "decisions.jsonl"
@@ -268,15 +218,15 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
                     for record in future.result():
                         sink.write(json.dumps(record) + "\n")
                         records.append(record)
-                log(f"evaluate: {len(records)} questions, {time.perf_counter() - t0:.0f} s")
+                log.info(f"evaluate: {len(records)} questions, {time.perf_counter() - t0:.0f} s")
     finally:
-        for models_set in replicas:
-            models_set.stop()
+        for model_set in replicas:
+            stop_model_servers(model_set)
     if quarantine:
         raise ValueError(f"{test}: {quarantine.summary()} in a file the data stage wrote")
     settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold", "max_rounds")}
-    settings["ranked_by"] = "reranker" if "reranker" in models else "orm"
+    settings["ranked_by"] = ranker(models)
     report = build_report(records, cfg.eval.k, settings, cfg.run_name, cfg.eval.split)
     files = write_report(report, report_dir)
-    log(f"evaluate: report -> {', '.join(str(f) for f in files)}")
-    return {"questions": len(records), "wall_s": round(time.perf_counter() - t0, 1)}
+    log.info(f"evaluate: report -> {', '.join(str(f) for f in files)}")
+    return {"questions": len(records)}

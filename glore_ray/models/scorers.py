@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from glore_ray.prompts import solve_prompt
+from glore_ray.core.prompts import solve_prompt
 
 
 class _SolutionReader:
@@ -30,8 +30,8 @@ class _SolutionReader:
         is skipped (it has nothing to read)."""
         import torch
 
-        from glore_ray.sft import collate
-        from glore_ray.step_reward import encode_step_example
+        from glore_ray.training.examples import collate
+        from glore_ray.training.examples import encode_step_example
 
         todo = [i for i, s in enumerate(steps) if s]
         for start in range(0, len(todo), self.batch_size):
@@ -52,7 +52,7 @@ class HFStepScorer(_SolutionReader):
         super().__init__(model_dir, "AutoModelForTokenClassification", batch_size)
 
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        from glore_ray.step_reward import step_scores
+        from glore_ray.training.examples import step_scores
 
         scores: list[list[float]] = [[] for _ in questions]
         for rows, _, batch, logits in self._batches(questions, steps):
@@ -73,7 +73,7 @@ class PolicyLikelihood(_SolutionReader):
     def mean_logprobs(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         import torch
 
-        from glore_ray.sft import IGNORE
+        from glore_ray.training.examples import IGNORE
 
         out: list[list[float]] = [[] for _ in questions]
         for rows, prompts, batch, logits in self._batches(questions, steps):

@@ -6,18 +6,15 @@ and the field at fault, and can be written out next to the run's results.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from pathlib import Path, PurePath, PurePosixPath
-from typing import Any, TextIO
-from urllib.parse import urlparse
+from typing import Any
 
-from glore_ray.grading import (
+from glore_ray.io import file_path, filesystem_for, open_text, write_jsonl
+from glore_ray.core.grading import (
     ANSWER_MARKER,
     extract_answer,
     format_answer,
@@ -110,13 +107,9 @@ class Quarantine:
     def __len__(self) -> int:
         return len(self.records)
 
-    def write_jsonl(self, path: str | Path) -> None:
-        """Write one JSON object per bad record (fields of BadRecord) to a local file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as out:
-            for record in self.records:
-                out.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+    def write_jsonl(self, path: str) -> None:
+        """Write one JSON object per bad record (fields of BadRecord), locally or to a URI."""
+        write_jsonl(str(path), (asdict(record) for record in self.records))
 
     def summary(self) -> str:
         """One line for logs: how many bad records, from how many files, and the first one."""
@@ -127,54 +120,11 @@ class Quarantine:
                 f"first: {self.records[0]}")
 
 
-def filesystem_for(path: str):
-    """The pyarrow filesystem of a local path or URI, and the path within it (absolute if local)."""
-    from pyarrow import fs  # lazy: pyarrow is heavy
-
-    if _is_uri(path):
-        return fs.FileSystem.from_uri(path)
-    return fs.LocalFileSystem(), str(Path(path).resolve())
-
-
-@contextmanager
-def open_text(path: str) -> Iterator[TextIO]:
-    """Open a local path or a URI (s3://, gs://, file://, ... as pyarrow.fs understands them,
-    the filesystems Ray Data reads) as UTF-8 text; iterate the result to stream lines."""
-    if not _is_uri(path):
-        with open(path, encoding="utf-8") as file:
-            yield file
-        return
-    # Lazy: pyarrow is heavy and only needed for remote files.
-    from pyarrow import fs
-
-    filesystem, fs_path = fs.FileSystem.from_uri(path)
-    with io.TextIOWrapper(filesystem.open_input_stream(fs_path), encoding="utf-8") as file:
-        yield file
-
-
-def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Write rows as JSONL to a local path or a URI; returns the number of rows."""
-    if _is_uri(path):
-        from pyarrow import fs
-
-        filesystem, fs_path = fs.FileSystem.from_uri(path)
-        sink = io.TextIOWrapper(filesystem.open_output_stream(fs_path), encoding="utf-8")
-    else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        sink = open(path, "w", encoding="utf-8")
-    count = 0
-    with sink:
-        for row in rows:
-            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    return count
-
-
 def iter_gsm8k(path: str, quarantine: Quarantine, keep_calculator: bool = False,
                id_prefix: str | None = None) -> Iterator[Problem]:
     """Stream GSM8K JSONL (`question`, `answer` = steps then `#### N`); ids are `{prefix}-{line}`
     with the file stem as default prefix. Calculator annotations are stripped unless kept."""
-    prefix = _file_path(path).stem if id_prefix is None else id_prefix
+    prefix = file_path(path).stem if id_prefix is None else id_prefix
 
     def to_problem(record: object, line: int) -> Problem:
         obj = _require_object(record)
@@ -285,7 +235,7 @@ def load_problems(path: str, fmt: str = "auto", quarantine: Quarantine | None = 
 
 def _detect_format(path: str) -> str | None:
     """The format of `path` for load_problems(fmt="auto"); None for a JSONL file with no records."""
-    suffix = _file_path(path).suffix
+    suffix = file_path(path).suffix
     if suffix == ".json":
         return "svamp"
     if suffix == ".parquet":
@@ -375,12 +325,3 @@ def _skip_space(text: str, idx: int) -> int:
     while idx < len(text) and text[idx].isspace():
         idx += 1
     return idx
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def _file_path(path: str) -> PurePath:
-    """The path part of a local path or URI, for its stem and suffix."""
-    return PurePosixPath(urlparse(path).path) if _is_uri(path) else Path(path)

@@ -6,15 +6,23 @@ On the model organism every sample is also scored by the exact checker, so the s
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from glore_ray.data import Problem
-from glore_ray.engines import Engine, Sampling
-from glore_ray.grading import is_correct
-from glore_ray.organism import check_solution, is_organism_problem
-from glore_ray.prompts import solve_prompt
+from glore_ray.config import GloreConfig
+from glore_ray.core.problems import Problem
+from glore_ray.core.generation import Engine, Sampling
+from glore_ray.core.grading import is_correct
+from glore_ray.core.organism import check_solution, is_organism_problem
+from glore_ray.core.prompts import solve_prompt
+from glore_ray.io import write_jsonl
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,3 +102,26 @@ def summary_table(summary: dict, title: str) -> str:
     rows += [(f"wrong samples: {key.split('.', 1)[1]}", str(value))
              for key, value in summary.items() if key.startswith("sampled_errors.")]
     return format_table(rows, title)
+
+
+def evaluate_policy(cfg: GloreConfig, test_data: str, model_dir: str, out_dir: str) -> dict:
+    """Greedy and k sampled solutions per test problem, graded; writes samples and a summary."""
+    from glore_ray.models.engines import make_engine
+    from glore_ray.pipeline.data_stage import read_problems
+
+    problems = read_problems(cfg, test_data, f"{out_dir}/quarantine.jsonl", limit=cfg.eval.n_problems)
+    engine = make_engine(model_dir, cfg.engine)
+    t0 = time.perf_counter()
+    greedy = Sampling(n=1, temperature=0.0, max_tokens=cfg.sampling.max_tokens, seed=cfg.sampling.seed)
+    sampled = Sampling(n=cfg.eval.k, temperature=cfg.eval.temperature, top_p=cfg.sampling.top_p,
+                       max_tokens=cfg.sampling.max_tokens, seed=cfg.sampling.seed)
+    samples = (sample_and_grade(engine, problems, greedy, "greedy")
+               + sample_and_grade(engine, problems, sampled, "sampled"))
+    elapsed = time.perf_counter() - t0
+    summary = summarize(samples) | {"engine": engine.name, "generation_seconds": round(elapsed, 1),
+                                    "generated_tokens": sum(s.n_tokens for s in samples)}
+    out = Path(out_dir)
+    write_jsonl(str(out / "samples.jsonl"), (s.to_row() for s in samples))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info(summary_table(summary, f"{cfg.run_name}: policy on {test_data} ({engine.name} engine)"))
+    return summary

@@ -14,43 +14,9 @@ import hashlib
 import importlib.util
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from glore_ray.config import EngineConfig
-
-
-@dataclass(frozen=True)
-class Sampling:
-    n: int = 1
-    temperature: float = 1.0
-    """0 is greedy."""
-    top_p: float = 1.0
-    max_tokens: int = 256
-    stop: tuple[str, ...] = ()
-    seed: int = 0
-
-
-@dataclass
-class Completion:
-    text: str
-    n_tokens: int
-    """Generated tokens, the EOS token included."""
-    finish_reason: str
-    """`stop` (EOS or a stop string) or `length`."""
-
-
-@dataclass
-class Generation:
-    prompt: str
-    prompt_tokens: int
-    completions: list[Completion] = field(default_factory=list)
-
-
-class Engine(Protocol):
-    name: str
-
-    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]: ...
+from glore_ray.core.generation import Completion, Engine, Generation, Sampling, StepScorer
 
 
 def prompt_seed(seed: int, prompt: str) -> int:
@@ -70,6 +36,17 @@ def make_engine(model_path: str, cfg: EngineConfig) -> Engine:
     if backend == "vllm":
         return VLLMEngine(model_path, cfg)
     return HFEngine(model_path, cfg)
+
+
+def load_model(folder: str, kind: str, engine: EngineConfig) -> Engine | StepScorer:
+    """What a model host (an evaluation actor, a Serve replica, a Ray Data replica) serves: a
+    generation engine (`kind` "generator") or a step scorer ("scorer": an ORM, SORM, PRM or
+    reranker folder)."""
+    if kind == "scorer":
+        from glore_ray.models.scorers import load_scorer
+
+        return load_scorer(folder)
+    return make_engine(folder, engine)
 
 
 class VLLMEngine:

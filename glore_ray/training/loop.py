@@ -1,6 +1,7 @@
 """The training loop every objective runs: in one process (tests, `glore sft`) and inside Ray
 Train workers, under plain torch, DDP or DeepSpeed. The caller supplies the batches, the loss and
-the update (backward + optimizer step); the loop owns the schedule and the logging.
+the update (a strategy's `step`: backward + optimizer step); the loop owns the schedule and the
+logging.
 """
 
 from __future__ import annotations
@@ -31,23 +32,6 @@ class StepLog:
     loss: float
     lr: float
     tokens_per_s: float
-
-
-class TorchUpdate:
-    """AdamW with gradient clipping: the update of plain torch and DDP."""
-
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig):
-        self.model, self.cfg = model, cfg
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           betas=(0.9, 0.95))
-
-    def __call__(self, loss: torch.Tensor, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
 
 
 def train_steps(model: torch.nn.Module, batches: Iterator[dict[str, torch.Tensor]], cfg: TrainConfig,

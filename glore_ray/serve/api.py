@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from glore_ray.config import ServeConfig
-from glore_ray.ensemble import Decision, EnsembleSettings
+from glore_ray.core.ensemble import Decision, EnsembleSettings
 
 
 class RequestError(ValueError):

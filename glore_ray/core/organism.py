@@ -20,11 +20,26 @@ import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 from fractions import Fraction
 
-from glore_ray.config import OrganismConfig
-from glore_ray.data import Problem
-from glore_ray.grading import answers_match, extract_answer, split_steps
+from glore_ray.core.problems import Problem
+from glore_ray.core.grading import answers_match, extract_answer, split_steps
+
+class OrganismConfig(Protocol):
+    """The generator's knobs (`config.OrganismConfig` documents and validates them)."""
+
+    seed: int
+    n_train: int
+    n_test: int
+    n_validation: int
+    min_steps: int
+    max_steps: int
+    max_operand: int
+    max_factor: int
+    max_result: int
+    distractor_prob: float
+
 
 NAMES = ["Ava", "Ben", "Cara", "Dan", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jade", "Kai", "Lena",
          "Milo", "Nora", "Omar", "Pia", "Quinn", "Rosa", "Sam", "Tess", "Umar", "Vera", "Wes", "Zoe"]
@@ -82,7 +97,6 @@ class StepCheck:
     first_wrong: int | None
     kind: str | None
     """arithmetic | unknown_operand | wrong_plan | no_equation | wrong_answer | no_answer"""
-    n_steps: int
 
 
 def check_solution(problem: Problem, solution: str) -> StepCheck:
@@ -95,21 +109,21 @@ def check_solution(problem: Problem, solution: str) -> StepCheck:
     for i, step in enumerate(steps):
         equations = parse_equations(step)
         if equations is None:
-            return StepCheck(i, "no_equation", len(steps))
+            return StepCheck(i, "no_equation")
         for eq in equations:
             if eq.a not in available or eq.b not in available:
-                return StepCheck(i, "unknown_operand", len(steps))
+                return StepCheck(i, "unknown_operand")
             if _OPS[eq.op](eq.a, eq.b) != eq.result:
-                return StepCheck(i, "arithmetic", len(steps))
+                return StepCheck(i, "arithmetic")
             if not any(eq.same_operation(g) for g in plan):
-                return StepCheck(i, "wrong_plan", len(steps))
+                return StepCheck(i, "wrong_plan")
             available.add(eq.result)
     answer = extract_answer(solution)
     if answer is None:
-        return StepCheck(len(steps), "no_answer", len(steps))
+        return StepCheck(len(steps), "no_answer")
     if not answers_match(answer, problem.gold):
-        return StepCheck(len(steps), "wrong_answer", len(steps))
-    return StepCheck(None, None, len(steps))
+        return StepCheck(len(steps), "wrong_answer")
+    return StepCheck(None, None)
 
 
 class _Redraw(Exception):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from glore_ray.data import Problem
-from glore_ray.engines import Generation
-from glore_ray.grading import is_correct, split_steps
-from glore_ray.labels import Question, Rollout
-from glore_ray.organism import check_solution, is_organism_problem
+from glore_ray.core.problems import Problem
+from glore_ray.core.generation import Generation
+from glore_ray.core.grading import is_correct, split_steps
+from glore_ray.core.labels import Question, Rollout
+from glore_ray.core.organism import check_solution, is_organism_problem
 
 
 @dataclass

@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from glore_ray.engines import Engine, Sampling
-from glore_ray.grading import (
+from glore_ray.core.generation import Engine, Sampling
+from glore_ray.core.grading import (
     ANSWER_MARKER,
     answer_line,
     answers_match,
@@ -38,7 +38,7 @@ from glore_ray.grading import (
     parse_number,
     split_steps,
 )
-from glore_ray.prompts import solve_prompt
+from glore_ray.core.prompts import solve_prompt
 
 _NUMBER_TEXT = r"-?\d[\d,]*(?:\.\d+)?"
 

@@ -12,23 +12,21 @@ app with handles to model deployments. Imports neither.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
-from glore_ray.engines import Engine, Sampling
-from glore_ray.grading import extract_answer, format_answer, scored_steps, split_steps
-from glore_ray.prompts import global_refine_prompt, local_refine_prompt, solve_prompt
+from glore_ray.core.grading import extract_answer, format_answer, scored_steps, split_steps
+from glore_ray.core.generation import Engine, Sampling, StepScorer
+from glore_ray.core.prompts import global_refine_prompt, local_refine_prompt, solve_prompt
 
+GENERATORS = ("policy", "global_refiner", "local_refiner")
+SCORERS = ("orm", "sorm")
+MODELS = GENERATORS + SCORERS
+"""The ensemble's five models, by their stage, config section and deployment names."""
 CANDIDATES = ("draft", "global", "local")
 SCORE_TIE = 1e-5
 """ORM scores closer than this are equal (float noise across batch shapes is ~1e-7)."""
-
-
-class StepScorer(Protocol):
-    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        """P(good) at the end of every step of each solution."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -109,6 +107,11 @@ class RefinementEnsemble:
     orm: StepScorer
     sorm: StepScorer
     settings: EnsembleSettings = field(default_factory=EnsembleSettings)
+
+    @classmethod
+    def of(cls, models: Mapping[str, Engine | StepScorer], settings: EnsembleSettings) -> RefinementEnsemble:
+        """The ensemble over `models` by name (MODELS; other entries are ignored)."""
+        return cls(**{m: models[m] for m in MODELS}, settings=settings)
 
     def solve(self, questions: Sequence[str], drafts: Sequence[str | None] | None = None) -> list[Decision]:
         s = self.settings

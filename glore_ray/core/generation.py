@@ -1,0 +1,49 @@
+"""What the core asks of a model: an Engine turns prompts and Sampling settings into Generations,
+a StepScorer turns solutions into per-step values. The models package implements them (vLLM,
+transformers), the pipeline and Serve reach them remotely; the core imports none of those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int = 1
+    temperature: float = 1.0
+    """0 is greedy."""
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    text: str
+    n_tokens: int
+    """Generated tokens, the EOS token included."""
+    finish_reason: str
+    """`stop` (EOS or a stop string) or `length`."""
+
+
+@dataclass
+class Generation:
+    prompt: str
+    prompt_tokens: int
+    completions: list[Completion] = field(default_factory=list)
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]: ...
+
+
+class StepScorer(Protocol):
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        """P(good) at the end of every step of each solution."""
+        ...

@@ -1,0 +1,24 @@
+"""A model in another process behind the core's Engine and StepScorer interfaces: a Ray actor (the
+evaluation's model servers) or a Serve deployment (the app's ingress). Only how a call's result is
+awaited differs, so the caller passes it in as `resolve`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from glore_ray.core.generation import Generation, Sampling
+
+Resolve = Callable[[str, Any], Any]
+"""(model name, the call's future: an ObjectRef or a DeploymentResponse) -> its result."""
+
+
+class RemoteModel:
+    def __init__(self, name: str, handle, resolve: Resolve):
+        self.name, self.handle, self.resolve = name, handle, resolve
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+        return self.resolve(self.name, self.handle.generate.remote(list(prompts), sampling))
+
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        return self.resolve(self.name, self.handle.score.remote(list(questions), [list(s) for s in steps]))

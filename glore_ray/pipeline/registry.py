@@ -1,0 +1,150 @@
+"""Every GLoRe stage, defined once: its inputs, the config it computes with (the runner hashes its
+result fields) and its function. `glore pipeline` chains them over one run directory; `glore
+rollouts|label|pairs|train` run one over the paths a user gives; `jobs/<stage>.py` is `glore
+pipeline --only <stage>`. The runner runs them all the same way and alone writes manifests.
+
+data -> init model -> policy SFT -> expert iteration rounds -> rollouts -> ORM / SORM labels ->
+train ORM / SORM -> refinement pairs -> train global / local refiners -> evaluate (report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from glore_ray.config import GloreConfig, RolloutConfig, TrainConfig
+from glore_ray.layout import model_dir, model_dirs, policy_stage
+from glore_ray.pipeline.runner import Stage
+
+log = logging.getLogger(__name__)
+
+
+def _sections(cfg: GloreConfig, *names: str) -> dict[str, Any]:
+    return {name: dataclasses.asdict(getattr(cfg, name)) for name in names}
+
+
+def train_stage(name: str, objective: str, train_cfg: TrainConfig, rows: str, init: str, run_name: str) -> Stage:
+    """Fine-tune `objective` from `init` on `rows` into `<stage dir>/model` (Ray Train)."""
+
+    def run(stage_dir: str, key: str) -> dict:
+        from glore_ray.metrics import StageMetrics
+        from glore_ray.training.ray_train import export_untrained, fit, read_rows
+
+        model = f"{stage_dir}/model"
+        n_rows = read_rows(rows).count()
+        if n_rows == 0:
+            # A weak policy can leave a stage without rows (no correct rollout on GSM8K with a tiny
+            # model): the model is the initial one, and the manifest and the report say so.
+            log.info(f"{name}: no training rows in {rows}; exporting the untrained initial model")
+            export_untrained(objective, init, model)
+            return {"rows": 0, "untrained": True}
+        meta = fit(objective, train_cfg, rows, init, model, f"{run_name}-{name}-{key}", StageMetrics(name, run_name))
+        return {"rows": n_rows, "steps": meta["step"], "first_loss": meta.get("first_loss"),
+                "final_loss": meta["loss"], "skipped_long": meta.get("skipped_long", 0),
+                "resumed_from": meta.get("resumed_from")}
+
+    return Stage(name, {"rows": rows, "init": init}, {objective: dataclasses.asdict(train_cfg)}, run, resumable=True)
+
+
+def rollouts_stage(name: str, cfg: GloreConfig, questions: str, policy: str) -> Stage:
+    """`cfg.rollouts.k` graded, de-duplicated policy samples per question (Ray Data + engine pool)."""
+    from glore_ray.pipeline import stages
+
+    return Stage(name, {"questions": questions, "policy": policy}, _sections(cfg, "rollouts", "engine", "sampling"),
+                 lambda d, k: stages.run_rollouts(cfg, name, questions, policy, d))
+
+
+def labels_stage(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None = None) -> Stage:
+    """ORM, SORM (sampled continuations from `policy`) or PRM (exact) step labels of the rollouts."""
+    from glore_ray.pipeline import stages
+
+    config: dict[str, Any] = {"kind": kind}
+    if kind == "prm":
+        config |= {"balance": cfg.labels.balance, "seed": cfg.labels.seed}
+    elif kind == "sorm":
+        if policy is None:
+            raise ValueError("SORM labels need the policy (--model) to sample continuations")
+        config |= _sections(cfg, "labels", "engine") | {"max_tokens": cfg.sampling.max_tokens}
+    elif kind != "orm":
+        raise ValueError(f"unknown label kind {kind!r} (orm, sorm or prm)")
+    inputs = {"rollouts": f"{rollouts}/data"} | ({"policy": policy} if kind == "sorm" else {})
+    return Stage(f"{kind}_labels", inputs, config,
+                 lambda d, k: stages.run_labels(cfg, kind, rollouts, policy if kind == "sorm" else None, d))
+
+
+def sorm_pair_rows(cfg: GloreConfig, sorm_labels: str) -> str:
+    """The SORM rows local pairs come from: before balancing (which cuts rows), with their continuations."""
+    return f"{sorm_labels}/{'unbalanced' if cfg.labels.balance else 'data'}"
+
+
+def pairs_stage(rollouts: str, sorm_rows: str) -> Stage:
+    """Global pairs from the rollouts, local pairs from labelled SORM rows and their continuations."""
+    from glore_ray.pipeline import stages
+
+    return Stage("pairs", {"rollouts": f"{rollouts}/data", "sorm": sorm_rows}, {},
+                 lambda d, k: stages.run_pairs(rollouts, sorm_rows, d))
+
+
+def build_stages(cfg: GloreConfig, out: str) -> list[Stage]:
+    from glore_ray.pipeline import data_stage, stages
+    from glore_ray.pipeline.evaluation import run_evaluation
+
+    # The evaluation reads the validation split while settings are chosen, the test split once.
+    train, test = f"{out}/data/train.jsonl", f"{out}/data/{cfg.eval.split}.jsonl"
+    run_name = cfg.run_name
+    pipeline = [data_stage.data_stage(cfg)]
+    if cfg.model.pretrained:
+        init = cfg.model.pretrained
+    else:
+        init = model_dir(out, "init_model")
+        pipeline.append(data_stage.init_model_stage(cfg, train))
+    pipeline.append(train_stage("policy", "policy", cfg.policy, f"{out}/data/sft.jsonl", init, run_name))
+    policy = model_dir(out, "policy")
+    ei = cfg.expert_iteration
+    for r in range(1, ei.rounds + 1):
+        samples, rows = f"{out}/expert_iteration_{r}_samples", f"{out}/expert_iteration_{r}_rows"
+        ei_cfg = dataclasses.replace(cfg, rollouts=RolloutConfig(k=ei.k, temperature=ei.temperature,
+                                                                 max_questions=ei.max_questions, greedy=False,
+                                                                 pool=cfg.rollouts.pool))
+        pipeline += [
+            rollouts_stage(f"expert_iteration_{r}_samples", ei_cfg, train, policy),
+            Stage(f"expert_iteration_{r}_rows", {"samples": f"{samples}/data"}, {"seed": cfg.policy.seed + r},
+                  lambda d, k, samples=samples, seed=cfg.policy.seed + r:
+                  stages.write_expert_iteration_rows(samples, f"{d}/rows", seed)),
+            train_stage(f"expert_iteration_{r}", "policy", ei.training(cfg.policy), f"{rows}/rows", policy, run_name),
+        ]
+        policy = model_dir(out, f"expert_iteration_{r}")
+    assert policy == model_dir(out, policy_stage(cfg))
+
+    rollouts, orm_labels, sorm_labels, pairs = (f"{out}/{s}" for s in ("rollouts", "orm_labels", "sorm_labels",
+                                                                        "pairs"))
+    pipeline += [
+        rollouts_stage("rollouts", cfg, train, policy),
+        labels_stage(cfg, "orm", rollouts),
+        labels_stage(cfg, "sorm", rollouts, policy),
+        train_stage("orm", "orm", cfg.orm, f"{orm_labels}/data", policy, run_name),
+        train_stage("sorm", "sorm", cfg.sorm, f"{sorm_labels}/data", policy, run_name),
+    ]
+    if has_prm(cfg):  # the SORM's model and training on exact step labels (the model organism only)
+        pipeline += [labels_stage(cfg, "prm", rollouts),
+                     train_stage("prm", "sorm", cfg.sorm, f"{out}/prm_labels/data", policy, run_name)]
+    if cfg.reranker.likelihood:
+        orm = model_dir(out, "orm")
+        pipeline.append(Stage("reranker", {"rows": f"{orm_labels}/data", "orm": orm, "policy": policy},
+                              _sections(cfg, "reranker"),
+                              lambda d, k: stages.fit_reranker_stage(cfg, f"{orm_labels}/data", orm, policy, d)))
+    pipeline += [
+        pairs_stage(rollouts, sorm_pair_rows(cfg, sorm_labels)),
+        train_stage("global_refiner", "global_refiner", cfg.global_refiner, f"{pairs}/global", policy, run_name),
+        train_stage("local_refiner", "local_refiner", cfg.local_refiner, f"{pairs}/local", policy, run_name),
+    ]
+    models = model_dirs(cfg, out) | ({"prm": model_dir(out, "prm")} if has_prm(cfg) else {})
+    pipeline.append(Stage("evaluate", {"test": test} | models, _sections(cfg, "eval", "engine", "sampling"),
+                          lambda d, k: run_evaluation(cfg, test, models, d, out)))
+    return pipeline
+
+
+def has_prm(cfg: GloreConfig) -> bool:
+    """Whether the run trains and reports the exact-label PRM: only the model organism has exact labels."""
+    return cfg.labels.prm and cfg.data.source == "organism"

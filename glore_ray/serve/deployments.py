@@ -1,0 +1,102 @@
+"""The model deployments of the Serve app: a generator (policy, global and local refiners) or a step
+scorer (ORM, SORM, or the likelihood reranker in the ORM's place) on one model folder, each with
+its own replicas, resources, autoscaling and dynamic batching from `serve.<model>` in the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ray import serve
+
+from glore_ray.config import EngineConfig
+from glore_ray.core.generation import Generation, Sampling
+from glore_ray.models.engines import load_model
+
+
+class Batching:
+    """A deployment whose `_batch` method is a `@serve.batch`. Its settings are the deployment's
+    `user_config`: a Serve config file's per-deployment `user_config` retunes live replicas
+    without reloading their models."""
+
+    def reconfigure(self, batching: dict) -> None:
+        self._batch.set_max_batch_size(batching["max_batch_size"])
+        self._batch.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
+
+
+class _BatchedModel(Batching):
+    """Runs merged batches on one worker thread (so the replica's event loop keeps queueing
+    requests while the model computes) and, after a failed call, lets Serve's health check probe
+    the model and replace the replica if it is broken."""
+
+    def _setup(self) -> None:
+        self._worker = ThreadPoolExecutor(1)
+        self._failed = False
+
+    async def _run(self, fn: Callable, *args) -> Any:
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        except Exception:
+            self._failed = True
+            raise
+        self._failed = False
+        return result
+
+    async def check_health(self) -> None:
+        if self._failed:  # a probe only after a failure: an idle healthy replica costs nothing
+            await self._run(self._probe)
+
+    async def ping(self) -> str:
+        return "ok"
+
+
+@serve.deployment
+class GeneratorDeployment(_BatchedModel):
+    """A generation engine (vLLM, or transformers) on one model folder."""
+
+    def __init__(self, model_dir: str, engine: EngineConfig):
+        self.engine = load_model(model_dir, "generator", engine)
+        self._setup()
+
+    async def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+        return await self._batch((list(prompts), sampling))
+
+    @serve.batch
+    async def _batch(self, requests: list[tuple[list[str], Sampling]]) -> list[list[Generation]]:
+        # One engine call per distinct sampling setting in the batch (the ensemble uses one: greedy).
+        results: list[list[Generation]] = [[] for _ in requests]
+        for sampling in dict.fromkeys(s for _, s in requests):
+            members = [i for i, (_, s) in enumerate(requests) if s == sampling]
+            flat = [p for i in members for p in requests[i][0]]
+            generations = iter(await self._run(self.engine.generate, flat, sampling))
+            for i in members:
+                results[i] = [next(generations) for _ in requests[i][0]]
+        return results
+
+    def _probe(self) -> None:
+        self.engine.generate(["1 + 1 ="], Sampling(temperature=0, max_tokens=1))
+
+
+@serve.deployment
+class ScorerDeployment(_BatchedModel):
+    """A trained ORM or SORM folder, or a likelihood reranker's: P(good) at the end of every step."""
+
+    def __init__(self, model_dir: str):
+        self.scorer = load_model(model_dir, "scorer", EngineConfig())
+        self._setup()
+
+    async def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
+        return await self._batch((list(questions), [list(s) for s in steps]))
+
+    @serve.batch
+    async def _batch(self, requests: list[tuple[list[str], list[list[str]]]]) -> list[list[list[float]]]:
+        questions = [q for qs, _ in requests for q in qs]
+        steps = [s for _, ss in requests for s in ss]
+        values = iter(await self._run(self.scorer.score, questions, steps))
+        return [[next(values) for _ in qs] for qs, _ in requests]
+
+    def _probe(self) -> None:
+        self.scorer.score(["1 + 1"], [["1 + 1 = 2"]])

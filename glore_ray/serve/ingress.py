@@ -1,0 +1,150 @@
+"""The Serve app's HTTP ingress: FastAPI over the same `RefinementEnsemble` the evaluation runs,
+with the model deployments behind handles.
+
+    POST /v1/solve   {"question", optional "draft", optional "settings"} -> the decision
+    GET  /healthz    200 when all five models answer, else 503 naming the ones that do not
+    GET  /docs, /openapi.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from glore_ray.config import ServeConfig
+from glore_ray.core.ensemble import MODELS, Decision, EnsembleSettings, RefinementEnsemble
+from glore_ray.metrics import StageMetrics
+from glore_ray.models.remote import RemoteModel
+from glore_ray.serve.api import (RequestError, SolveRequest, SolveResponse, authorized, ensemble_settings,
+                                 load_token)
+from glore_ray.serve.deployments import Batching
+
+INGRESS_CONCURRENT_BATCHES = 2
+"""Request batches an ingress replica runs at once: one computes while the next one fills."""
+api = FastAPI(title="glore-ray refinement ensemble", version="1",
+              description="GLoRe: a policy draft refined globally and locally, reranked by the ORM.")
+
+
+class ModelUnavailable(RuntimeError):
+    """A model deployment failed or did not answer in time; the request gets a 503."""
+
+    def __init__(self, model: str, reason: str):
+        super().__init__(f"the {model} model is unavailable: {reason}")
+        self.model = model
+
+
+def _result(model: str, response, timeout_s: float) -> Any:
+    """A model deployment's answer, or ModelUnavailable naming the model."""
+    try:
+        return response.result(timeout_s=timeout_s)
+    except TimeoutError as e:
+        response.cancel()
+        raise ModelUnavailable(model, f"no answer within {timeout_s:g} s") from e
+    except Exception as e:  # the replica raised, died or was unreachable
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ModelUnavailable(model, reason) from e
+
+
+def _require_token(request: Request) -> None:
+    if not authorized(request.headers.get("authorization"), request.app.state.token):
+        raise _Unauthorized()
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+@api.exception_handler(_Unauthorized)
+async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
+    return JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+@api.exception_handler(RequestError)
+async def _bad_request(request: Request, exc: RequestError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
+@api.exception_handler(ModelUnavailable)
+async def _model_unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
+    return JSONResponse({"detail": f"{exc}; retry shortly", "model": exc.model}, status_code=503,
+                        headers={"Retry-After": "1"})
+
+
+@serve.deployment
+@serve.ingress(api)
+class EnsembleIngress(Batching):
+    """Batches whole requests: the ensemble solves a batch of questions with one call per model
+    and step, so every model deployment sees the batch (and merges batches of other ingress
+    replicas in its own `@serve.batch`)."""
+
+    def __init__(self, policy, global_refiner, local_refiner, orm, sorm, cfg: ServeConfig, max_tokens: int,
+                 run_name: str):
+        self.cfg, self.max_tokens = cfg, max_tokens
+        self.metrics = StageMetrics("serve", run_name)
+        self.handles = dict(zip(MODELS, (policy, global_refiner, local_refiner, orm, sorm), strict=True))
+
+        def resolve(model: str, response) -> Any:
+            return _result(model, response, cfg.model_timeout_s)
+
+        self.models = {name: RemoteModel(name, handle, resolve) for name, handle in self.handles.items()}
+        # The ensemble blocks on its handle calls: it runs on these threads, never on the event loop.
+        self._threads = ThreadPoolExecutor(INGRESS_CONCURRENT_BATCHES)
+        api.state.token = load_token(cfg)
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        async def ping(name: str, handle) -> str:
+            try:
+                return await asyncio.wait_for(handle.ping.remote(), min(self.cfg.model_timeout_s, 5.0))
+            except Exception as e:  # dead, restarting or too slow
+                return f"the {name} model is unavailable: {type(e).__name__}"
+
+        answers = await asyncio.gather(*(ping(name, h) for name, h in self.handles.items()))
+        models = dict(zip(self.handles, answers))
+        ok = all(v == "ok" for v in models.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "models": models}, status_code=200 if ok else 503)
+
+    @api.post("/v1/solve", response_model=SolveResponse, response_model_by_alias=True,
+              dependencies=[Depends(_require_token)],
+              responses={401: {"description": "missing or wrong bearer token"},
+                         422: {"description": "invalid request"},
+                         503: {"description": "a model failed or did not answer in time"}})
+    async def solve(self, request: SolveRequest) -> SolveResponse:
+        t0, status = time.perf_counter(), "500"
+        try:
+            settings = ensemble_settings(request, self.cfg, self.max_tokens)
+            decision = await self._batch((request.question, request.draft, settings))
+            status = "200"
+        except RequestError:
+            status = "422"
+            raise
+        except ModelUnavailable:
+            status = "503"
+            raise
+        finally:
+            # Requests FastAPI rejects before this method (401, schema 422s) are in Serve's own
+            # per-route metrics.
+            self.metrics.record("serve_requests", status=status)
+            self.metrics.record("serve_latency_seconds", time.perf_counter() - t0)
+        self.metrics.record("chosen_candidates", candidate=decision.chosen)
+        return SolveResponse.from_decision(decision)
+
+    @serve.batch(max_concurrent_batches=INGRESS_CONCURRENT_BATCHES)
+    async def _batch(self, requests: list[tuple[str, str | None, EnsembleSettings]]) -> list[Decision]:
+        decisions: list[Decision | None] = [None] * len(requests)
+        loop = asyncio.get_running_loop()
+        for settings in dict.fromkeys(s for _, _, s in requests):  # one ensemble call per distinct settings
+            members = [i for i, (_, _, s) in enumerate(requests) if s == settings]
+            ensemble = RefinementEnsemble.of(self.models, settings)
+            solved = await loop.run_in_executor(self._threads, ensemble.solve, [requests[i][0] for i in members],
+                                                [requests[i][1] for i in members])
+            for i, decision in zip(members, solved, strict=True):
+                decisions[i] = decision
+        return decisions

@@ -1,0 +1,101 @@
+"""The five training objectives of GLoRe: the rows each reads, the head it trains and its loss.
+
+| objective | row fields | head, loss |
+|---|---|---|
+| policy | question, solution | causal LM, SFT on the solution |
+| global_refiner | question, draft, target | causal LM, SFT on the target |
+| local_refiner | question, draft_steps, bad_step, target | causal LM, SFT on the target (the draft from bad_step on) |
+| orm, sorm | prompt (the question), completions (steps), labels (one per step) | step reward |
+
+An objective's name is also its config section and its pipeline stage. The step-reward rows are
+TRL's PRM layout, so the same files work with other tools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from glore_ray.core.prompts import global_refine_prompt, local_refine_prompt, solve_prompt
+
+
+def _solve(row: Mapping[str, Any]) -> tuple[str, str]:
+    return solve_prompt(row["question"]), row["solution"]
+
+
+def _global_refine(row: Mapping[str, Any]) -> tuple[str, str]:
+    return global_refine_prompt(row["question"], row["draft"]), row["target"]
+
+
+def _local_refine(row: Mapping[str, Any]) -> tuple[str, str]:
+    try:
+        prompt = local_refine_prompt(row["question"], [str(s) for s in row["draft_steps"]], int(row["bad_step"]))
+    except ValueError as e:
+        raise ValueError(f"row {row.get('id', '?')}: field 'bad_step': {e}") from None
+    return prompt, row["target"]
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    fields: tuple[str, ...]
+    prompt_and_target: Callable[[Mapping[str, Any]], tuple[str, str]] | None = None
+    """The causal-LM example of a row; None for the step-reward head."""
+
+    @property
+    def step_reward(self) -> bool:
+        return self.prompt_and_target is None
+
+    @property
+    def auto_class(self) -> str:
+        """The transformers Auto class that loads (and exports) the objective's model."""
+        return "AutoModelForTokenClassification" if self.step_reward else "AutoModelForCausalLM"
+
+    def load_model(self, folder: str):
+        """The model to train, from a Hugging Face folder (a step-reward head is new, from the seed)."""
+        import transformers
+
+        return getattr(transformers, self.auto_class).from_pretrained(
+            folder, **({"num_labels": 1} if self.step_reward else {}))
+
+    def encode(self, tokenizer, row: Mapping[str, Any], max_length: int):
+        """One EncodedExample from one row; a bad row raises ValueError naming the row and field."""
+        from glore_ray.training.examples import encode_example, encode_step_example
+
+        name = str(row.get("id", "?"))
+        missing = [f for f in self.fields if f not in row or row[f] is None]
+        if missing:
+            raise ValueError(f"row {name}: missing field {missing[0]!r} for objective {self.name}")
+        if self.step_reward:
+            return encode_step_example(tokenizer, solve_prompt(row["prompt"]), list(row["completions"]),
+                                       list(row["labels"]), max_length, name)
+        prompt, target = self.prompt_and_target(row)
+        return encode_example(tokenizer, prompt, str(target), max_length, name)
+
+    def loss(self, model, batch: dict):
+        from glore_ray.training.examples import causal_lm_loss, step_reward_loss
+
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return (step_reward_loss if self.step_reward else causal_lm_loss)(logits, batch["labels"])
+
+
+_STEP_ROWS = ("prompt", "completions", "labels")
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective("policy", ("question", "solution"), _solve),
+    Objective("orm", _STEP_ROWS),
+    Objective("sorm", _STEP_ROWS),
+    Objective("global_refiner", ("question", "draft", "target"), _global_refine),
+    Objective("local_refiner", ("question", "draft_steps", "bad_step", "target"), _local_refine),
+)}
+
+
+def objective(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; valid: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+def encode_row(name: str, tokenizer, row: Mapping[str, Any], max_length: int):
+    """One training example of objective `name` from one row."""
+    return objective(name).encode(tokenizer, row, max_length)
