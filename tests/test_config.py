@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -13,7 +14,38 @@ from tests.conftest import REPO
 TINY = REPO / "cluster" / "configs" / "tiny-cpu.yaml"
 
 
-def test_tiny_cpu_yaml_is_the_embedded_default() -> None:
+def _without_line(lines: list[str], i: int) -> list[str]:
+    """The YAML without line i, and without the section headers that leaves empty."""
+    lines = lines[:i] + lines[i + 1:]
+    while empty := [j for j, line in enumerate(lines) if re.match(r"^(\s*)\w+:\s*(#.*)?$", line)
+                    and _indent(next((n for n in lines[j + 1:] if n.split("#")[0].strip()), "")) <= _indent(line)]:
+        del lines[empty[0]]
+    return lines
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "cluster" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_lists_only_what_differs_from_the_defaults(path, tmp_path) -> None:
+    """Each value line changes the loaded config: a line that restates a default would hide which
+    settings a run chose (`glore config` lists them all, documented)."""
+    lines = path.read_text().splitlines(keepends=True)
+    full = load_config(path)
+    for i, line in enumerate(lines):
+        body = line.split("#")[0]
+        if not re.match(r"^\s*\w+:\s*\S", body) or any(c in body for c in "&*<"):
+            continue  # a header, a comment, or YAML anchors and merges
+        trial = tmp_path / path.name
+        trial.write_text("".join(_without_line(lines, i)))
+        try:
+            assert load_config(trial) != full, f"{path.name}:{i + 1} restates the default: {line.strip()}"
+        except ConfigError:
+            pass  # the line is needed: the config is invalid without it
+
+
+def test_the_embedded_default_is_the_tiny_cpu_config() -> None:
     assert load_config(TINY) == GloreConfig() == load_config(None)
 
 
@@ -35,7 +67,7 @@ def test_dotted_overrides_are_typed_by_the_schema() -> None:
     ("model.num_heads=8", "model.num_heads: head dim 16 is not supported by vLLM"),
     ("data.organism.max_steps=7", "data.organism.min_steps/max_steps"),
     ("data=3", "data: expected a mapping"),
-    ("eval.k.x=1", "eval.k.x: 'k' is a value, not a section"),
+    ("eval.k.x=1", "eval.k: expected int, got dict"),
     ("data.source=files", "data.train_path: source 'files' needs both"),
     ("labels.round_size=9", "labels.round_size: must be in \\[1, k\\]"),
     ("rollouts.pool.cpus_per_replica=0", "rollouts.pool.cpus_per_replica: must be > 0"),
