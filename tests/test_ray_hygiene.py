@@ -1,9 +1,8 @@
-"""Ray in this project's tests: explicit auth mode, temp dirs inside the test's tmp path, and Ray
-Data actor pools that leave a CPU for the read tasks (else the pipeline hangs silently)."""
+"""Ray in this project's tests: temp dirs inside the test's tmp path, and Ray Data actor pools that
+leave a CPU for the read tasks (else the pipeline hangs silently)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +23,25 @@ class GoldGrader:
         return {"id": batch["id"], "correct": np.array([is_correct(p.solution(), p.gold) for p in problems])}
 
 
-def test_ray_data_streams_problems_through_a_fractional_actor_pool(ray_local, tmp_path: Path) -> None:
+def test_the_default_engine_pools_leave_a_cpu_for_ray_datas_read_tasks(ray_local, tmp_path: Path) -> None:
+    """An actor pool holding every CPU starves Ray Data's read tasks and the stage hangs silently:
+    the embedded default's pools leave one free on a 2-CPU machine, and stream every row through."""
     import ray
 
-    assert os.environ["RAY_AUTH_MODE"] == "disabled"
+    from glore_ray.config import GloreConfig
+    from glore_ray.pipeline.stages import _pool_args
+
     assert (ray_local / "session_latest").exists()  # Ray's files stay in pytest's tmp tree
+    cpus = ray.cluster_resources()["CPU"]
+    assert cpus == 2
+    for stage in ("rollouts", "labels"):
+        pool = getattr(GloreConfig(), stage).pool
+        assert pool.replicas * pool.cpus_per_replica <= cpus - 1, stage
 
     path = tmp_path / "problems.jsonl"
     problems = list(generate(OrganismConfig(), "test", 200))
     write_jsonl(str(path), (p.to_row() for p in problems))
-    graded = (ray.data.read_json(str(path))
-              .map_batches(GoldGrader, batch_size=32, num_cpus=0.5, compute=ray.data.ActorPoolStrategy(size=2))
-              .take_all())
+    args = _pool_args(GloreConfig().rollouts.pool) | {"batch_format": "numpy"}
+    graded = ray.data.read_json(str(path)).map_batches(GoldGrader, **args).take_all()
     assert sorted(r["id"] for r in graded) == sorted(p.id for p in problems)
     assert all(r["correct"] for r in graded)
