@@ -13,9 +13,13 @@ from glore_ray.training.objectives import OBJECTIVES
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config (default: the embedded tiny-cpu settings)")
+    parser.add_argument("--config", help="YAML config (default: the embedded tiny-cpu settings; for `serve`, "
+                                         "the config the run directory was made with)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set engine.backend=hf (repeatable)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print the Ray workers' own logs here (engines, Ray Train, Serve replicas); "
+                             "without it they stay in Ray's log directory, shown at the start")
 
 
 def _verb(verbs, name: str, help: str, **io_help: str) -> argparse.ArgumentParser:
@@ -72,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _connect_ray() -> None:
+def _connect_ray(verbose: bool) -> None:
+    """Join the cluster in RAY_ADDRESS, else start a local one. A person's terminal (and `ray job
+    logs`) shows glore's lines: the workers' logs (vLLM warm-up, Ray Train, NUMA and Triton
+    warnings) stay in Ray's log directory unless `verbose`."""
     import os
 
     import ray
@@ -80,8 +87,20 @@ def _connect_ray() -> None:
     # Ray Data's progress bars redraw thousands of lines into `ray job logs` and piped output; the
     # stages print their own progress lines.
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if not verbose:  # the driver's own library chatter: model-loading reports and bars
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not ray.is_initialized():
-        ray.init()  # the cluster in RAY_ADDRESS, else a local one
+        ray.init(log_to_driver=verbose)
+        if not verbose:  # Ray has no public accessor of the session's log directory
+            logs = ray._private.worker.global_worker.node.get_logs_dir_path()
+            logging.getLogger("glore_ray").info(f"Ray workers' logs: {logs} (--verbose prints them here)")
+    if not verbose:
+        import ray.data  # configures its logger: a file in Ray's log directory and the console
+
+        for handler in logging.getLogger("ray.data").handlers:
+            if isinstance(handler, logging.StreamHandler):  # the file keeps every line
+                handler.setLevel(logging.ERROR)
 
 
 class _Stdout(logging.StreamHandler):
@@ -109,17 +128,20 @@ def _show_glore_logs() -> None:
     logger.setLevel(logging.INFO)
 
 
-def _run_stage(stage, out: str) -> None:
+def _run_stage(stage, out: str, verbose: bool) -> None:
     from glore_ray.pipeline.runner import run_stage
 
-    _connect_ray()
+    _connect_ray(verbose)
     run_stage(stage, Path(out).absolute())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    config = args.config
+    if args.verb == "serve" and config is None and Path(args.models, "config.json").is_file():
+        config = str(Path(args.models, "config.json"))  # what `glore pipeline` wrote: the same model folders
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(config, args.overrides)
     except ConfigError as e:
         print(f"glore: config error: {e}", file=sys.stderr)
         return 2
@@ -144,15 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         train_policy_local(cfg.policy, problems, args.model, args.out)
     elif args.verb == "train":
         _run_stage(registry.train_stage(args.objective, args.objective, cfg.training(args.objective), args.data,
-                                        args.model, cfg.run_name), args.out)
+                                        args.model, cfg.run_name), args.out, args.verbose)
     elif args.verb == "rollouts":
-        _run_stage(registry.rollouts_stage("rollouts", cfg, args.data, args.model), args.out)
+        _run_stage(registry.rollouts_stage("rollouts", cfg, args.data, args.model), args.out, args.verbose)
     elif args.verb == "label":
         if args.mode:
             cfg.labels.mode = args.mode
-        _run_stage(registry.labels_stage(cfg, args.kind, args.data, args.model), args.out)
+        _run_stage(registry.labels_stage(cfg, args.kind, args.data, args.model), args.out, args.verbose)
     elif args.verb == "pairs":
-        _run_stage(registry.pairs_stage(args.data, registry.sorm_pair_rows(cfg, args.sorm)), args.out)
+        _run_stage(registry.pairs_stage(args.data, registry.sorm_pair_rows(cfg, args.sorm)), args.out, args.verbose)
     elif args.verb == "sample":
         from glore_ray.pipeline.policy_eval import evaluate_policy
 
@@ -160,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.verb == "pipeline":
         from glore_ray.pipeline.runner import run_pipeline
 
-        _connect_ray()
+        _connect_ray(args.verbose)
         try:
             run_pipeline(cfg, args.out, args.from_stage, args.only)
         except ValueError as e:
@@ -175,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as e:
             print(f"glore: {e}", file=sys.stderr)
             return 2
-        _connect_ray()
+        _connect_ray(args.verbose)
         run_server(app, cfg.serve)
     return 0
 

@@ -48,6 +48,23 @@ def test_the_pipeline_job_succeeds_and_its_logs_and_artifacts_read_back(miniatur
     assert (job.out / "report.md").read_text().startswith("# GLoRe evaluation")
 
 
+def test_the_job_prints_progress_with_an_estimate_and_ends_with_the_next_commands(miniature_job) -> None:
+    """What a person sees: a line per stage with the time spent and left, the long stages' own
+    progress, only glore's lines (the workers' logs stay in Ray's log directory), and at the end
+    the report's tables, the plots and the commands that serve the trained ensemble."""
+    logs = miniature_job.logs
+    done = re.findall(r"== \[(\d+)/(\d+)\] (\w+): done in \d+ s  \(pipeline \d+:\d\d, about (\d+):(\d\d) left\)", logs)
+    assert [name for *_, name, _, _ in done][-1] == "evaluate" and len(done) == int(done[0][1])
+    assert int(done[-1][3]) * 60 + int(done[-1][4]) == 0  # nothing left once the last stage is done
+    assert re.search(r"\n  (policy|orm|sorm): (starting the Ray Train workers|step \d+ of \d+)", logs)
+    assert "tok/s/worker" not in logs and "RayTrainWorker" not in logs  # the workers' own lines
+    assert "Ray workers' logs: " in logs
+    tail = [line for line in logs.splitlines() if line.strip()][-4:]
+    assert tail[0].startswith("plots: ") and tail[0].count(".png") == 2
+    assert tail[2] == f"  glore serve --models {miniature_job.out}"
+    assert tail[3].startswith("  curl -s http://127.0.0.1:8000/v1/solve") and '"question"' in tail[3]
+
+
 def test_every_stage_that_ran_exported_its_metrics_and_the_data_stages_while_they_ran(miniature_job) -> None:
     """A process's values reach the endpoint seconds after it records them (~4 s measured here),
     so what a miniature stage records in its last seconds may first show while the next one runs.

@@ -20,7 +20,8 @@ from glore_ray.core.prompts import BAD_MARK, local_refine_prompt
 from glore_ray.core.rollouts import grade_rollouts
 from glore_ray.pipeline.registry import rollouts_stage
 from glore_ray.pipeline.runner import run_stage
-from glore_ray.pipeline.stages import ROLLOUTS_SCHEMA, counters_name, run_labels, run_pairs
+from glore_ray.pipeline.progress import counters_name
+from glore_ray.pipeline.stages import ROLLOUTS_SCHEMA, run_labels, run_pairs
 from tests.training_rows import corrupt
 
 CFG = replace(GloreConfig(), rollouts=RolloutConfig(k=4), sampling=SamplingConfig(max_tokens=40),
@@ -57,7 +58,7 @@ def test_rollouts_graded_deduplicated_quarantined_and_a_killed_replica_loses_not
     deadline, killed = time.time() + 240, None
     while killed is None and time.time() < deadline and run.is_alive():
         try:
-            done = ray.get(ray.get_actor(counters_name(str(out))).snapshot.remote()).get("questions", 0)
+            done = ray.get(ray.get_actor(counters_name(str(out))).snapshot.remote())[0].get("questions", 0)
         except ValueError:  # the stage has not created its counters yet
             done = 0
         # Ray titles an actor pool replica's process after its class (`ray::MapWorker(...RolloutSampler)`).

@@ -29,6 +29,7 @@ def train_stage(name: str, objective: str, train_cfg: TrainConfig, rows: str, in
 
     def run(stage_dir: str, key: str) -> dict:
         from glore_ray.metrics import StageMetrics
+        from glore_ray.pipeline.progress import stage_progress, training_line
         from glore_ray.training.ray_train import export_untrained, fit, read_rows
 
         model = f"{stage_dir}/model"
@@ -39,20 +40,24 @@ def train_stage(name: str, objective: str, train_cfg: TrainConfig, rows: str, in
             log.info(f"{name}: no training rows in {rows}; exporting the untrained initial model")
             export_untrained(objective, init, model)
             return {"rows": 0, "untrained": True}
-        meta = fit(objective, train_cfg, rows, init, model, f"{run_name}-{name}-{key}", StageMetrics(name, run_name))
+        with stage_progress(stage_dir, name, run_name, training_line(name, train_cfg.steps)) as progress:
+            meta = fit(objective, train_cfg, rows, init, model, f"{run_name}-{name}-{key}", StageMetrics(name, run_name),
+                       progress)
         return {"rows": n_rows, "steps": meta["step"], "first_loss": meta.get("first_loss"),
                 "final_loss": meta["loss"], "skipped_long": meta.get("skipped_long", 0),
                 "resumed_from": meta.get("resumed_from")}
 
-    return Stage(name, {"rows": rows, "init": init}, {objective: dataclasses.asdict(train_cfg)}, run, resumable=True)
+    return Stage(name, {"rows": rows, "init": init}, {objective: dataclasses.asdict(train_cfg)}, run, resumable=True,
+                 work=("train_examples", train_cfg.steps * train_cfg.batch_size))
 
 
 def rollouts_stage(name: str, cfg: GloreConfig, questions: str, policy: str) -> Stage:
     """`cfg.rollouts.k` graded, de-duplicated policy samples per question (Ray Data + engine pool)."""
     from glore_ray.pipeline import stages
 
+    solutions = _questions(cfg) * (cfg.rollouts.k + cfg.rollouts.greedy)
     return Stage(name, {"questions": questions, "policy": policy}, _sections(cfg, "rollouts", "engine", "sampling"),
-                 lambda d, k: stages.run_rollouts(cfg, name, questions, policy, d))
+                 lambda d, k: stages.run_rollouts(cfg, name, questions, policy, d), work=("sampled_solutions", solutions))
 
 
 def labels_stage(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None = None) -> Stage:
@@ -70,7 +75,15 @@ def labels_stage(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None 
         raise ValueError(f"unknown label kind {kind!r} (orm, sorm or prm)")
     inputs = {"rollouts": f"{rollouts}/data"} | ({"policy": policy} if kind == "sorm" else {})
     return Stage(f"{kind}_labels", inputs, config,
-                 lambda d, k: stages.run_labels(cfg, kind, rollouts, policy if kind == "sorm" else None, d))
+                 lambda d, k: stages.run_labels(cfg, kind, rollouts, policy if kind == "sorm" else None, d),
+                 work=("label_questions", _questions(cfg)) if kind == "sorm" else None)
+
+
+def _questions(cfg: GloreConfig) -> int:
+    """The training questions the rollouts sample (for the time estimate; 0 when a file's size is unknown)."""
+    if cfg.rollouts.max_questions:
+        return cfg.rollouts.max_questions
+    return cfg.data.organism.n_train if cfg.data.source == "organism" else 0
 
 
 def sorm_pair_rows(cfg: GloreConfig, sorm_labels: str) -> str:
@@ -133,7 +146,8 @@ def build_stages(cfg: GloreConfig, out: str) -> list[Stage]:
         orm = model_dir(out, "orm")
         pipeline.append(Stage("reranker", {"rows": f"{orm_labels}/data", "orm": orm, "policy": policy},
                               _sections(cfg, "reranker"),
-                              lambda d, k: stages.fit_reranker_stage(cfg, f"{orm_labels}/data", orm, policy, d)))
+                              lambda d, k: stages.fit_reranker_stage(cfg, f"{orm_labels}/data", orm, policy, d),
+                              work=("reranker_rows", cfg.reranker.fit_rows)))
     pipeline += [
         pairs_stage(rollouts, sorm_pair_rows(cfg, sorm_labels)),
         train_stage("global_refiner", "global_refiner", cfg.global_refiner, f"{pairs}/global", policy, run_name),
@@ -141,7 +155,8 @@ def build_stages(cfg: GloreConfig, out: str) -> list[Stage]:
     ]
     models = model_dirs(cfg, out) | ({"prm": model_dir(out, "prm")} if has_prm(cfg) else {})
     pipeline.append(Stage("evaluate", {"test": test} | models, _sections(cfg, "eval", "engine", "sampling"),
-                          lambda d, k: run_evaluation(cfg, test, models, d, out)))
+                          lambda d, k: run_evaluation(cfg, test, models, d, out),
+                          work=("eval_questions", cfg.eval.n_problems)))
     return pipeline
 
 

@@ -39,6 +39,9 @@ class Stage:
     restarts, so Ray Train finds its checkpoints, and changes with the config or the inputs."""
     resumable: bool = False
     """Keeps an interrupted run's directory (Ray Train checkpoints); other stages restart clean."""
+    work: tuple[str, float] | None = None
+    """(unit, amount) the time estimate counts in, from the config: training examples, sampled
+    solutions, labelled or evaluated questions; None for a short stage."""
 
 
 def _read_json(path: Path) -> dict | None:
@@ -121,22 +124,58 @@ def run_stage(stage: Stage, stage_dir: Path, force: bool = False) -> str:
 
 def _brief(counts: dict) -> str:
     """The headline counts of a stage (its manifest has them all)."""
-    return ", ".join(f"{k} {v}" for k, v in counts.items() if not isinstance(v, (dict, list)) and "_at_" not in k)
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in counts.items()
+                     if v is not None and not isinstance(v, (dict, list)) and "_at_" not in k)
+
+
+PRIOR_RATES: dict[str | None, tuple[float, float]] = {
+    "train_examples": (25.0, 0.012),
+    "sampled_solutions": (30.0, 0.012),
+    "label_questions": (30.0, 0.13),
+    "eval_questions": (60.0, 0.3),
+    "reranker_rows": (10.0, 0.006),
+    None: (5.0, 0.0),
+}
+"""(start-up seconds, seconds per unit) of each kind of work, the tiny model's on a 2-core laptop:
+the estimate's prior until this run has finished a stage of the kind, whose rate then replaces it."""
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
 class PipelineProgress:
-    """One view across stages: a line per stage event and `<out>/pipeline.json`, the table of every
-    stage's state and wall time, rewritten as the run moves on."""
+    """One view across stages: a line per stage event with the time spent and an estimate of the time
+    left (the stages' work from the config, at the rates this run has measured so far), and
+    `<out>/pipeline.json`, the table of every stage's state and wall time."""
 
-    def __init__(self, out: Path, names: list[str]):
+    def __init__(self, out: Path, stages: list[Stage]):
         self.path, self.t0 = out / "pipeline.json", time.perf_counter()
-        self.rows = {name: {"state": "pending", "wall_s": None} for name in names}
+        self.stages = {s.name: s for s in stages}
+        self.rows = {s.name: {"state": "pending", "wall_s": None} for s in stages}
+        self.rates = dict(PRIOR_RATES)
+
+    def _estimate(self, stage: Stage) -> float:
+        unit, amount = stage.work or (None, 0.0)
+        startup, per_unit = self.rates[unit]
+        return startup + per_unit * amount
+
+    def seconds_left(self) -> float:
+        """The estimate of the stages not finished yet (the running one as a whole)."""
+        return sum(self._estimate(self.stages[n]) for n, r in self.rows.items()
+                   if r["state"] in ("pending", "running", "resuming"))
 
     def update(self, name: str, state: str, wall_s: float | None = None) -> None:
         self.rows[name] = {"state": state, "wall_s": None if wall_s is None else round(wall_s, 1)}
+        stage = self.stages[name]
+        if state == "done" and stage.work and stage.work[1] > 0:
+            startup = self.rates[stage.work[0]][0]
+            self.rates[stage.work[0]] = (startup, max(wall_s - startup, 0.0) / stage.work[1])
         index = list(self.rows).index(name) + 1
         elapsed = time.perf_counter() - self.t0
-        log.info(f"== [{index}/{len(self.rows)}] {name}: {state}  (pipeline {elapsed:.0f} s)")
+        done = f" in {wall_s:.0f} s" if state == "done" else ""
+        log.info(f"== [{index}/{len(self.rows)}] {name}: {state}{done}  "
+                 f"(pipeline {_clock(elapsed)}, about {_clock(self.seconds_left())} left)")
         self.path.write_text(json.dumps({"stages": self.rows, "elapsed_s": round(elapsed, 1)}, indent=2) + "\n")
 
     def table(self) -> str:
@@ -172,7 +211,7 @@ def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     forced = names[names.index(from_stage):] if from_stage else []
-    progress = PipelineProgress(out, names)
+    progress = PipelineProgress(out, all_stages)
     for stage in all_stages[:names.index(selected[-1]) + 1]:
         stage_dir = out / stage.name
         state, _ = stage_state(stage, stage_dir)
@@ -192,8 +231,27 @@ def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None,
     if selected[-1] != names[-1]:
         return {}
     report = _finish_report(out, names)
-    log.info((out / "report.md").read_text())
+    log.info(closing_lines(cfg, out))
     return report
+
+
+def closing_lines(cfg: GloreConfig, out: Path) -> str:
+    """The end of a finished run: the report's tables, where the plots are, and the commands that
+    serve the trained ensemble and ask it the first evaluated question."""
+    import os
+    import shlex
+
+    md = [line for line in (out / "report.md").read_text().splitlines() if not line.startswith("![")]
+    plots = sorted(str(p) for p in out.glob("*.png"))
+    with (out / "data" / f"{cfg.eval.split}.jsonl").open() as f:
+        question = json.loads(f.readline())["question"]
+    token = f' -H "Authorization: Bearer ${cfg.serve.token_env}"' if os.environ.get(cfg.serve.token_env) else ""
+    host = "127.0.0.1" if cfg.serve.host == "0.0.0.0" else cfg.serve.host
+    return "\n".join([*md, f"plots: {', '.join(plots)}", "",
+                      "next: serve the trained ensemble (Ray Serve), then ask it a question:",
+                      f"  glore serve --models {shlex.quote(str(out))}",
+                      f"  curl -s http://{host}:{cfg.serve.port}/v1/solve{token} -H 'Content-Type: application/json' "
+                      f"-d {shlex.quote(json.dumps({'question': question}))}"])
 
 
 LABEL_GATE = 0.10

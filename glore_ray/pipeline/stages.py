@@ -12,10 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import threading
-import time
 from collections import Counter
-from contextlib import contextmanager
 
 import pyarrow as pa
 
@@ -33,51 +30,13 @@ from glore_ray.core.labels import (
     orm_labels,
     reward_model_row,
 )
-from glore_ray.metrics import StageMetrics
+from glore_ray.pipeline.progress import generation_line, stage_progress
 from glore_ray.core.prompts import solve_prompt
 from glore_ray.core.rollouts import grade_rollouts, question_from_row
 
 log = logging.getLogger(__name__)
 QUESTIONS_PER_FILE = 10_000
 """Validated questions per Parquet file: the unit Ray Data reads in parallel."""
-
-
-def counters_name(out_dir: str) -> str:
-    """The name of a stage's counters actor (one per output directory; `ray list actors` shows it)."""
-    return f"glore-counters:{out_dir}"
-
-
-COUNT_METRICS = {"questions": "questions", "samples": "samples", "continuations": "samples",
-                 "generated_tokens": "generated_tokens"}
-"""The replicas' counts that are also metrics (metrics.py); SORM continuations are samples."""
-
-
-def _counters_class():
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class StageCounters:
-        """Totals the replicas report (tokens, continuations, batches), read by the driver's
-        progress line and at the end for the manifest; also the stage's metrics."""
-
-        def __init__(self, metrics: StageMetrics) -> None:
-            self.totals: Counter = Counter()
-            self.metrics = metrics
-            self.t0 = time.perf_counter()
-
-        def add(self, counts: dict) -> None:
-            self.totals.update(counts)
-            for key, metric in COUNT_METRICS.items():
-                self.metrics.record(metric, counts.get(key, 0))
-            for label in ("positive", "negative"):
-                self.metrics.record("sorm_steps", counts.get(f"{label}_steps", 0), label=label)
-            self.metrics.record("generation_tokens_per_second",
-                                self.totals["generated_tokens"] / (time.perf_counter() - self.t0))
-
-        def snapshot(self) -> dict:
-            return dict(self.totals)
-
-    return StageCounters
 
 
 class _Replica:
@@ -162,50 +121,6 @@ def _pool_args(pool: EnginePoolConfig) -> dict:
     return args
 
 
-class _Progress:
-    """A progress line from the counters actor every `every` seconds while a stage runs."""
-
-    def __init__(self, stage: str, counters, every: float = 10.0):
-        self.stage, self.counters, self.every = stage, counters, every
-        self.stop = threading.Event()
-        self.t0 = time.perf_counter()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
-
-    def line(self) -> str:
-        import ray
-
-        totals = ray.get(self.counters.snapshot.remote())
-        elapsed = time.perf_counter() - self.t0
-        tokens = totals.get("generated_tokens", 0)
-        return (f"{self.stage}: {totals.get('questions', 0)} questions, {tokens:,} tokens "
-                f"({tokens / max(elapsed, 1e-9):,.0f} tok/s), {elapsed:.0f} s")
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.every):
-            log.info(self.line())
-
-
-@contextmanager
-def _stage_counters(out_dir: str, stage: str, run: str):
-    """The stage's named counters actor, removed when the stage ends (a re-run can reuse the name);
-    its metrics are tagged with the stage and the run."""
-    import ray
-
-    counters = _counters_class().options(name=counters_name(out_dir)).remote(StageMetrics(stage, run))
-    try:
-        yield counters
-    finally:
-        ray.kill(counters)
-
-
 def _write_parquet(path: str, rows: list[dict], schema: pa.Schema | None = None) -> None:
     import pyarrow.parquet as pq
 
@@ -248,13 +163,13 @@ def run_rollouts(cfg: GloreConfig, stage: str, questions: str, policy: str, out_
     prepared = prepare_questions(cfg, questions, out_dir)
     sampling = Sampling(n=cfg.rollouts.k, temperature=cfg.rollouts.temperature, top_p=cfg.sampling.top_p,
                         max_tokens=cfg.sampling.max_tokens, seed=cfg.sampling.seed)
-    with _stage_counters(out_dir, stage, cfg.run_name) as counters, _Progress(stage, counters):
+    with stage_progress(out_dir, stage, cfg.run_name, generation_line(stage, prepared["questions"])) as counters:
         write_dataset(ray.data.read_parquet(f"{out_dir}/questions").map_batches(
             RolloutSampler, fn_constructor_kwargs={"model": absolute(policy), "engine": cfg.engine,
                                                    "counters": counters, "sampling": sampling,
                                                    "greedy": cfg.rollouts.greedy},
             **_pool_args(cfg.rollouts.pool)), f"{out_dir}/data", ROLLOUTS_SCHEMA)
-        totals = ray.get(counters.snapshot.remote())
+        totals, _ = ray.get(counters.snapshot.remote())
     counts = _rollout_counts(f"{out_dir}/data") | {"quarantined": prepared["quarantined"],
                                                    "generated_tokens": totals.get("generated_tokens", 0)}
     if counts["questions"] != prepared["questions"]:
@@ -349,14 +264,14 @@ def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, o
         if policy is None:
             raise ValueError("SORM labels need the policy (--model) to sample continuations")
         target = f"{out_dir}/unbalanced" if cfg.labels.balance else f"{out_dir}/data"
-        with (_stage_counters(out_dir, "sorm_labels", cfg.run_name) as counters,
-              _Progress(f"sorm labels ({cfg.labels.mode})", counters)):
+        line = generation_line(f"sorm_labels ({cfg.labels.mode})", source.count())
+        with stage_progress(out_dir, "sorm_labels", cfg.run_name, line) as counters:
             write_dataset(source.map_batches(
                 SormLabelBatch, fn_constructor_kwargs={"model": absolute(policy), "engine": cfg.engine,
                                                        "counters": counters, "labels": cfg.labels,
                                                        "max_tokens": cfg.sampling.max_tokens},
                 **_pool_args(cfg.labels.pool)), target, SORM_SCHEMA)
-            totals = ray.get(counters.snapshot.remote())
+            totals, _ = ray.get(counters.snapshot.remote())
         if cfg.labels.balance:
             _write_balanced(target, f"{out_dir}/data", cfg.labels.seed, SORM_SCHEMA)
     else:

@@ -48,11 +48,12 @@ def export_untrained(objective: str, init_model: str, out: str) -> None:
 
 
 def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, run_name: str,
-        metrics: StageMetrics | None = None) -> dict:
+        metrics: StageMetrics | None = None, progress=None) -> dict:
     """Train `objective` from the Hugging Face folder `init_model` on `data`; write the result to
     `out` and return the run's summary (steps, first and last logged loss, skipped_long,
     resumed_from). Rank 0 records loss, steps and throughput as `metrics` (default: stage = the
-    objective, run = `run_name`)."""
+    objective, run = `run_name`) and, given a `progress` counters actor, reports its step and loss
+    to it at every log."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -61,7 +62,7 @@ def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, 
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"objective": objective, "cfg": cfg, "init_model": os.path.abspath(init_model),
-                           "metrics": metrics or StageMetrics(objective, run_name)},
+                           "metrics": metrics or StageMetrics(objective, run_name), "progress": progress},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
                                                resources_per_worker=resources,
                                                accelerator_type=cfg.accelerator_type or None),
@@ -140,14 +141,14 @@ class Trainer:
     """One Ray Train worker's run: the objective's model under its strategy, resumed from the last
     checkpoint if there is one, trained to `cfg.steps`, checkpointed and exported."""
 
-    def __init__(self, objective: str, cfg: TrainConfig, init_model: str, metrics: StageMetrics):
+    def __init__(self, objective: str, cfg: TrainConfig, init_model: str, metrics: StageMetrics, progress=None):
         import ray.train
         import torch
         from transformers import AutoTokenizer
 
         from glore_ray.training.strategy import DeepSpeedStrategy, TorchStrategy, deepspeed_config
 
-        self.objective, self.cfg, self.metrics = objective_spec(objective), cfg, metrics
+        self.objective, self.cfg, self.metrics, self.progress = objective_spec(objective), cfg, metrics, progress
         self.rank = ray.train.get_context().get_world_rank()
         torch.manual_seed(cfg.seed)
         if cfg.torch_threads:
@@ -210,6 +211,9 @@ class Trainer:
         self.metrics.record("train_loss", step_log.loss)
         self.metrics.record("train_tokens_per_second", step_log.tokens_per_s)
         self.logged_step = step_log.step
+        if self.progress is not None:
+            self.progress.add.remote({}, {"step": step_log.step, "loss": step_log.loss,
+                                          "tokens_per_s": step_log.tokens_per_s})
         # Not print(): Ray Train's patched print logs the line and also tees it to stdout, so every
         # line would reach the driver twice.
         sys.stdout.write(f"{self.objective.name} step {step_log.step}/{self.cfg.steps}  loss {step_log.loss:.4f}  "
@@ -237,4 +241,4 @@ class Trainer:
 
 def train_worker(config: dict) -> None:
     """The per-worker entry point Ray Train calls."""
-    Trainer(config["objective"], config["cfg"], config["init_model"], config["metrics"]).run()
+    Trainer(config["objective"], config["cfg"], config["init_model"], config["metrics"], config["progress"]).run()
