@@ -39,6 +39,8 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -
         manifest = _manifest(out, stage)
         assert manifest["stage"] == stage and manifest["counts"]["wall_s"] >= 0
     assert _manifest(out, "rollouts")["counts"]["questions"] == 8
+    # Trained under DDP (the default) on both heads: the policy (causal LM) and the ORM (step value).
+    assert _manifest(out, "policy")["counts"]["steps"] == 6 and _manifest(out, "orm")["counts"]["steps"] == 4
 
     report = json.loads((out / "report.json").read_text())
     assert report["n_test"] == 8 and report["k"] == 3
