@@ -10,8 +10,8 @@ first `--problems` validation problems (vLLM) and grades every sample with the e
 It also ranks each question's solutions by the policy's own likelihood of them (sum, mean and
 minimum token log-probability): the within-question AUROC a reranker with no training at all
 reaches, the yardstick for the ORM (issue 14: reranking is the hard link). The test split is
-never read. Prints a table and writes bench/results/policy_regime.json
-(flat keys `<steps>x<batch>_<metric>`).
+never read. Prints a table and writes bench/results/policy_regime.json (or `--name`'s file;
+flat keys `<steps>x<batch>_<metric>`).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--budget", action="append", default=[], help="STEPSxBATCH (repeatable; default 900x64)")
     parser.add_argument("--problems", type=int, default=300)
+    parser.add_argument("--name", default="policy_regime", help="results file: bench/results/<name>.json")
     parser.add_argument("--work", default=str(ROOT / "runs" / "policy-regime"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="organism or model settings to try, e.g. data.organism.max_steps=5 (repeatable)")
@@ -114,7 +115,7 @@ def main() -> None:
                                                           / max(sum(errors.values()), 1), 4),
                     **{f"{name}_errors_{k}": v for k, v in errors.items()},
                     **{f"{name}_{k}": v for k, v in rankings.items()}}
-    publish("policy_regime", results)
+    publish(args.name, results)
 
 
 if __name__ == "__main__":
