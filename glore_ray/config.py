@@ -220,6 +220,10 @@ class EngineConfig:
     starts several times faster on CPU (VLLM_ENABLE_V1_MULTIPROCESSING)."""
     enable_prefix_caching: bool = field(default=True, metadata=EXECUTION)
     """Reuse the KV cache of shared prompt prefixes (K samples, SORM continuations)."""
+    enforce_eager: bool | None = field(default=None, metadata=EXECUTION)
+    """Run the model eagerly: no torch.compile warm-up at each engine start, no CUDA graphs. None:
+    eager on CPU, where the warm-up outweighs what the compiled graph saves a small model
+    (bench/engine_start.py), compiled on GPU."""
 
     def validate(self, key: str) -> None:
         _check(self.max_model_len > 0, f"{key}.max_model_len", "must be > 0")

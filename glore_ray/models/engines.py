@@ -74,7 +74,9 @@ class VLLMEngine:
         self.llm = LLM(model=str(model_path), dtype=dtype, max_model_len=cfg.max_model_len,
                        tensor_parallel_size=cfg.tensor_parallel_size,
                        gpu_memory_utilization=cfg.gpu_memory_utilization,
-                       enable_prefix_caching=cfg.enable_prefix_caching, seed=0, **cpu_scheduling)
+                       enable_prefix_caching=cfg.enable_prefix_caching, seed=0,
+                       enforce_eager=(not on_gpu) if cfg.enforce_eager is None else cfg.enforce_eager,
+                       **cpu_scheduling)
 
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
         from vllm import SamplingParams
