@@ -63,16 +63,19 @@ def _counters_class():
 @contextmanager
 def stage_progress(out_dir: str, stage: str, run: str, line: Line) -> Iterator:
     """The stage's named counters actor, and a line from it every EVERY_S seconds while the stage
-    runs; the actor is removed when the stage ends (a re-run can reuse the name)."""
+    runs and its counts move; the actor is removed when the stage ends (a re-run can reuse the name)."""
     import ray
 
     counters = _counters_class().options(name=counters_name(out_dir)).remote(StageMetrics(stage, run))
     stop, t0 = threading.Event(), time.perf_counter()
 
     def report() -> None:
+        last = None
         while not stop.wait(EVERY_S):
-            totals, latest = ray.get(counters.snapshot.remote())
-            log.info(line(totals, latest, time.perf_counter() - t0))
+            snapshot = ray.get(counters.snapshot.remote())
+            if snapshot != last:  # a line only when something moved
+                log.info(line(*snapshot, time.perf_counter() - t0))
+                last = snapshot
 
     thread = threading.Thread(target=report, daemon=True)
     thread.start()
