@@ -7,7 +7,8 @@ interrupted (Ctrl-C) inside a training stage and then resumed.
 
 Each run is `glore pipeline` in its own process with its own local Ray cluster, as a user runs it
 (its terminal output goes to <run>/../pipeline.log). Prints a table and writes
-bench/results/demo.json, and the fresh run's report as bench/results/demo_report.md (with its plots).
+bench/results/demo.json, and the fresh run's report as bench/results/demo_report.md (with its plots);
+`--name` names other files, for a candidate config.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def states(out: Path) -> dict:
     return json.loads((out / "pipeline.json").read_text())["stages"]
 
 
-def fresh_and_rerun(config: str, out: Path) -> dict:
+def fresh_and_rerun(config: str, out: Path, name: str) -> dict:
     results: dict = {"pipeline_wall_s": round(timed(config, out), 1)}
     results |= {f"stage_{name}_s": row["wall_s"] for name, row in states(out).items()}
     report = json.loads((out / "report.json").read_text())
@@ -59,20 +60,20 @@ def fresh_and_rerun(config: str, out: Path) -> dict:
                 **{f"{row}_accuracy": refinement[row]["accuracy"] for row in ("greedy", "global", "local",
                                                                                "global_local_rerank", "rerank_oracle")},
                 "global_local_rerank_vs_greedy": refinement["global_local_rerank"]["paired_diff_vs_greedy"]["mean"]}
-    publish_report(out)
+    publish_report(out, name)
     results["rerun_wall_s"] = round(timed(config, out), 1)
     results["rerun_stages_skipped"] = sum(r["state"].startswith("up to date") for r in states(out).values())
     return results
 
 
-def publish_report(out: Path) -> None:
-    """The run's report.md and plots as bench/results/demo_report.md and demo_<plot>.png."""
+def publish_report(out: Path, name: str) -> None:
+    """The run's report.md and plots as bench/results/<name>_report.md and <name>_<plot>.png."""
     results = ROOT / "bench" / "results"
     md = (out / "report.md").read_text()
     for plot in out.glob("*.png"):
-        shutil.copy(plot, results / f"demo_{plot.name}")
-        md = md.replace(f"({plot.name})", f"(demo_{plot.name})")
-    (results / "demo_report.md").write_text(md)
+        shutil.copy(plot, results / f"{name}_{plot.name}")
+        md = md.replace(f"({plot.name})", f"({name}_{plot.name})")
+    (results / f"{name}_report.md").write_text(md)
 
 
 def interrupt_and_resume(config: str, out: Path) -> dict:
@@ -104,14 +105,15 @@ def main() -> None:
                         help="a finished run of --config: measure only the interrupt and resume, keeping the "
                              "other figures of bench/results/demo.json")
     parser.add_argument("--skip-resume", action="store_true", help="measure the fresh run and the re-run only")
+    parser.add_argument("--name", default="demo", help="results: bench/results/<name>.json and <name>_report.md")
     args = parser.parse_args()
     if args.resume_only:
         results = json.loads((ROOT / "bench" / "results" / "demo.json").read_text())
         out = args.resume_only
     else:
         out = Path(tempfile.mkdtemp(prefix="glore-demo-")) / "run"
-        results = fresh_and_rerun(args.config, out)
-    publish("demo", results if args.skip_resume else results | interrupt_and_resume(args.config, out))
+        results = fresh_and_rerun(args.config, out, args.name)
+    publish(args.name, results if args.skip_resume else results | interrupt_and_resume(args.config, out))
 
 
 if __name__ == "__main__":
