@@ -23,7 +23,6 @@ from pathlib import Path
 
 from glore_ray.config import EngineConfig, GloreConfig
 from glore_ray.core.problems import Problem, Quarantine, load_problems
-from glore_ray.io import open_text
 from glore_ray.core.generation import Generation, Sampling
 from glore_ray.core.ensemble import SCORERS, Decision, EnsembleSettings, RefinementEnsemble, first_bad_step
 from glore_ray.core.grading import is_correct, scored_steps, split_steps
@@ -204,9 +203,9 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
     t0 = time.perf_counter()
     metrics = StageMetrics("evaluate", cfg.run_name)
     quarantine = Quarantine()
-    problems = itertools.islice(load_problems(test, quarantine=quarantine), cfg.eval.n_problems)
-    with open_text(test) as lines:
-        n_questions = min(cfg.eval.n_problems, sum(1 for _ in lines))
+    # eval.n_problems of them: few enough to hold, and the progress line counts against their number.
+    all_problems = list(itertools.islice(load_problems(test, quarantine=quarantine), cfg.eval.n_problems))
+    problems, n_questions = iter(all_problems), len(all_problems)
     with ThreadPoolExecutor(cfg.eval.pool.replicas) as threads:  # the replica sets load in parallel
         replicas = list(threads.map(lambda _: start_model_servers(cfg, models), range(cfg.eval.pool.replicas)))
     log.info(f"evaluate: {len(models) * len(replicas)} model servers up in {time.perf_counter() - t0:.0f} s")

@@ -33,11 +33,14 @@ def input_fingerprint(path: str) -> str:
     return fingerprint(listing)
 
 
-def write_manifest(out_dir: str, stage: str, config: Any, inputs: dict[str, str], counts: dict[str, Any]) -> dict:
+def write_manifest(out_dir: str, stage: str, config: Any, inputs: dict[str, str], input_hashes: dict[str, str],
+                   counts: dict[str, Any]) -> dict:
+    """The manifest of a stage that ran with `config` on `inputs`, fingerprinted (`input_fingerprint`)
+    as `input_hashes` when it started."""
     from glore_ray.config import result_config
 
     manifest = {"stage": stage, "config_hash": fingerprint(result_config(config)), "config": config,
-                "inputs": {name: {"path": path, "hash": input_fingerprint(path)} for name, path in inputs.items()},
+                "inputs": {name: {"path": path, "hash": input_hashes[name]} for name, path in inputs.items()},
                 "counts": counts}
     write_text(f"{out_dir.rstrip('/')}/{MANIFEST}", json.dumps(manifest, indent=2, default=str) + "\n")
     return manifest

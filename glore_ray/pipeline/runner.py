@@ -82,8 +82,9 @@ def _changes(old: Any, new: Any, key: str = "") -> list[str]:
     return [] if old == new else [key or "config"]
 
 
-def why_rerun(stage: Stage, stage_dir: Path) -> str:
-    """Why a stage with a manifest runs again: the config keys and the inputs that changed."""
+def why_rerun(stage: Stage, stage_dir: Path, signature: dict) -> str:
+    """Why a stage with a manifest runs again: the config keys and the inputs that changed (against
+    its signature now, `stage_state`'s)."""
     manifest = _read_json(stage_dir / MANIFEST)
     if manifest is None:
         return ""
@@ -92,15 +93,16 @@ def why_rerun(stage: Stage, stage_dir: Path) -> str:
     if set(old_inputs) != set(stage.inputs):
         reasons.append(f"inputs now {', '.join(sorted(stage.inputs))} (were {', '.join(sorted(old_inputs))})")
     else:
-        reasons += [f"input {name} rewritten" for name, path in stage.inputs.items()
-                    if old_inputs[name] != input_fingerprint(path)]
+        reasons += [f"input {name} rewritten" for name, digest in signature["inputs"].items()
+                    if old_inputs[name] != digest]
     return "; ".join(reasons)
 
 
-def run_stage(stage: Stage, stage_dir: Path, force: bool = False) -> str:
+def run_stage(stage: Stage, stage_dir: Path, force: bool = False, known: tuple[str, dict] | None = None) -> str:
     """Run `stage` in `stage_dir` unless it is up to date (or resume it), and write its manifest.
+    `known` is `stage_state`'s answer when the caller has it (the inputs are fingerprinted once).
     Returns what happened: `skipped`, `resumed` or `ran`."""
-    state, signature = stage_state(stage, stage_dir)
+    state, signature = known or stage_state(stage, stage_dir)
     if force:
         state = "run"
     if state == "done":
@@ -109,7 +111,7 @@ def run_stage(stage: Stage, stage_dir: Path, force: bool = False) -> str:
     if state == "resume" and not stage.resumable:
         state = "run"
     if state == "run":
-        if why := (not force and why_rerun(stage, stage_dir)):
+        if why := (not force and why_rerun(stage, stage_dir, signature)):
             log.info(f"{stage.name}: re-running: {why}")
         shutil.rmtree(stage_dir, ignore_errors=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,7 @@ def run_stage(stage: Stage, stage_dir: Path, force: bool = False) -> str:
     t0 = time.perf_counter()
     counts = stage.run(str(stage_dir), signature["config_hash"][:8] + fingerprint(signature["inputs"])[:8])
     counts = counts | {"wall_s": round(time.perf_counter() - t0, 1)}
-    write_manifest(str(stage_dir), stage.name, stage.config, stage.inputs, counts)
+    write_manifest(str(stage_dir), stage.name, stage.config, stage.inputs, signature["inputs"], counts)
     log.info(f"{stage.name}: {_brief(counts)} -> {stage_dir}")
     return "resumed" if state == "resume" else "ran"
 
@@ -214,7 +216,7 @@ def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None,
     progress = PipelineProgress(out, all_stages)
     for stage in all_stages[:names.index(selected[-1]) + 1]:
         stage_dir = out / stage.name
-        state, _ = stage_state(stage, stage_dir)
+        state, signature = stage_state(stage, stage_dir)
         if stage.name in forced:
             state = "run"
         if state == "done":
@@ -225,7 +227,7 @@ def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None,
                              f"run it before {', '.join(selected)}")
         progress.update(stage.name, "resuming" if state == "resume" and stage.resumable else "running")
         t0 = time.perf_counter()
-        run_stage(stage, stage_dir, force=stage.name in forced)
+        run_stage(stage, stage_dir, force=stage.name in forced, known=(state, signature))
         progress.update(stage.name, "done", time.perf_counter() - t0)
     log.info(progress.table())
     if selected[-1] != names[-1]:
