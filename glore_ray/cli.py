@@ -180,14 +180,20 @@ def main(argv: list[str] | None = None) -> int:
 
         evaluate_policy(cfg, args.data, args.model, args.out)
     elif args.verb == "pipeline":
-        from glore_ray.pipeline.runner import run_pipeline
+        import ray
+
+        from glore_ray.pipeline.runner import closing_lines, run_pipeline
 
         _connect_ray(args.verbose)
         try:
-            run_pipeline(cfg, args.out, args.from_stage, args.only)
+            report = run_pipeline(cfg, args.out, args.from_stage, args.only)
         except ValueError as e:
             print(f"glore: {e}", file=sys.stderr)
             return 2
+        if report:  # the last lines on screen: Ray's teardown (and what it flushes) goes before them
+            ray.shutdown()
+            sys.stderr.flush()
+            logging.getLogger("glore_ray").info(closing_lines(cfg, Path(args.out).absolute()))
     elif args.verb == "serve":
         from glore_ray.layout import model_dirs
         from glore_ray.serve.app import build_app, run_server

@@ -60,7 +60,7 @@ def test_the_job_prints_progress_with_an_estimate_and_ends_with_the_next_command
     assert "tok/s/worker" not in logs and "RayTrainWorker" not in logs  # the workers' own lines
     assert "Ray workers' logs: " in logs
     tail = [line for line in logs.splitlines() if line.strip()][-4:]
-    assert tail[0].startswith("plots: ") and tail[0].count(".png") == 2
+    assert tail[0].startswith("plots: ") and tail[0].count(".png") == 2, "\n".join(tail)
     assert tail[2] == f"  glore serve --models {miniature_job.out}"
     assert tail[3].startswith("  curl -s http://127.0.0.1:8000/v1/solve") and '"question"' in tail[3]
 

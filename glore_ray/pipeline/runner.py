@@ -232,9 +232,7 @@ def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None,
     log.info(progress.table())
     if selected[-1] != names[-1]:
         return {}
-    report = _finish_report(out, names)
-    log.info(closing_lines(cfg, out))
-    return report
+    return _finish_report(out, names)
 
 
 def closing_lines(cfg: GloreConfig, out: Path) -> str:
