@@ -42,13 +42,13 @@ class OrganismConfig:
     the test split is read once, by the final run."""
     min_steps: int = 2
     """Fewest reasoning steps in a problem (2..6)."""
-    max_steps: int = 4
+    max_steps: int = 3
     """Most reasoning steps in a problem (2..6)."""
-    max_operand: int = 30
+    max_operand: int = 10
     """Largest number added or subtracted (the starting amount, found or given items)."""
-    max_factor: int = 12
+    max_factor: int = 5
     """Largest size of a container: products stay inside a times table a tiny model can learn."""
-    max_result: int = 200
+    max_result: int = 50
     """Largest intermediate result; larger draws are rejected."""
     distractor_prob: float = 0.3
     """Probability that a problem carries a sentence with an unused number."""
@@ -277,7 +277,7 @@ class EvalConfig:
 
     split: Literal["test", "validation"] = "test"
     """The split evaluated: `validation` while settings are chosen, `test` once, for the final run."""
-    n_problems: int = 100
+    n_problems: int = 300
     """Problems to evaluate (the first n of the split)."""
     k: int = 3
     """Samples per problem: per-sample accuracy, pass@k and the ORM-reranked best-of-k baseline."""
@@ -294,7 +294,8 @@ class EvalConfig:
     candidate, the refiners sampling at `temperature` (greedy refiners would repeat the first
     round's rewrites), up to this many rounds in all; each round is a row of the report."""
     pool: EnginePoolConfig = field(default_factory=lambda: EnginePoolConfig(cpus_per_replica=0.25, batch_size=64), metadata=EXECUTION)
-    """Resources of each of the five model servers; batch_size is questions per ensemble call."""
+    """Resources per model served (each in its own actor, or all in one when cpus_per_replica is
+    a fraction and gpus_per_replica 0); batch_size is questions per ensemble call."""
 
     def validate(self, key: str) -> None:
         _check(self.n_problems > 0, f"{key}.n_problems", "must be > 0")
@@ -388,7 +389,7 @@ class ExpertIterationConfig:
     """Rounds of: sample K solutions per training question, keep the correct ones (de-duplicated),
     fine-tune the policy on them together with the gold solutions."""
 
-    rounds: int = 1
+    rounds: int = 0
     k: int = 4
     temperature: float = 1.0
     max_questions: int = 200
@@ -419,9 +420,9 @@ class ExpertIterationConfig:
 class RolloutConfig:
     """K policy samples per training question: the data of every reward model and refiner."""
 
-    k: int = 8
+    k: int = 4
     temperature: float = 1.0
-    max_questions: int = 120
+    max_questions: int = 150
     """Use the first n questions of the input; 0 uses all."""
     greedy: bool = True
     """Also keep each question's greedy solution: the reward models judge greedy texts (the draft,
@@ -450,7 +451,7 @@ class LabelConfig:
     balance: bool = True
     """Cut rows so that every step index has as many positive as negative labels."""
     seed: int = 0
-    prm: bool = True
+    prm: bool = False
     """On the model organism, also train a PRM: the SORM's model and training on the exact checker's
     step labels of the same rollouts, the upper bound for "where" (reported, never served)."""
     pool: EnginePoolConfig = field(default_factory=EnginePoolConfig, metadata=EXECUTION)
@@ -470,7 +471,7 @@ class RerankerConfig:
     ranks the solutions of one question near chance where the policy's likelihood does not
     (bench/orm_ranking.py); the reward models' own rows are reported either way."""
 
-    likelihood: bool = False
+    likelihood: bool = True
     """Rank with the ORM and the policy's likelihood (a `reranker` stage fits the weights)."""
     fit_rows: int = 4000
     """ORM training rows (solutions) the weights are fitted on."""
@@ -490,7 +491,7 @@ class GloreConfig:
     run_name: str = "tiny-cpu"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    policy: TrainConfig = field(default_factory=TrainConfig)
+    policy: TrainConfig = field(default_factory=lambda: TrainConfig(steps=450, batch_size=64))
     orm: TrainConfig = field(default_factory=lambda: dataclasses.replace(_FINE_TUNE))
     sorm: TrainConfig = field(default_factory=lambda: dataclasses.replace(_FINE_TUNE))
     global_refiner: TrainConfig = field(default_factory=lambda: dataclasses.replace(_FINE_TUNE))

@@ -1,7 +1,7 @@
 """The miniature pipeline config the job, pipeline and Serve tests share: every stage but expert
 iteration, tiny sizes, the transformers engine (vLLM's start, ~45 s per stage here, is covered by
 test_stages and test_engines). Expert iteration's rows are tested in test_stages and its wiring
-in test_pipeline; `make demo` runs a round (~60 s more here)."""
+in test_pipeline (the organism benchmark runs a round)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ MINIATURE = ["data.organism.n_train=300", "data.organism.n_test=20", "engine.bac
              "expert_iteration.rounds=0",
              "rollouts.max_questions=8", "rollouts.k=3", "labels.k=2", "eval.n_problems=8",
              "rollouts.pool.batch_size=2",  # four batches, as eval's below: metrics show while the stage runs
-             "reranker.likelihood=true",  # the ORM ranks with the policy's likelihood, in the evaluation and Serve
+             "labels.prm=true",  # the organism's PRM stage and its report row
              "eval.pool.batch_size=2",  # four batches: the first ones' metrics are exported while the last run
              *[f"{m}.{key}" for m in ("orm", "sorm", "global_refiner", "local_refiner")
                for key in ("steps=4", "warmup_steps=1", "checkpoint_every=2")]]

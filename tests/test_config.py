@@ -140,7 +140,7 @@ def test_a_partial_section_keeps_that_sections_own_defaults() -> None:
 
 
 def test_glore_config_prints_the_effective_config_documented_and_loadable(tmp_path, capsys) -> None:
-    overrides = ["eval.k=4", "data.organism.max_steps=5", "reranker.likelihood=true", "run_name=run:1"]
+    overrides = ["eval.k=4", "data.organism.max_steps=5", "reranker.likelihood=false", "run_name=run:1"]
     assert main(["config", "--config", str(TINY), *[a for o in overrides for a in ("--set", o)]]) == 0
     printed = capsys.readouterr().out
     assert "\n    # Problems in the training split.\n    n_train: 20000\n" in printed  # data.organism.n_train

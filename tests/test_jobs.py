@@ -131,10 +131,11 @@ def test_a_stage_job_names_the_earlier_stage_that_is_not_done(tmp_path) -> None:
 
 
 def test_every_stage_of_the_pipeline_has_a_job_script() -> None:
-    from glore_ray.config import GloreConfig
+    from glore_ray.config import load_config
     from glore_ray.pipeline.registry import build_stages
 
-    names = [s.name for s in build_stages(GloreConfig(), "/tmp/run")]
+    every_stage = load_config(None, ["expert_iteration.rounds=1", "labels.prm=true"])
+    names = [s.name for s in build_stages(every_stage, "/tmp/run")]
     scripts = {p.stem for p in (REPO / "jobs").glob("*.py")}
     for name in names:
         job = "expert_iteration" if name.startswith("expert_iteration_") else name

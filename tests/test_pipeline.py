@@ -148,10 +148,10 @@ def test_the_likelihood_reranker_is_a_stage_that_ranks_in_the_orms_place() -> No
     from glore_ray.layout import model_dir, model_dirs
     from glore_ray.pipeline.registry import build_stages
 
-    off = load_config(None)
+    off = load_config(None, ["reranker.likelihood=false"])
     assert "reranker" not in [s.name for s in build_stages(off, "/run")]
     assert "reranker" not in model_dirs(off, "/run")
-    cfg = load_config(None, ["reranker.likelihood=true", "reranker.fit_rows=100"])
+    cfg = load_config(None, ["reranker.fit_rows=100"])
     stages = {s.name: s for s in build_stages(cfg, "/run")}
     names = list(stages)
     assert names.index("orm") < names.index("reranker") < names.index("evaluate")
@@ -162,6 +162,20 @@ def test_the_likelihood_reranker_is_a_stage_that_ranks_in_the_orms_place() -> No
                                                       "objective": "within_question"}}
     assert model_dirs(cfg, "/run")["reranker"] == model_dir("/run", "reranker")
     assert stages["evaluate"].inputs["reranker"] == model_dir("/run", "reranker")
+
+
+def test_evaluation_models_share_one_server_on_a_fraction_of_a_cpu_and_not_on_gpus() -> None:
+    """A laptop's pool (a fraction of a CPU each, no GPU) puts every model in one actor that imports
+    vLLM and torch once; whole CPUs or GPUs give each model its own server (the miniature run
+    above evaluates through the shared one)."""
+    from glore_ray.config import EnginePoolConfig
+    from glore_ray.pipeline.evaluation import server_groups
+
+    models = {"policy": "/p", "orm": "/o", "sorm": "/s"}
+    assert server_groups(EnginePoolConfig(cpus_per_replica=0.25), models) == [models]
+    one_each = [{"policy": "/p"}, {"orm": "/o"}, {"sorm": "/s"}]
+    assert server_groups(EnginePoolConfig(cpus_per_replica=1.0), models) == one_each
+    assert server_groups(EnginePoolConfig(cpus_per_replica=0.5, gpus_per_replica=1.0), models) == one_each
 
 
 def test_from_names_an_unknown_stage(pipeline_run, capsys) -> None:

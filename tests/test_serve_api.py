@@ -75,15 +75,16 @@ def test_glore_serve_names_the_missing_model_folders_before_touching_ray(tmp_pat
 
 def test_glore_serve_reads_the_config_the_run_directory_was_made_with(tmp_path, capsys) -> None:
     """`glore serve --models RUN` without --config serves the models that run's config placed (here:
-    no expert iteration, so the policy is the SFT stage's, and the likelihood reranker)."""
+    an expert-iteration round, so the policy is that round's, and no likelihood reranker: both
+    differ from the defaults)."""
     import dataclasses
     import json
 
     from glore_ray.cli import main
     from glore_ray.config import load_config
 
-    cfg = load_config(None, ["expert_iteration.rounds=0", "reranker.likelihood=true"])
+    cfg = load_config(None, ["expert_iteration.rounds=1", "reranker.likelihood=false"])
     (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))  # as `glore pipeline` writes it
     assert main(["serve", "--models", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert f"policy: {tmp_path}/policy/model" in err and f"reranker: {tmp_path}/reranker/model" in err
+    assert f"policy: {tmp_path}/expert_iteration_1/model" in err and "reranker" not in err

@@ -14,11 +14,15 @@ Resolve = Callable[[str, Any], Any]
 
 
 class RemoteModel:
-    def __init__(self, name: str, handle, resolve: Resolve):
+    """`routed`: the handle hosts several models, and each call names its model first."""
+
+    def __init__(self, name: str, handle, resolve: Resolve, routed: bool = False):
         self.name, self.handle, self.resolve = name, handle, resolve
+        self.route = (name,) if routed else ()
 
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
-        return self.resolve(self.name, self.handle.generate.remote(list(prompts), sampling))
+        return self.resolve(self.name, self.handle.generate.remote(*self.route, list(prompts), sampling))
 
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        return self.resolve(self.name, self.handle.score.remote(list(questions), [list(s) for s in steps]))
+        return self.resolve(self.name, self.handle.score.remote(*self.route, list(questions),
+                                                                [list(s) for s in steps]))

@@ -1,7 +1,8 @@
 """The evaluation stage: the policy, both reward models and the refinement ensemble on the test split.
 
-Each of the five models runs in its own actor (a model server with its own CPUs/GPUs from
-`eval.pool`, `pool.replicas` sets of them); the driver streams the test questions in batches and
+Each model runs in its own actor (a model server with its own CPUs/GPUs from `eval.pool`,
+`pool.replicas` sets of them), or, when the pool asks for a fraction of a CPU and no GPU (a
+laptop), all of them in one actor that imports vLLM and torch once; the driver streams the test questions in batches and
 runs the same `RefinementEnsemble` the Serve app runs, with the actors behind the engine and
 scorer interfaces. Per batch: a greedy draft and k samples per question, the reward models' step
 values on all of them (the ORM, the SORM and, on the model organism, the PRM trained on exact step
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from glore_ray.config import EngineConfig, GloreConfig
+from glore_ray.config import EngineConfig, EnginePoolConfig, GloreConfig
 from glore_ray.core.problems import Problem, Quarantine, load_problems
 from glore_ray.core.generation import Generation, Sampling
 from glore_ray.core.ensemble import SCORERS, Decision, EnsembleSettings, RefinementEnsemble, first_bad_step
@@ -38,19 +39,21 @@ EVAL_SCORERS = (*SCORERS, "prm", "reranker")
 
 
 class ModelServer:
-    """One model in an actor (`models.engines.load_model`): a generation engine or a step scorer."""
+    """Models in an actor (`models.engines.load_model`: generation engines or step scorers), each
+    call naming its model. The actor runs one call at a time: a vLLM engine is not thread-safe."""
 
-    def __init__(self, model_dir: str, kind: str, engine: EngineConfig):
-        self.model = load_model(model_dir, kind, engine)
+    def __init__(self, models: dict[str, str], engine: EngineConfig):
+        self.models = {name: load_model(path, "scorer" if name in EVAL_SCORERS else "generator", engine)
+                       for name, path in models.items()}
 
     def ready(self) -> bool:
         return True
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
-        return self.model.generate(prompts, sampling)
+    def generate(self, model: str, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+        return self.models[model].generate(prompts, sampling)
 
-    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        return self.model.score(questions, steps)
+    def score(self, model: str, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        return self.models[model].score(questions, steps)
 
 
 def _ray_get(name: str, ref):
@@ -64,29 +67,41 @@ def ranker(models: dict) -> str:
     return "reranker" if "reranker" in models else "orm"
 
 
+def server_groups(pool: EnginePoolConfig, models: dict[str, str]) -> list[dict[str, str]]:
+    """The models each server hosts: all in one when the pool asks for a fraction of a CPU and no
+    GPU (six processes that each import vLLM and torch cost a 2-core laptop ~20 s), else one each."""
+    if pool.gpus_per_replica == 0 and pool.cpus_per_replica < 1:
+        return [dict(models)]
+    return [{name: path} for name, path in models.items()]
+
+
 def start_model_servers(cfg: GloreConfig, models: dict[str, str]) -> dict[str, RemoteModel]:
-    """One actor per model with `eval.pool`'s resources; they load in parallel. Returns once all
-    answer, saying every SERVER_WAIT_LOG_S which ones still wait (for resources, or a node the
-    autoscaler is adding) instead of hanging silently."""
+    """The model servers of `server_groups`, each with `eval.pool`'s resources per model hosted;
+    they load in parallel. Returns once all answer, saying every SERVER_WAIT_LOG_S which ones still
+    wait (for resources, or a node the autoscaler is adding) instead of hanging silently."""
     import ray
 
     pool = cfg.eval.pool
-    server = ray.remote(ModelServer).options(num_cpus=pool.cpus_per_replica, num_gpus=pool.gpus_per_replica,
-                                             accelerator_type=pool.accelerator_type or None)
-    handles = {name: server.remote(path, "scorer" if name in EVAL_SCORERS else "generator", cfg.engine)
-               for name, path in models.items()}
-    ready = {handle.ready.remote(): name for name, handle in handles.items()}
+    hosts = {}
+    for group in server_groups(pool, models):
+        server = ray.remote(ModelServer).options(
+            num_cpus=pool.cpus_per_replica * len(group), num_gpus=pool.gpus_per_replica * len(group),
+            accelerator_type=pool.accelerator_type or None)
+        hosts[", ".join(group)] = (server.remote(group, cfg.engine), group)
+    ready = {handle.ready.remote(): names for names, (handle, _) in hosts.items()}
     while pending := ray.wait(list(ready), num_returns=len(ready), timeout=SERVER_WAIT_LOG_S)[1]:
-        log.info(f"evaluate: waiting for model servers {', '.join(ready[r] for r in pending)} "
-                 f"({pool.cpus_per_replica} CPUs, {pool.gpus_per_replica} GPUs each; `ray status` shows pending demands)")
-    return {name: RemoteModel(name, handle, _ray_get) for name, handle in handles.items()}
+        log.info(f"evaluate: waiting for model servers {'; '.join(ready[r] for r in pending)} "
+                 f"({pool.cpus_per_replica} CPUs, {pool.gpus_per_replica} GPUs per model; "
+                 "`ray status` shows pending demands)")
+    return {name: RemoteModel(name, handle, _ray_get, routed=True)
+            for handle, group in hosts.values() for name in group}
 
 
 def stop_model_servers(models: dict[str, RemoteModel]) -> None:
     import ray
 
-    for model in models.values():
-        ray.kill(model.handle)
+    for handle in {id(m.handle): m.handle for m in models.values()}.values():
+        ray.kill(handle)
 
 
 def _grade(problem: Problem, text: str) -> tuple[bool, int | None]:
@@ -208,7 +223,7 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
     problems, n_questions = iter(all_problems), len(all_problems)
     with ThreadPoolExecutor(cfg.eval.pool.replicas) as threads:  # the replica sets load in parallel
         replicas = list(threads.map(lambda _: start_model_servers(cfg, models), range(cfg.eval.pool.replicas)))
-    log.info(f"evaluate: {len(models) * len(replicas)} model servers up in {time.perf_counter() - t0:.0f} s")
+    log.info(f"evaluate: {len(models) * len(replicas)} models up in {time.perf_counter() - t0:.0f} s")
     batches = iter(lambda: list(itertools.islice(problems, cfg.eval.pool.batch_size)), [])
     records: list[dict] = []
     decisions = Path(stage_dir) / "decisions.jsonl"

@@ -131,14 +131,15 @@ def _brief(counts: dict) -> str:
 
 
 PRIOR_RATES: dict[str | None, tuple[float, float]] = {
-    "train_examples": (25.0, 0.012),
-    "sampled_solutions": (30.0, 0.012),
+    "train_examples": (28.0, 0.009),
+    "sampled_solutions": (15.0, 0.015),
     "label_questions": (30.0, 0.13),
-    "eval_questions": (60.0, 0.3),
-    "reranker_rows": (10.0, 0.006),
+    "eval_questions": (20.0, 0.12),
+    "reranker_rows": (5.0, 0.001),
     None: (5.0, 0.0),
 }
-"""(start-up seconds, seconds per unit) of each kind of work, the tiny model's on a 2-core laptop:
+"""(start-up seconds, seconds per unit) of each kind of work, the tiny model's on a 2-core laptop
+(the demo's validation run, runs/demo-validation):
 the estimate's prior until this run has finished a stage of the kind, whose rate then replaces it."""
 
 
