@@ -5,6 +5,7 @@ and runs; a killed worker resumes from its checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -163,3 +164,21 @@ def test_every_epoch_holds_every_row_in_a_new_order(replay_rows, reads, ray_modu
     assert all(sorted(order) == sorted(file_order) for order in orders)
     assert len({tuple(order) for order in [file_order, *orders]}) == 4
     assert epochs(seed=0)[0] == orders and epochs(seed=1)[0] != orders
+
+
+def test_the_gpu_benchmark_runs_its_training_loop_on_cpu_with_the_tiny_model(tmp_path) -> None:
+    """bench/gpu_train.py's own smoke run: the project's loop and policy objective, a few steps of
+    the tiny Llama on CPU, tokens/s counted and no MFU without a GPU's peak (the GPU run is made
+    by hand on a lent machine, never in CI)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "gpu_train.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "gpu_train.py"), "--tiny", "--steps", "3", "--warmup", "1",
+                    "--batch-size", "8", "--out", str(out)], check=True, capture_output=True, timeout=300)
+    results = json.loads(out.read_text())
+    assert results["device"] == "cpu" and results["measured_steps"] == 3 and results["mfu"] is None
+    assert results["params"] > 1_000_000 and results["tokens_per_s"] > 0 and 0 < results["final_loss"] < 10
+    assert results["model_tflops_per_s"] >= 0 and 50 < results["mean_seq_len"] < 512

@@ -5,6 +5,8 @@ score of the draft decides **when** to refine (below `orm_threshold`, or always)
 of the SORM (or of the ORM) find **where**: the first step below `step_threshold`, which the local
 refiner rewrites from its `[BAD]` mark; the global refiner rewrites the whole draft (**how**);
 the ORM reranks {draft, global, local} and the best is the answer. Every decision is recorded.
+Calls that do not depend on each other run at once (the two refiners; with always_refine, the
+ORM's and the SORM's reading of the draft), so a batch waits for the slower model, not for both.
 
 Engine- and deployment-agnostic: the evaluation calls it with in-process engines, the Serve
 app with handles to model deployments. Imports neither.
@@ -12,9 +14,10 @@ app with handles to model deployments. Imports neither.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from glore_ray.core.grading import extract_answer, format_answer, scored_steps, split_steps
 from glore_ray.core.generation import Engine, Sampling, StepScorer
@@ -94,6 +97,18 @@ def _decode(engine: Engine, prompts: list[str], max_tokens: int, temperature: fl
     return [g.completions[0].text for g in engine.generate(prompts, sampling)]
 
 
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def _at_once(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+    """Two independent model calls, the second on a thread of its own: each blocks on its own
+    model (a remote one on its queue and a round trip)."""
+    with ThreadPoolExecutor(1) as thread:
+        later = thread.submit(second)
+        return first(), later.result()
+
+
 def _answer(text: str) -> str | None:
     value = extract_answer(text)
     return None if value is None else format_answer(value)
@@ -120,31 +135,38 @@ class RefinementEnsemble:
         for i, text in zip(missing, _decode(self.policy, [solve_prompt(questions[i]) for i in missing],
                                              s.max_tokens)):
             drafts[i] = text
-        draft_scores = _score(self.orm, questions, drafts)
+        where = self.sorm if s.where == "sorm" else self.orm
+        # Every draft is refined: where need not wait for when (unless one model answers both).
+        if s.always_refine and drafts and where is not self.orm:
+            draft_scores, values = _at_once(lambda: _score(self.orm, questions, drafts),
+                                            lambda: where.score(questions, [scored_steps(d) for d in drafts]))
+        else:
+            draft_scores, values = _score(self.orm, questions, drafts), None
         decisions = [Decision(q, d, s.always_refine or score < s.orm_threshold, orm_scores={"draft": score})
                      for q, d, score in zip(questions, drafts, draft_scores, strict=True)]
         todo = [d for d in decisions if d.refined]
         if not todo:
             return self._choose(decisions)
 
-        where = self.sorm if s.where == "sorm" else self.orm
-        values = where.score([d.question for d in todo], [scored_steps(d.draft) for d in todo])
+        if values is None:
+            values = where.score([d.question for d in todo], [scored_steps(d.draft) for d in todo])
         for d, v in zip(todo, values, strict=True):
             d.step_values = v
             d.first_bad_step = first_bad_step(v, d.draft, s.step_threshold)
 
-        globals_ = _decode(self.global_refiner, [global_refine_prompt(d.question, d.draft) for d in todo], s.max_tokens,
-                           s.refine_temperature, s.seed)
-        locals_ = self.refine_locally([d.question for d in todo], [d.draft for d in todo],
-                                      [d.first_bad_step for d in todo])
+        globals_, locals_ = _at_once(
+            lambda: _decode(self.global_refiner, [global_refine_prompt(d.question, d.draft) for d in todo],
+                            s.max_tokens, s.refine_temperature, s.seed),
+            lambda: self.refine_locally([d.question for d in todo], [d.draft for d in todo],
+                                        [d.first_bad_step for d in todo]))
         for d, global_, local in zip(todo, globals_, locals_, strict=True):
             d.global_, d.local = global_, local
 
-        for name in ("global", "local"):
-            have = [d for d in todo if d.candidate(name) is not None]
-            scores = _score(self.orm, [d.question for d in have], [d.candidate(name) for d in have])
-            for d, score in zip(have, scores, strict=True):
-                d.orm_scores[name] = score
+        # Both refinements' scores in one ORM call.
+        have = [(d, name) for name in ("global", "local") for d in todo if d.candidate(name) is not None]
+        scores = _score(self.orm, [d.question for d, _ in have], [d.candidate(name) for d, name in have])
+        for (d, name), score in zip(have, scores, strict=True):
+            d.orm_scores[name] = score
         return self._choose(decisions)
 
     def refine_locally(self, questions: Sequence[str], drafts: Sequence[str],
