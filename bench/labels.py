@@ -1,5 +1,9 @@
 """Step labels on the model organism: cost of exhaustive vs efficient SORM labelling, and the
-quality of ORM and SORM labels against the exact checker, in one run on a local Ray cluster.
+quality of ORM and SORM labels against the exact checker, in one run on a local Ray cluster; a
+second exhaustive labelling with another seed shows the noise floor of agreement between two
+labellings. Also the rollout stage's tokens/s against a bare engine in this process (the same
+prompts and sampling, one `vllm.LLM.generate` call each for the samples and the greedy
+solutions), both timed from a cold start of the engine.
 
     .venv/bin/python bench/labels.py [--policy runs/bench-labels/policy] [--questions 120] [--policy-steps 900]
 
@@ -27,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import pyarrow.parquet as pq  # noqa: E402
 
 from bench.results_table import publish  # noqa: E402
-from glore_ray.config import GloreConfig  # noqa: E402
+from glore_ray.config import GloreConfig, load_config  # noqa: E402
 from glore_ray.io import write_jsonl  # noqa: E402
 from glore_ray.core.organism import generate  # noqa: E402
 from glore_ray.pipeline.stages import run_labels, run_rollouts  # noqa: E402
@@ -46,6 +50,29 @@ def trained_policy(path: Path, cfg: GloreConfig) -> str:
     return str(path)
 
 
+SETTINGS = ["data.organism.max_steps=4", "data.organism.max_operand=30", "data.organism.max_factor=12",
+            "data.organism.max_result=200", "rollouts.k=8", "policy.batch_size=32"]
+"""The organism and rollouts this benchmark has measured since before the demo's smaller default."""
+
+
+def bare_engine(cfg: GloreConfig, policy: str, questions: list[str]) -> dict:
+    """The rollout stage's engine calls without the stage: one process, all prompts per call."""
+    from glore_ray.core.generation import Sampling
+    from glore_ray.core.prompts import solve_prompt
+    from glore_ray.models.engines import VLLMEngine
+
+    prompts = [solve_prompt(q) for q in questions]
+    sampling = Sampling(n=cfg.rollouts.k, temperature=cfg.rollouts.temperature, top_p=cfg.sampling.top_p,
+                        max_tokens=cfg.sampling.max_tokens, seed=cfg.sampling.seed)
+    t0 = time.perf_counter()
+    engine = VLLMEngine(policy, cfg.engine)
+    generations = [*engine.generate(prompts, sampling), *engine.generate(prompts, replace(sampling, n=1, temperature=0.0))]
+    wall = time.perf_counter() - t0
+    del engine
+    return {"bare_engine_wall_s": round(wall, 1),
+            "bare_engine_generated_tokens": sum(c.n_tokens for g in generations for c in g.completions)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--policy", default=str(ROOT / "runs" / "bench-labels" / "policy"))
@@ -54,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    cfg = GloreConfig()
+    cfg = load_config(None, SETTINGS)
     trained_here = not (Path(args.policy) / "config.json").is_file()
     policy = trained_policy(Path(args.policy), replace(cfg, policy=replace(cfg.policy, steps=args.policy_steps)))
     results: dict = {"questions": args.questions, "k_rollouts": cfg.rollouts.k, "k_continuations": cfg.labels.k,
@@ -64,15 +91,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         last = generate(cfg.data.organism, "train", args.questions, start=cfg.data.organism.n_train - args.questions)
+        last = list(last)
         write_jsonl(str(work / "q.jsonl"), (p.to_row() for p in last))
+        results |= bare_engine(cfg, policy, [p.question for p in last])
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(work / "ray"))
+        t0 = time.perf_counter()
         rollouts = run_rollouts(cfg, "rollouts", str(work / "q.jsonl"), policy, str(work / "rollouts"))
-        results |= {"rollout_samples": rollouts["samples"], "rollout_unique": rollouts["unique"],
+        results |= {"rollout_stage_wall_s": round(time.perf_counter() - t0, 1),
+                    "rollout_stage_generated_tokens": rollouts["generated_tokens"],
+                    "rollout_samples": rollouts["samples"], "rollout_unique": rollouts["unique"],
                     "rollout_correct_unique": rollouts["correct_unique"]}
         orm = run_labels(cfg, "orm", str(work / "rollouts"), None, str(work / "orm"))
         labels = {}
-        for mode in ("exhaustive", "efficient"):
-            mode_cfg = replace(cfg, labels=replace(cfg.labels, mode=mode, balance=False))
+        for mode, seed in (("exhaustive", cfg.labels.seed), ("efficient", cfg.labels.seed),
+                           ("exhaustive_seed2", cfg.labels.seed + 1)):
+            mode_cfg = replace(cfg, labels=replace(cfg.labels, mode=mode.removesuffix("_seed2"), balance=False,
+                                                   seed=seed))
             t0 = time.perf_counter()
             counts = run_labels(mode_cfg, "sorm", str(work / "rollouts"), policy, str(work / mode))
             results |= {f"{mode}_wall_s": round(time.perf_counter() - t0, 1),
@@ -86,13 +120,23 @@ def main() -> None:
             labels[mode] = {r["id"]: r["labels"] for r in pq.read_table(work / mode / "data").to_pylist()}
         ray.shutdown()
 
-    pairs = [(a, labels["efficient"][rid][i]) for rid, row in labels["exhaustive"].items() for i, a in enumerate(row)]
+    def agreement(other: str) -> tuple[int, float]:
+        pairs = [(a, labels[other][rid][i]) for rid, row in labels["exhaustive"].items() for i, a in enumerate(row)]
+        return len(pairs), round(sum(a == b for a, b in pairs) / len(pairs), 4)
+
+    def tokens_per_s(prefix: str) -> float:
+        return results[f"{prefix}_generated_tokens"] / results[f"{prefix}_wall_s"]
+
     results |= {"orm_step_accuracy": orm["step_accuracy"], "orm_negative_precision": orm["negative_precision"],
                 "orm_negative_recall": orm["negative_recall"], "orm_bad_labelled_good": orm["bad_labelled_good"],
-                "labelled_steps": len(pairs),
-                "efficient_vs_exhaustive_agreement": round(sum(a == b for a, b in pairs) / len(pairs), 4),
+                "labelled_steps": agreement("efficient")[0],
+                "exhaustive_step_accuracy_vs_exact": results["sorm_exhaustive_step_accuracy"],
+                "efficient_step_accuracy_vs_exact": results["sorm_efficient_step_accuracy"],
+                "exhaustive_vs_exhaustive_agreement": agreement("exhaustive_seed2")[1],
+                "efficient_vs_exhaustive_agreement": agreement("efficient")[1],
                 "token_ratio_efficient_vs_exhaustive": round(
-                    results["efficient_generated_tokens"] / results["exhaustive_generated_tokens"], 4)}
+                    results["efficient_generated_tokens"] / results["exhaustive_generated_tokens"], 4),
+                "rollout_stage_vs_bare_engine": round(tokens_per_s("rollout_stage") / tokens_per_s("bare_engine"), 3)}
     publish("labels", results)
 
 

@@ -92,7 +92,7 @@ def test_a_token_classifier_from_the_policy_learns_step_labels(tiny_model_dir, t
     batch = collate([encode_row(o, tokenizer, ROWS[o], 400) for o in ("orm", "sorm")], tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(60):
         loss = step_reward_loss(model(input_ids=batch["input_ids"]).logits, batch["labels"])
         optimizer.zero_grad()
         loss.backward()

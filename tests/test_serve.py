@@ -13,6 +13,8 @@ import urllib.request
 from dataclasses import replace
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from glore_ray.config import load_config
 from tests.miniature import MINIATURE
@@ -105,6 +107,52 @@ def test_bad_requests_get_a_4xx_with_a_message(served, body) -> None:
     status, got = http("POST", f"{url}/v1/solve", body)
     assert status == 422, got
     assert got["detail"]
+
+
+# Hostile bodies: any JSON value, numbers at their edges, text with every kind of code point (lone
+# surrogates arrive as JSON escapes), nesting, and the request's own fields holding any of these.
+_TEXT = st.text(st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr)), max_size=24)
+_NUMBERS = st.one_of(st.integers(), st.floats(), st.sampled_from([0, -0.0, 1, 2**63, -2**63 - 1, 2**64, 10**400,
+                                                                   1e308, 5e-324]))
+_JSON = st.recursive(st.none() | st.booleans() | _NUMBERS | _TEXT,
+                     lambda kids: st.lists(kids, max_size=3) | st.dictionaries(_TEXT, kids, max_size=3), max_leaves=8)
+_SETTINGS = st.fixed_dictionaries({}, optional={
+    "always_refine": _JSON, "orm_threshold": _NUMBERS | _JSON, "step_threshold": _NUMBERS | _JSON,
+    "where": st.sampled_from(["sorm", "orm", "SORM", ""]) | _JSON, "max_tokens": _NUMBERS | _JSON})
+_BODIES = st.one_of(
+    _JSON.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({}, optional={"question": _TEXT | _JSON, "draft": _TEXT | _JSON,
+                                        "settings": _SETTINGS | _JSON, _TEXT: _JSON}).map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=32))
+
+
+@settings(max_examples=80, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=_BODIES)
+def test_no_request_body_gets_a_5xx(served, body: bytes) -> None:
+    """Whatever a body holds, the answer is a decision or a 4xx that says what is wrong, never a
+    5xx (which tells a client to retry what will never succeed) and never a hang."""
+    url, _, _ = served
+    status, got = http("POST", f"{url}/v1/solve", body)
+    assert status < 500, (body, got)
+    if status == 200:
+        assert "answer" in got and got["draft"]
+    else:
+        assert status in (400, 422) and isinstance(got["detail"], str) and got["detail"], (body, got)
+
+
+@pytest.mark.parametrize("body, field", [
+    (b'{"question": "\\ud800 apples"}', "question"),
+    (b'{"question": "q", "draft": "Step 1 \\udfff"}', "draft"),
+    (b'{"question": "q", "draft": "  \\n "}', "draft"),
+    (b'{"question": "q", "settings": {"orm_threshold": NaN}}', "settings.orm_threshold"),
+    (b'{"question": "q", "settings": {"max_tokens": 1e999}}', "settings.max_tokens"),
+    (b'{"question": "q", "\\udc80": 1}', "\\udc80"),
+    (b"[" * 50000 + b"]" * 50000, "body"),
+])
+def test_a_malformed_body_is_a_422_naming_the_field(served, body, field) -> None:
+    url, _, _ = served
+    status, got = http("POST", f"{url}/v1/solve", body)
+    assert status in (400, 422) and field in got["detail"], got
 
 
 def test_the_token_is_required_when_configured(served) -> None:

@@ -68,9 +68,8 @@ def test_glore_serve_names_the_missing_model_folders_before_touching_ray(tmp_pat
 
     assert main(["serve", "--models", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert f"no exported model folder for policy: {tmp_path}/expert_iteration_1/model" in err
+    assert f"no exported model folder for policy: {tmp_path}/policy/model" in err
     assert "run `glore pipeline` with this config first" in err
-
 
 
 def test_glore_serve_reads_the_config_the_run_directory_was_made_with(tmp_path, capsys) -> None:

@@ -35,6 +35,19 @@ class SolveSettings(BaseModel):
     """Tokens per generation, at most the server's `sampling.max_tokens`."""
 
 
+def _text(value: str, field: str) -> str:
+    """Text a tokenizer can take: not blank, and encodable as UTF-8 (JSON's escapes can carry a lone
+    surrogate, which no model input can)."""
+    if not value.strip():
+        raise ValueError(f"the {field} is blank")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the {field} holds a lone surrogate (\\u{ord(value[e.start]):04x}) at "
+                         f"character {e.start}: not text") from None
+    return value
+
+
 class SolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -45,10 +58,13 @@ class SolveRequest(BaseModel):
 
     @field_validator("question")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the question is blank")
-        return value
+    def _question_text(cls, value: str) -> str:
+        return _text(value, "question")
+
+    @field_validator("draft")
+    @classmethod
+    def _draft_text(cls, value: str | None) -> str | None:
+        return None if value is None else _text(value, "draft")
 
 
 class SolveResponse(BaseModel):

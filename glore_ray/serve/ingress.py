@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
@@ -64,6 +65,22 @@ class _Unauthorized(Exception):
 async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
     return JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
                         status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _printable(part: object) -> str:
+    """A request's own text, safe to answer with: a lone surrogate escaped, not a failed encoding."""
+    return str(part).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """Each problem as `field: message`, without echoing the offending value (which may not even
+    be encodable: NaN, a lone surrogate), so that no body can turn a 422 into a 500."""
+    problems = []
+    for error in exc.errors():
+        field = ".".join(_printable(p) for p in error.get("loc", ()) if p != "body") or "body"
+        problems.append(f"{field}: {_printable(error.get('msg', 'invalid'))}")
+    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
 
 
 @api.exception_handler(RequestError)
