@@ -427,7 +427,10 @@ class RolloutConfig:
     greedy: bool = True
     """Also keep each question's greedy solution: the reward models judge greedy texts (the draft,
     the refiners' outputs) at evaluation, so they should train on some."""
-    pool: EnginePoolConfig = field(default_factory=EnginePoolConfig, metadata=EXECUTION)
+    pool: EnginePoolConfig = field(default_factory=lambda: EnginePoolConfig(batch_size=64), metadata=EXECUTION)
+    """64 questions per engine call: vLLM batches a call's sequences continuously, and a call ends
+    with its longest one, so small calls leave the engine idle (bench/labels.py, rollout stage vs
+    a bare engine)."""
 
     def validate(self, key: str) -> None:
         _check(self.k >= 1, f"{key}.k", "must be >= 1")
