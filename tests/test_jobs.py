@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import time
 
 import pytest
 
@@ -151,3 +153,41 @@ def test_the_grafana_dashboard_charts_every_metric_and_only_real_ones() -> None:
     assert charted == set(METRICS)
     assert all('run=~"$run"' in e for e in exprs)
     assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "run"}
+
+
+def test_a_stopped_job_submitted_again_resumes_where_it_was(tmp_path_factory) -> None:
+    """`ray job stop` while the policy trains (as a stopped job or a crashed driver leaves a run),
+    then the same job submitted again: the finished stages are skipped, the policy resumes from its
+    last checkpoint and ends at exactly `steps`."""
+    from ray.job_submission import JobSubmissionClient
+
+    from tests.miniature import MINIATURE, as_sets
+    from tests.ray_head import ray_cli, ray_head
+
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    sets = as_sets(MINIATURE + ["policy.steps=40", "policy.checkpoint_every=10", "policy.log_every=10"])
+    stages = ["--only", "data", "--only", "init_model", "--only", "policy"]
+    with ray_head(tmp_path_factory.mktemp("head")) as head:
+        def submit(job_id: str, *wait: str) -> None:
+            ray_cli("job", "submit", f"--address={head.address}", f"--working-dir={REPO}",
+                    f"--runtime-env={REPO / 'cluster' / 'runtime_env.yaml'}", f"--submission-id={job_id}", *wait,
+                    "--", sys.executable, "jobs/pipeline.py", "--out", str(out), *stages, *sets, timeout=600)
+
+        submit("glore-stopped", "--no-wait")
+        client = JobSubmissionClient(head.address)
+        # A checkpoint counts once the controller has registered it; one only on disk is not restored.
+        deadline = time.monotonic() + 300
+        while not list((out / "policy" / "model.ray_train").glob("*/checkpoint_manager_snapshot.json")):
+            assert client.get_job_status("glore-stopped").value in ("PENDING", "RUNNING"), client.get_job_logs("glore-stopped")
+            assert time.monotonic() < deadline, "no policy checkpoint within 300 s"
+            time.sleep(0.5)
+        ray_cli("job", "stop", f"--address={head.address}", "glore-stopped")
+        assert client.get_job_status("glore-stopped").value == "STOPPED"
+        assert not (out / "policy" / "manifest.json").exists()  # the stage did not finish
+        submit("glore-resubmitted")
+        logs = client.get_job_logs("glore-resubmitted")
+    assert "policy: resuming" in logs, logs[-3000:]
+    for stage in ("data", "init_model"):
+        assert f"{stage}: up to date, skipped" in logs
+    counts = json.loads((out / "policy" / "manifest.json").read_text())["counts"]
+    assert counts["steps"] == 40 and counts["resumed_from"] in (10, 20, 30), counts
