@@ -18,6 +18,7 @@ import itertools
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,13 +41,12 @@ def flops_per_token(params: int, layers: int, hidden: int, seq_len: float) -> fl
     return 6 * params + 12 * layers * hidden * seq_len
 
 
-def batches(rows: list[dict], objective, tokenizer, batch_size: int, max_length: int):
-    """Collated batches of the objective's examples, cycling over `rows`."""
+def batches(examples: list, pad_id: int, batch_size: int):
+    """Collated batches of `examples`, cycling over them."""
     from glore_ray.training.examples import collate
 
-    examples = [objective.encode(tokenizer, row, max_length) for row in rows]
     for start in itertools.cycle(range(0, len(examples) - batch_size + 1, batch_size)):
-        yield collate(examples[start:start + batch_size], tokenizer.pad_token_id)
+        yield collate(examples[start:start + batch_size], pad_id)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -80,34 +80,20 @@ def main(argv: list[str] | None = None) -> dict:
     model = model.to(device, dtype=torch.bfloat16 if on_gpu else torch.float32)
     params = sum(p.numel() for p in model.parameters())
     policy = objective("policy")
-    data = batches(rows, policy, tokenizer, args.batch_size, args.max_length)
+    examples = [policy.encode(tokenizer, row, args.max_length) for row in rows]
+    data = batches(examples, tokenizer.pad_token_id, args.batch_size)
     total = args.warmup + args.steps
     cfg = TrainConfig(steps=total, batch_size=args.batch_size, warmup_steps=1, log_every=total)
     strategy = TorchStrategy(model, cfg)
 
-    measured = {"tokens": 0, "sequences": 0, "t0": time.perf_counter()}
-
-    def on_step(done: int) -> None:
-        if done == args.warmup:  # the clock starts after the warm-up steps
-            if on_gpu:
-                torch.cuda.synchronize()
-            measured["t0"] = time.perf_counter()
-
-    def counted(batch_iter):
-        for i, batch in enumerate(batch_iter):
-            if i >= args.warmup:
-                measured["tokens"] += int(batch["attention_mask"].sum())
-                measured["sequences"] += len(batch["attention_mask"])
-            yield batch
-
-    losses = []
-    train_steps(model, counted(data), cfg, policy.loss, strategy.step, on_step=on_step,
-                on_log=lambda log: losses.append(log.loss))
-    if on_gpu:
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - measured["t0"]
-    tokens_per_s = measured["tokens"] / wall
-    seq_len = measured["tokens"] / measured["sequences"]
+    # The warm-up steps, then the measured ones: train_steps times its own call (each step's
+    # loss.item() waits for the device), and logs once, at the last step.
+    train_steps(model, data, replace(cfg, steps=args.warmup, warmup_steps=0), policy.loss, strategy.step)
+    logs = []
+    t0 = time.perf_counter()
+    train_steps(model, data, cfg, policy.loss, strategy.step, on_log=logs.append, start_step=args.warmup)
+    wall, tokens_per_s = time.perf_counter() - t0, logs[-1].tokens_per_s
+    seq_len = sum(len(e.input_ids) for e in examples) / len(examples)
     config = model.config
     model_flops = flops_per_token(params, config.num_hidden_layers, config.hidden_size, seq_len) * tokens_per_s
     name = torch.cuda.get_device_name() if on_gpu else "cpu"
@@ -118,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
                "wall_s": round(wall, 2), "tokens_per_s": round(tokens_per_s, 1),
                "model_tflops_per_s": round(model_flops / 1e12, 3), "peak_tflops": peak,
                "mfu": round(model_flops / (peak * 1e12), 4) if peak else None,
-               "final_loss": round(losses[-1], 4) if losses else None}
+               "final_loss": round(logs[-1].loss, 4)}
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     else:

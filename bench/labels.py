@@ -34,7 +34,7 @@ from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig, load_config  # noqa: E402
 from glore_ray.io import write_jsonl  # noqa: E402
 from glore_ray.core.organism import generate  # noqa: E402
-from glore_ray.pipeline.stages import run_labels, run_rollouts  # noqa: E402
+from glore_ray.pipeline.stages import rollout_sampling, run_labels, run_rollouts  # noqa: E402
 
 
 def trained_policy(path: Path, cfg: GloreConfig) -> str:
@@ -57,13 +57,11 @@ SETTINGS = ["data.organism.max_steps=4", "data.organism.max_operand=30", "data.o
 
 def bare_engine(cfg: GloreConfig, policy: str, questions: list[str]) -> dict:
     """The rollout stage's engine calls without the stage: one process, all prompts per call."""
-    from glore_ray.core.generation import Sampling
     from glore_ray.core.prompts import solve_prompt
     from glore_ray.models.engines import VLLMEngine
 
     prompts = [solve_prompt(q) for q in questions]
-    sampling = Sampling(n=cfg.rollouts.k, temperature=cfg.rollouts.temperature, top_p=cfg.sampling.top_p,
-                        max_tokens=cfg.sampling.max_tokens, seed=cfg.sampling.seed)
+    sampling = rollout_sampling(cfg)
     t0 = time.perf_counter()
     engine = VLLMEngine(policy, cfg.engine)
     generations = [*engine.generate(prompts, sampling), *engine.generate(prompts, replace(sampling, n=1, temperature=0.0))]

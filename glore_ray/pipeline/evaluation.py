@@ -2,8 +2,8 @@
 
 Each model runs in its own actor (a model server with its own CPUs/GPUs from `eval.pool`,
 `pool.replicas` sets of them), or, when the pool asks for a fraction of a CPU and no GPU (a
-laptop), all of them in one actor that imports vLLM and torch once; the driver streams the test questions in batches and
-runs the same `RefinementEnsemble` the Serve app runs, with the actors behind the engine and
+laptop), all of them in one actor that imports vLLM and torch once. The driver streams the test
+questions in batches and runs the same `RefinementEnsemble` the Serve app runs, with the actors behind the engine and
 scorer interfaces. Per batch: a greedy draft and k samples per question, the reward models' step
 values on all of them (the ORM, the SORM and, on the model organism, the PRM trained on exact step
 labels), the ensemble once (where = SORM), and the local refiner again from the ORM's first low

@@ -155,14 +155,19 @@ def prepare_questions(cfg: GloreConfig, source: str, out_dir: str) -> dict:
     return {"questions": count, "quarantined": len(quarantine)}
 
 
+def rollout_sampling(cfg: GloreConfig) -> Sampling:
+    """The K samples per question of the rollout stage (its greedy solution: n 1 at temperature 0)."""
+    return Sampling(n=cfg.rollouts.k, temperature=cfg.rollouts.temperature, top_p=cfg.sampling.top_p,
+                    max_tokens=cfg.sampling.max_tokens, seed=cfg.sampling.seed)
+
+
 def run_rollouts(cfg: GloreConfig, stage: str, questions: str, policy: str, out_dir: str) -> dict:
     """K graded, de-duplicated samples per question -> `out_dir/data` (one row per question)."""
     import ray.data
 
     out_dir = absolute(out_dir)
     prepared = prepare_questions(cfg, questions, out_dir)
-    sampling = Sampling(n=cfg.rollouts.k, temperature=cfg.rollouts.temperature, top_p=cfg.sampling.top_p,
-                        max_tokens=cfg.sampling.max_tokens, seed=cfg.sampling.seed)
+    sampling = rollout_sampling(cfg)
     with stage_progress(out_dir, stage, cfg.run_name, generation_line(stage, prepared["questions"])) as counters:
         write_dataset(ray.data.read_parquet(f"{out_dir}/questions").map_batches(
             RolloutSampler, fn_constructor_kwargs={"model": absolute(policy), "engine": cfg.engine,
