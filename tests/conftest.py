@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,15 @@ def _local_ray(tmp_path_factory: pytest.TempPathFactory):
 
 
 @dataclass
+class StoppedJob:
+    """The miniature's first submission, stopped with `ray job stop` once the policy had a
+    registered checkpoint (as a stopped job or a crashed driver leaves a run)."""
+    status: str
+    policy_had_manifest: bool
+    """Whether the policy stage had finished when the job was stopped (it must not have)."""
+
+
+@dataclass
 class MiniatureJob:
     out: Path
     status: str
@@ -88,35 +98,64 @@ class MiniatureJob:
     logs: str
     scrapes: list
     """The head's metrics pages read while the job ran (tests/ray_head.Scrape)."""
+    stopped: StoppedJob | None
+    """None when GLORE_MINIATURE_RUN held a finished run (only the evaluation re-ran)."""
+
+
+def _submit(head, job_id: str, out: Path, args: list[str], *wait: str) -> subprocess.Popen:
+    from tests.ray_head import RAY
+
+    return subprocess.Popen(
+        [RAY, "job", "submit", f"--address={head.address}", f"--working-dir={REPO}",
+         f"--runtime-env={REPO / 'cluster' / 'runtime_env.yaml'}", f"--submission-id={job_id}", *wait,
+         "--", sys.executable, "jobs/pipeline.py", "--out", str(out), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stop_at_the_first_policy_checkpoint(head, out: Path, args: list[str]) -> StoppedJob:
+    from ray.job_submission import JobSubmissionClient
+
+    from tests.ray_head import ray_cli
+
+    _submit(head, "glore-miniature-stopped", out, args, "--no-wait").communicate(timeout=120)
+    client = JobSubmissionClient(head.address)
+    # A checkpoint counts once the controller has registered it; one only on disk is not restored.
+    deadline = time.monotonic() + 400
+    while not list((out / "policy" / "model.ray_train").glob("*/checkpoint_manager_snapshot.json")):
+        status = client.get_job_status("glore-miniature-stopped").value
+        assert status in ("PENDING", "RUNNING"), client.get_job_logs("glore-miniature-stopped")[-5000:]
+        assert time.monotonic() < deadline, "no policy checkpoint within 400 s"
+        time.sleep(0.5)
+    ray_cli("job", "stop", f"--address={head.address}", "glore-miniature-stopped")
+    return StoppedJob(client.get_job_status("glore-miniature-stopped").value,
+                      (out / "policy" / "manifest.json").exists())
 
 
 @pytest.fixture(scope="session")
 def miniature_job(tmp_path_factory: pytest.TempPathFactory) -> MiniatureJob:
     """The miniature pipeline (tests/miniature.py) the way users run it: a head started with
     `ray start --head`, `jobs/pipeline.py` submitted with `ray job submit` and the project's runtime
-    env, its metrics endpoint read every 2 s meanwhile, its logs read back with `ray job logs`; then
-    the head stops. Once per session: its run directory and exported models serve test_pipeline,
-    test_jobs and test_serve. GLORE_MINIATURE_RUN names a directory to keep the run in between
-    sessions (the job then skips its up-to-date stages and re-runs only the evaluation)."""
+    env, stopped with `ray job stop` while the policy trains and submitted again (it must resume:
+    test_jobs), its metrics endpoint read every 2 s meanwhile, its logs read back with `ray job
+    logs`; then the head stops. Once per session: its run directory and exported models serve
+    test_pipeline, test_jobs and test_serve. GLORE_MINIATURE_RUN names a directory to keep the run
+    in between sessions (the job then skips its up-to-date stages and re-runs only the evaluation)."""
     from ray.job_submission import JobSubmissionClient
 
     from tests.miniature import MINIATURE, as_sets
-    from tests.ray_head import RAY, MetricsScraper, ray_cli, ray_head
+    from tests.ray_head import MetricsScraper, ray_cli, ray_head
 
     kept = os.environ.get("GLORE_MINIATURE_RUN")
     out = Path(kept) if kept else tmp_path_factory.mktemp("pipeline") / "run"
-    rerun = ["--from", "evaluate"] if (out / "report.json").exists() else []
+    finished = (out / "report.json").exists()
+    args = (["--from", "evaluate"] if finished else []) + as_sets(MINIATURE)
     with ray_head(tmp_path_factory.mktemp("head")) as head:
-        submit = subprocess.Popen(
-            [RAY, "job", "submit", f"--address={head.address}",
-             f"--working-dir={REPO}", f"--runtime-env={REPO / 'cluster' / 'runtime_env.yaml'}",
-             "--submission-id=glore-miniature", "--", sys.executable, "jobs/pipeline.py", "--out", str(out),
-             *rerun, *as_sets(MINIATURE)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         with MetricsScraper(head.metrics_url, out) as scraper:
-            submit_output, _ = submit.communicate(timeout=850)
+            stopped = None if finished else _stop_at_the_first_policy_checkpoint(head, out, args)
+            submit_output, _ = _submit(head, "glore-miniature", out, args).communicate(timeout=850)
         status = JobSubmissionClient(head.address).get_job_status("glore-miniature").value
         logs = ray_cli("job", "logs", f"--address={head.address}", "glore-miniature")
-    return MiniatureJob(out, status, submit_output, logs, scraper.scrapes)
+    return MiniatureJob(out, status, submit_output, logs, scraper.scrapes, stopped)
 
 
 @pytest.fixture(scope="session")

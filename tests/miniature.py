@@ -6,7 +6,9 @@ in test_pipeline (the organism benchmark runs a round)."""
 from __future__ import annotations
 
 MINIATURE = ["data.organism.n_train=300", "data.organism.n_test=20", "engine.backend=hf", "sampling.max_tokens=48",
-             "policy.steps=6", "policy.warmup_steps=1", "policy.batch_size=16", "policy.log_every=3",
+             "policy.warmup_steps=1", "policy.batch_size=16",
+             # long enough to stop the job at a checkpoint and resume it (conftest.miniature_job)
+             "policy.steps=40", "policy.checkpoint_every=10", "policy.log_every=10",
              "expert_iteration.rounds=0",
              "rollouts.max_questions=8", "rollouts.k=3", "labels.k=2", "eval.n_problems=8",
              "rollouts.pool.batch_size=2",  # four batches, as eval's below: metrics show while the stage runs

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import time
 
 import pytest
 
@@ -55,7 +53,9 @@ def test_the_job_prints_progress_with_an_estimate_and_ends_with_the_next_command
     progress, only glore's lines (the workers' logs stay in Ray's log directory), and at the end
     the report's tables, the plots and the commands that serve the trained ensemble."""
     logs = miniature_job.logs
-    done = re.findall(r"== \[(\d+)/(\d+)\] (\w+): done in \d+ s  \(pipeline \d+:\d\d, about (\d+):(\d\d) left\)", logs)
+    # The job was submitted again after a stop (conftest.miniature_job): its first stages are skipped.
+    done = re.findall(r"== \[(\d+)/(\d+)\] (\w+): (?:done in \d+ s|up to date, skipped)  "
+                      r"\(pipeline \d+:\d\d, about (\d+):(\d\d) left\)", logs)
     assert [name for *_, name, _, _ in done][-1] == "evaluate" and len(done) == int(done[0][1])
     assert int(done[-1][3]) * 60 + int(done[-1][4]) == 0  # nothing left once the last stage is done
     assert re.search(r"\n  (policy|orm|sorm): (starting the Ray Train workers|step \d+ of \d+)", logs)
@@ -155,39 +155,15 @@ def test_the_grafana_dashboard_charts_every_metric_and_only_real_ones() -> None:
     assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "run"}
 
 
-def test_a_stopped_job_submitted_again_resumes_where_it_was(tmp_path_factory) -> None:
-    """`ray job stop` while the policy trains (as a stopped job or a crashed driver leaves a run),
-    then the same job submitted again: the finished stages are skipped, the policy resumes from its
-    last checkpoint and ends at exactly `steps`."""
-    from ray.job_submission import JobSubmissionClient
-
-    from tests.miniature import MINIATURE, as_sets
-    from tests.ray_head import ray_cli, ray_head
-
-    out = tmp_path_factory.mktemp("stopped") / "run"
-    sets = as_sets(MINIATURE + ["policy.steps=40", "policy.checkpoint_every=10", "policy.log_every=10"])
-    stages = ["--only", "data", "--only", "init_model", "--only", "policy"]
-    with ray_head(tmp_path_factory.mktemp("head")) as head:
-        def submit(job_id: str, *wait: str) -> None:
-            ray_cli("job", "submit", f"--address={head.address}", f"--working-dir={REPO}",
-                    f"--runtime-env={REPO / 'cluster' / 'runtime_env.yaml'}", f"--submission-id={job_id}", *wait,
-                    "--", sys.executable, "jobs/pipeline.py", "--out", str(out), *stages, *sets, timeout=600)
-
-        submit("glore-stopped", "--no-wait")
-        client = JobSubmissionClient(head.address)
-        # A checkpoint counts once the controller has registered it; one only on disk is not restored.
-        deadline = time.monotonic() + 300
-        while not list((out / "policy" / "model.ray_train").glob("*/checkpoint_manager_snapshot.json")):
-            assert client.get_job_status("glore-stopped").value in ("PENDING", "RUNNING"), client.get_job_logs("glore-stopped")
-            assert time.monotonic() < deadline, "no policy checkpoint within 300 s"
-            time.sleep(0.5)
-        ray_cli("job", "stop", f"--address={head.address}", "glore-stopped")
-        assert client.get_job_status("glore-stopped").value == "STOPPED"
-        assert not (out / "policy" / "manifest.json").exists()  # the stage did not finish
-        submit("glore-resubmitted")
-        logs = client.get_job_logs("glore-resubmitted")
-    assert "policy: resuming" in logs, logs[-3000:]
+def test_a_stopped_job_submitted_again_resumes_where_it_was(miniature_job) -> None:
+    """The miniature job was stopped with `ray job stop` while the policy trained and submitted
+    again (conftest.miniature_job): the finished stages are skipped, the policy resumes from its
+    last registered checkpoint and ends at exactly `steps`."""
+    stopped = miniature_job.stopped
+    assert stopped, "GLORE_MINIATURE_RUN held a finished run: nothing was stopped this session"
+    assert stopped.status == "STOPPED" and not stopped.policy_had_manifest
+    assert "policy: resuming" in miniature_job.logs, miniature_job.logs[-3000:]
     for stage in ("data", "init_model"):
-        assert f"{stage}: up to date, skipped" in logs
-    counts = json.loads((out / "policy" / "manifest.json").read_text())["counts"]
+        assert f"{stage}: up to date, skipped" in miniature_job.logs
+    counts = json.loads((miniature_job.out / "policy" / "manifest.json").read_text())["counts"]
     assert counts["steps"] == 40 and counts["resumed_from"] in (10, 20, 30), counts

@@ -34,13 +34,14 @@ def _manifest(out, stage: str) -> dict:
 def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -> None:
     out = pipeline_run
     states = json.loads((out / "pipeline.json").read_text())["stages"]
-    assert list(states) == STAGES and all(s["state"] == "done" for s in states.values())
+    # The job ran data and init_model before it was stopped (conftest.miniature_job); the rest after.
+    assert list(states) == STAGES and all(s["state"] == "done" for n, s in states.items() if n not in STAGES[:2])
     for stage in STAGES:
         manifest = _manifest(out, stage)
         assert manifest["stage"] == stage and manifest["counts"]["wall_s"] >= 0
     assert _manifest(out, "rollouts")["counts"]["questions"] == 8
     # Trained under DDP (the default) on both heads: the policy (causal LM) and the ORM (step value).
-    assert _manifest(out, "policy")["counts"]["steps"] == 6 and _manifest(out, "orm")["counts"]["steps"] == 4
+    assert _manifest(out, "policy")["counts"]["steps"] == 40 and _manifest(out, "orm")["counts"]["steps"] == 4
 
     report = json.loads((out / "report.json").read_text())
     assert report["n_test"] == 8 and report["k"] == 3
