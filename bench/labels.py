@@ -1,9 +1,9 @@
 """Step labels on the model organism: cost of exhaustive vs efficient SORM labelling, and the
 quality of ORM and SORM labels against the exact checker, in one run on a local Ray cluster; a
 second exhaustive labelling with another seed shows the noise floor of agreement between two
-labellings. Also the rollout stage's tokens/s against a bare engine in this process (the same
-prompts and sampling, one `vllm.LLM.generate` call each for the samples and the greedy
-solutions), both timed from a cold start of the engine.
+labellings. Also the rollout stage's tokens/s against a bare engine in a fresh process (the same
+prompts and sampling in one `vllm.LLM.generate` call, as the stage makes per batch), both timed
+from a cold start: interpreter or actor, imports, engine.
 
     .venv/bin/python bench/labels.py [--policy runs/bench-labels/policy] [--questions 120] [--policy-steps 900]
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,20 +56,30 @@ SETTINGS = ["data.organism.max_steps=4", "data.organism.max_operand=30", "data.o
 """The organism and rollouts this benchmark has measured since before the demo's smaller default."""
 
 
-def bare_engine(cfg: GloreConfig, policy: str, questions: list[str]) -> dict:
-    """The rollout stage's engine calls without the stage: one process, all prompts per call."""
+def bare_engine(policy: str, questions: str) -> dict:
+    """The rollout stage's engine call without the stage: a fresh process that builds a `vllm.LLM`
+    and generates every question's samples and greedy solution in one call, timed from its launch
+    to its exit, as the stage is timed from its call to its return (both start cold: interpreter,
+    imports, engine)."""
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, __file__, "--bare-engine", policy, questions], check=True,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    return {"bare_engine_wall_s": round(wall, 1), "bare_engine_generated_tokens": int(done.stdout.split()[-1])}
+
+
+def bare_engine_process(policy: str, questions: str) -> None:
+    """`--bare-engine`: print the generated tokens of the stage's sampling on `questions`."""
+    from glore_ray.core.problems import load_problems
     from glore_ray.core.prompts import solve_prompt
     from glore_ray.models.engines import VLLMEngine
 
-    prompts = [solve_prompt(q) for q in questions]
+    cfg = load_config(None, SETTINGS)
+    prompts = [solve_prompt(p.question) for p in load_problems(questions)]
     sampling = rollout_sampling(cfg)
-    t0 = time.perf_counter()
-    engine = VLLMEngine(policy, cfg.engine)
-    generations = [*engine.generate(prompts, sampling), *engine.generate(prompts, replace(sampling, n=1, temperature=0.0))]
-    wall = time.perf_counter() - t0
-    del engine
-    return {"bare_engine_wall_s": round(wall, 1),
-            "bare_engine_generated_tokens": sum(c.n_tokens for g in generations for c in g.completions)}
+    greedy = replace(sampling, n=1, temperature=0.0)
+    generations = VLLMEngine(policy, cfg.engine).generate(prompts * 2, [sampling] * len(prompts) + [greedy] * len(prompts))
+    print(sum(c.n_tokens for g in generations for c in g.completions))
 
 
 def main() -> None:
@@ -76,7 +87,10 @@ def main() -> None:
     parser.add_argument("--policy", default=str(ROOT / "runs" / "bench-labels" / "policy"))
     parser.add_argument("--questions", type=int, default=120)
     parser.add_argument("--policy-steps", type=int, default=900)
+    parser.add_argument("--bare-engine", nargs=2, metavar=("POLICY", "QUESTIONS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare_engine:
+        return bare_engine_process(*args.bare_engine)
     import ray
 
     cfg = load_config(None, SETTINGS)
@@ -91,7 +105,7 @@ def main() -> None:
         last = generate(cfg.data.organism, "train", args.questions, start=cfg.data.organism.n_train - args.questions)
         last = list(last)
         write_jsonl(str(work / "q.jsonl"), (p.to_row() for p in last))
-        results |= bare_engine(cfg, policy, [p.question for p in last])
+        results |= bare_engine(policy, str(work / "q.jsonl"))
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(work / "ray"))
         t0 = time.perf_counter()
         rollouts = run_rollouts(cfg, "rollouts", str(work / "q.jsonl"), policy, str(work / "rollouts"))

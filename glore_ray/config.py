@@ -260,9 +260,20 @@ class EnginePoolConfig:
     `accelerator_type:<type>`); empty: any."""
     batch_size: int = 16
     """Questions per engine call."""
+    cpu_threads: int = 0
+    """Torch threads of each replica on CPU (gpus_per_replica 0). Ray gives an actor with a fraction
+    of a CPU one thread (OMP_NUM_THREADS=1), which runs the engine at a fraction of the machine's
+    speed; 0: the node's CPUs over the pool's replicas."""
+
+    def threads_per_replica(self, node_cpus: int) -> int | None:
+        """What a replica sets torch's threads to; None on GPU (leave Ray's setting)."""
+        if self.gpus_per_replica:
+            return None
+        return self.cpu_threads or max(1, node_cpus // self.replicas)
 
     def validate(self, key: str) -> None:
         _check(self.replicas >= 1, f"{key}.replicas", "must be >= 1")
+        _check(self.cpu_threads >= 0, f"{key}.cpu_threads", "must be >= 0")
         _check(self.cpus_per_replica > 0, f"{key}.cpus_per_replica", "must be > 0")
         _check(self.gpus_per_replica >= 0, f"{key}.gpus_per_replica", "must be >= 0")
         _check(not self.accelerator_type or self.gpus_per_replica > 0, f"{key}.accelerator_type",

@@ -50,6 +50,17 @@ def output_target(path: str):
     return filesystem, target
 
 
+def parquet_rows(path: str, columns: list[str]) -> Iterator[dict]:
+    """The rows of a Parquet dataset (a directory of files, local or URI), `columns` only, streamed
+    a batch at a time in this process: a stage's counts read back without another Ray Data job."""
+    import pyarrow.dataset as ds
+
+    filesystem, target = filesystem_for(path)
+    for batch in ds.dataset(target, filesystem=filesystem, format="parquet").to_batches(columns=columns,
+                                                                                       batch_size=4096):
+        yield from batch.to_pylist()
+
+
 @contextmanager
 def open_text(path: str) -> Iterator[TextIO]:
     """Open a local path or a URI as UTF-8 text; iterate the result to stream lines."""

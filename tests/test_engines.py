@@ -78,6 +78,14 @@ def test_greedy_is_deterministic(engine) -> None:
     assert first == second and all(a == b for a, b in first)
 
 
+def test_prompts_with_their_own_settings_share_one_call_and_get_what_they_would_alone(engine) -> None:
+    greedy = Sampling(n=4, temperature=0.0, max_tokens=12, seed=1)
+    mixed = engine.generate(PROMPTS * 2, [SAMPLING] * len(PROMPTS) + [greedy] * len(PROMPTS))
+    assert texts(mixed) == texts(engine.generate(PROMPTS, SAMPLING)) + texts(engine.generate(PROMPTS, greedy))
+    with pytest.raises(ValueError, match="1 Sampling settings for 2 prompts"):
+        engine.generate(PROMPTS[:2], [SAMPLING])
+
+
 def test_prompt_token_counts(engine, tiny_model_dir) -> None:
     _, tokenizer = load_model_folder(tiny_model_dir)
     out = engine.generate(PROMPTS, Sampling(n=1, max_tokens=4))

@@ -183,3 +183,40 @@ def test_expert_iteration_rows_are_each_sampled_questions_gold_and_correct_rollo
     assert sum("/" in r["id"] for r in rows[:len(rows) // 2]) > len(problems) // 4
     write_expert_iteration_rows(str(tmp_path / "samples"), str(tmp_path / "again"), seed=0)
     assert [r["id"] for r in read_rows(tmp_path / "again")] == [r["id"] for r in rows]
+
+
+def test_a_replica_builds_and_calls_its_engine_on_one_thread_with_the_pools_torch_threads(monkeypatch) -> None:
+    """Ray Data calls a replica from a thread of its own pool; the engine must be built and called
+    on one thread (vLLM's CPU build is slower elsewhere), with torch's threads the pool's."""
+    import torch
+
+    from glore_ray.config import EnginePoolConfig
+    from glore_ray.pipeline import stages
+
+    seen: dict[str, tuple[int, int]] = {}
+    monkeypatch.setattr(stages, "load_model", lambda *args: seen.setdefault(
+        "built", (threading.get_ident(), torch.get_num_threads())))
+
+    class Echo(stages._Replica):
+        def process(self, batch):
+            seen["called"] = (threading.get_ident(), torch.get_num_threads())
+            return batch
+
+    before = torch.get_num_threads()
+    try:
+        replica = Echo("model", None, EnginePoolConfig(cpu_threads=3), counters=None)
+        caller = threading.Thread(target=replica, args=(pa.table({"x": [1]}),))
+        caller.start()
+        caller.join()
+    finally:
+        torch.set_num_threads(before)
+    assert seen["built"] == seen["called"] and seen["built"][1] == 3
+
+
+def test_a_cpu_replica_takes_the_nodes_cpus_over_the_pools_replicas_unless_told() -> None:
+    from glore_ray.config import EnginePoolConfig
+
+    assert EnginePoolConfig(replicas=2).threads_per_replica(8) == 4
+    assert EnginePoolConfig(replicas=4).threads_per_replica(2) == 1
+    assert EnginePoolConfig(replicas=2, cpu_threads=3).threads_per_replica(8) == 3
+    assert EnginePoolConfig(gpus_per_replica=1).threads_per_replica(8) is None  # Ray's setting stands

@@ -40,7 +40,19 @@ class Generation:
 class Engine(Protocol):
     name: str
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]: ...
+    def generate(self, prompts: Sequence[str], sampling: Sampling | Sequence[Sampling]) -> list[Generation]:
+        """One Sampling for every prompt, or one per prompt (as vLLM takes them): prompts with
+        different settings then share one engine call."""
+        ...
+
+
+def per_prompt(prompts: Sequence[str], sampling: Sampling | Sequence[Sampling]) -> list[Sampling]:
+    """Each prompt's Sampling from what `Engine.generate` takes."""
+    if isinstance(sampling, Sampling):
+        return [sampling] * len(prompts)
+    if len(sampling) != len(prompts):
+        raise ValueError(f"{len(sampling)} Sampling settings for {len(prompts)} prompts")
+    return list(sampling)
 
 
 class StepScorer(Protocol):

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 
 from glore_ray.config import EngineConfig
-from glore_ray.core.generation import Completion, Engine, Generation, Sampling, StepScorer
+from glore_ray.core.generation import Completion, Engine, Generation, Sampling, StepScorer, per_prompt
 
 
 def prompt_seed(seed: int, prompt: str) -> int:
@@ -78,21 +78,20 @@ class VLLMEngine:
                        enforce_eager=(not on_gpu) if cfg.enforce_eager is None else cfg.enforce_eager,
                        **cpu_scheduling)
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], sampling: Sampling | Sequence[Sampling]) -> list[Generation]:
         from vllm import SamplingParams
 
-        greedy = sampling.temperature == 0
+        samplings = per_prompt(prompts, sampling)
         # vLLM refuses n > 1 when greedy: sample once and repeat, as n greedy samples are n copies.
-        params = [SamplingParams(n=1 if greedy else sampling.n, temperature=sampling.temperature,
-                                 top_p=1.0 if greedy else sampling.top_p,
-                                 max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None,
-                                 seed=prompt_seed(sampling.seed, p)) for p in prompts]
+        params = [SamplingParams(n=1 if s.temperature == 0 else s.n, temperature=s.temperature,
+                                 top_p=1.0 if s.temperature == 0 else s.top_p, max_tokens=s.max_tokens,
+                                 stop=list(s.stop) or None, seed=prompt_seed(s.seed, p))
+                  for p, s in zip(prompts, samplings, strict=True)]
         outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
-        repeat = sampling.n if greedy else 1
         return [Generation(prompt=o.prompt, prompt_tokens=len(o.prompt_token_ids),
                            completions=[Completion(c.text, len(c.token_ids), c.finish_reason or "stop")
-                                        for c in o.outputs] * repeat)
-                for o in outputs]
+                                        for c in o.outputs] * (s.n if s.temperature == 0 else 1))
+                for o, s in zip(outputs, samplings, strict=True)]
 
 
 class HFEngine:
@@ -112,11 +111,11 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
         self.device = device
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], sampling: Sampling | Sequence[Sampling]) -> list[Generation]:
         import torch
 
         results = []
-        for prompt in prompts:
+        for prompt, sampling in zip(prompts, per_prompt(prompts, sampling), strict=True):
             enc = self.tokenizer(prompt, return_tensors="pt").to(self.device)
             n_prompt = enc["input_ids"].shape[1]
             torch.manual_seed(prompt_seed(sampling.seed, prompt))

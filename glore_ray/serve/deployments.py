@@ -66,15 +66,11 @@ class GeneratorDeployment(_BatchedModel):
 
     @serve.batch
     async def _batch(self, requests: list[tuple[list[str], Sampling]]) -> list[list[Generation]]:
-        # One engine call per distinct sampling setting in the batch (the ensemble uses one: greedy).
-        results: list[list[Generation]] = [[] for _ in requests]
-        for sampling in dict.fromkeys(s for _, s in requests):
-            members = [i for i, (_, s) in enumerate(requests) if s == sampling]
-            flat = [p for i in members for p in requests[i][0]]
-            generations = iter(await self._run(self.engine.generate, flat, sampling))
-            for i in members:
-                results[i] = [next(generations) for _ in requests[i][0]]
-        return results
+        # One engine call for the batch, each prompt with its own request's settings.
+        prompts = [p for ps, _ in requests for p in ps]
+        samplings = [s for ps, s in requests for _ in ps]
+        generations = iter(await self._run(self.engine.generate, prompts, samplings))
+        return [[next(generations) for _ in ps] for ps, _ in requests]
 
     def _probe(self) -> None:
         self.engine.generate(["1 + 1 ="], Sampling(temperature=0, max_tokens=1))
