@@ -10,6 +10,7 @@ from glore_ray.core.grading import (
     answers_match,
     extract_answer,
     format_answer,
+    good_steps,
     is_correct,
     parse_number,
     render_solution,
@@ -164,3 +165,9 @@ def test_scored_steps_end_with_the_answer_line() -> None:
     assert scored_steps("a\nSo 8. #### 8") == ["a", "So 8.", "#### 8"]
     assert scored_steps("a\nb") == ["a", "b"]  # unfinished: nothing to read an answer from
     assert scored_steps("a\n#### 8") != scored_steps("a\n#### 9")
+
+
+@pytest.mark.parametrize("first_wrong, n_steps, good", [
+    (None, 3, [True, True, True]), (0, 3, [False, False, False]), (1, 3, [True, False, False]), (3, 3, [True] * 3)])
+def test_a_step_is_good_iff_it_comes_before_the_first_wrong_one(first_wrong, n_steps, good) -> None:
+    assert good_steps(first_wrong, n_steps) == good

@@ -105,6 +105,12 @@ def scored_steps(solution: str) -> list[str]:
     return split_steps(solution) + ([line] if line is not None else [])
 
 
+def good_steps(first_wrong: int | None, n_steps: int) -> list[bool]:
+    """Exact step truth: a step is good iff it comes before the first wrong one (None: no wrong
+    step). The PRM's labels, and what every step label is scored against."""
+    return [first_wrong is None or i < first_wrong for i in range(n_steps)]
+
+
 def strip_calculator(text: str) -> str:
     """`text` without GSM8K calculator annotations (`<<48/2=24>>`)."""
     return _CALCULATOR.sub("", text)

@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from glore_ray.core.grading import good_steps
+
 METHODS = ("greedy", "best_of_k", "best_of_k_with_greedy", "global", "local", "local_orm", "local_oracle_where",
            "global_local_rerank", "rerank_oracle")
 METHOD_TITLES = {
@@ -50,7 +52,7 @@ def step_truth(first_wrong: int | None, correct: bool, n_steps: int, exact: bool
     """Whether each step is good: before the exact first wrong step (model organism), else the
     solution's final correctness for every step (all that GSM8K/SVAMP can tell)."""
     if exact:
-        return [first_wrong is None or i < first_wrong for i in range(n_steps)]
+        return good_steps(first_wrong, n_steps)
     return [correct] * n_steps
 
 

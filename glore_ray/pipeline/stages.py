@@ -23,7 +23,7 @@ from glore_ray.core.problems import Problem, Quarantine, load_problems
 from glore_ray.io import absolute, exists, filesystem_for, output_target, parquet_rows
 from glore_ray.core.generation import Sampling
 from glore_ray.models.engines import load_model
-from glore_ray.core.grading import scored_steps
+from glore_ray.core.grading import good_steps, scored_steps
 from glore_ray.core.labels import (
     SormLabeller,
     balance_lengths,
@@ -271,7 +271,7 @@ def _prm_rows(batch: pa.Table) -> pa.Table:
     wrong one (the answer line iff the solution has no wrong step)."""
     rows = _orm_rows(batch).to_pylist()
     for row in rows:
-        row["labels"] = [row["first_wrong"] is None or i < row["first_wrong"] for i in range(len(row["completions"]))]
+        row["labels"] = good_steps(row["first_wrong"], len(row["completions"]))
     return pa.Table.from_pylist([r for r in rows if r["step_truth"]], schema=ORM_SCHEMA)
 
 
@@ -347,13 +347,14 @@ def label_counts(path: str) -> dict:
     c: Counter = Counter()
     for row in parquet_rows(path, ["labels", "first_wrong", "step_truth"]):
         c["rows"] += 1
+        truth = good_steps(row["first_wrong"], len(row["labels"])) if row["step_truth"] else None
         for i, label in enumerate(row["labels"]):
             c["labels"] += 1
             c["positives"] += label
             c[f"positives_at_{i}"] += label
             c[f"negatives_at_{i}"] += not label
-            if row["step_truth"]:
-                good = row["first_wrong"] is None or i < row["first_wrong"]
+            if truth is not None:
+                good = truth[i]
                 c["checked"] += 1
                 c["agree"] += label == good
                 c["true_neg"] += (not label) and (not good)
