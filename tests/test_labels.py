@@ -26,6 +26,7 @@ from glore_ray.core.labels import (
     orm_labels,
     propagate,
     reward_model_row,
+    sorm_row,
     step_result,
     uses_result,
 )
@@ -99,7 +100,7 @@ def test_propagation_and_orm() -> None:
 
 @pytest.mark.parametrize("mode", ["exhaustive", "efficient"])
 def test_sorm_labels_on_known_cases(mode) -> None:
-    question = Question("q", Q, "10", [RIGHT, WRONG])
+    question = Question("q", Q, (), "10", [RIGHT, WRONG])
     (labelled,) = labeller(mode).label([question])
     assert [lr.labels for lr in labelled] == [[True, True], [False, False]]
 
@@ -108,7 +109,7 @@ def test_a_later_positive_step_makes_earlier_ones_positive() -> None:
     # Step 0's continuations never use its result, step 1's do: raw [F, T, F] -> [T, T, F].
     steps = ["3 * 4 = 12 apples.", "12 - 2 = 10 apples.", "10 + 1 = 11 apples."]
     script = {steps[0]: ["#### 10"], steps[1]: ["#### 10"], steps[2]: ["#### 11"]}
-    question = Question("q", Q, "10", [rollout("q/r0", steps, "11", False)])
+    question = Question("q", Q, (), "10", [rollout("q/r0", steps, "11", False)])
     (exhaustive,) = labeller("exhaustive", script).label([question])
     assert exhaustive[0].labels == [True, True, False]
 
@@ -117,7 +118,7 @@ def test_efficient_mode_agrees_for_fewer_continuations() -> None:
     steps = [f"{i} + 1 = {i + 1} apples." for i in range(9, 16)]  # results 10..16; the gold answer is 13
     script = {s: [f"{i + 1} + {12 - i} = 13\n#### 13"] for i, s in zip(range(9, 13), steps)}
     script |= {s: ["#### 99"] for s in steps[4:]}
-    question = Question("q", Q, "13", [rollout("q/r0", steps, "16", False)])
+    question = Question("q", Q, (), "13", [rollout("q/r0", steps, "16", False)])
     exhaustive, efficient = labeller("exhaustive", script), labeller("efficient", script)
     labels_a = exhaustive.label([question])[0][0].labels
     labels_b = efficient.label([question])[0][0].labels
@@ -133,14 +134,14 @@ def test_a_wrong_rollouts_failed_remainder_is_not_one_of_the_k_samples() -> None
     # efficient mode drew only the failing sample and called the step bad.
     steps = ["3 * 4 = 12 apples.", "12 - 3 = 9 apples."]
     script = {steps[0]: ["12 - 2 = 10 apples.\n#### 10", "12 - 5 = 7 apples.\n#### 7"], steps[1]: ["#### 9"]}
-    question = Question("q", Q, "10", [rollout("q/r0", steps, "9", False)])
+    question = Question("q", Q, (), "10", [rollout("q/r0", steps, "9", False)])
     for mode in ("exhaustive", "efficient"):
         (labelled,) = labeller(mode, script).label([question])
         assert labelled[0].labels == [True, False], mode
 
 
 def test_efficient_mode_takes_a_correct_rollout_as_its_own_evidence() -> None:
-    question = Question("q", Q, "10", [RIGHT])
+    question = Question("q", Q, (), "10", [RIGHT])
     efficient = labeller("efficient")
     (labelled,) = efficient.label([question])
     assert labelled[0].labels == [True, True]
@@ -149,7 +150,7 @@ def test_efficient_mode_takes_a_correct_rollout_as_its_own_evidence() -> None:
 
 def test_efficient_mode_labels_a_shared_prefix_once() -> None:
     twin = rollout("q/r2", WRONG.steps[:1] + ["13 + 2 = 15 apples."], "15", False)
-    question = Question("q", Q, "10", [WRONG, twin])
+    question = Question("q", Q, (), "10", [WRONG, twin])
     policy = ScriptedPolicy(SCRIPT | {"13 + 2 = 15 apples.": ["#### 15"]})
     (labelled,) = SormLabeller(policy, "efficient", k=2, temperature=1.0, max_tokens=32).label([question])
     assert [lr.labels for lr in labelled] == [[False, False], [False, False]]
@@ -160,7 +161,7 @@ def test_efficient_mode_labels_a_shared_prefix_once() -> None:
 def test_efficient_mode_samples_a_prefix_k_times_at_most() -> None:
     policy = ScriptedPolicy(SCRIPT)
     efficient = SormLabeller(policy, "efficient", k=3, temperature=1.0, max_tokens=32)
-    (labelled,) = efficient.label([Question("q", Q, "10", [WRONG])])
+    (labelled,) = efficient.label([Question("q", Q, (), "10", [WRONG])])
     assert labelled[0].labels == [False, False]
     # Each probed prefix: 3 fresh samples (its own rollout's failed remainder is not one of them).
     assert sorted(policy.calls) == sorted([(WRONG.steps[0], 1)] * 3 + [(WRONG.steps[1], 1)] * 3)
@@ -169,10 +170,10 @@ def test_efficient_mode_samples_a_prefix_k_times_at_most() -> None:
 def test_local_pair_marks_the_first_step_that_differs() -> None:
     steps = ["3 * 4 = 12 apples.", "12 - 3 = 9 apples."]
     script = {steps[0]: ["12 - 2 = 10 apples.\n#### 10"], steps[1]: ["9 + 0 = 9\n#### 9"]}
-    question = Question("q", Q, "10", [rollout("q/r0", steps, "9", False)])
+    question = Question("q", Q, (), "10", [rollout("q/r0", steps, "9", False)])
     (labelled,) = labeller("exhaustive", script).label([question])
     assert labelled[0].labels == [True, False]
-    pair = local_pair(Q, labelled[0])
+    pair = local_pair(sorm_row(question, labelled[0]))
     assert pair["bad_step"] == 1 and pair["draft_steps"][:1] == steps[:1]
     assert pair["draft_steps"][1] == "12 - 3 = 9 apples." and pair["target"] == "12 - 2 = 10 apples.\n#### 10"
     prompt = local_refine_prompt(Q, pair["draft_steps"], pair["bad_step"])
@@ -184,9 +185,11 @@ def test_a_wrong_rollout_with_every_step_labelled_good_makes_no_local_pair() -> 
     pair marking step len(steps) stopped the local refiner's training on the organism benchmark)."""
     steps = ["3 * 4 = 12 apples.", "12 - 2 = 10 apples."]
     wrong = rollout("q/r0", steps, "11", False)
+    question = Question("q", Q, (), "10", [wrong])
     labelled = LabelledRollout(wrong, [True, True], pos_continuation="#### 10", neg_continuation="#### 11")
-    assert local_pair(Q, labelled) is None
-    assert local_pair(Q, LabelledRollout(wrong, [True, False], "12 - 2 = 10 apples.\n#### 10", "#### 11")) is not None
+    assert local_pair(sorm_row(question, labelled)) is None
+    labelled = LabelledRollout(wrong, [True, False], "12 - 2 = 10 apples.\n#### 10", "#### 11")
+    assert local_pair(sorm_row(question, labelled)) is not None
 
 
 def test_balancing_evens_every_step_index() -> None:
@@ -202,9 +205,9 @@ def test_balancing_evens_every_step_index() -> None:
 
 
 def test_global_pairs_pair_each_wrong_rollout_with_a_right_one() -> None:
-    pairs = global_pairs(Question("q", Q, "10", [RIGHT, WRONG]))
+    pairs = global_pairs(Question("q", Q, (), "10", [RIGHT, WRONG]))
     assert pairs == [{"id": "q/r1/global", "question": Q, "draft": WRONG.text, "target": RIGHT.text}]
-    assert global_pairs(Question("q", Q, "10", [WRONG])) == []
+    assert global_pairs(Question("q", Q, (), "10", [WRONG])) == []
 
 
 def test_rollouts_are_graded_and_deduplicated() -> None:

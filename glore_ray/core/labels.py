@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -38,6 +38,7 @@ from glore_ray.core.grading import (
     parse_number,
     split_steps,
 )
+from glore_ray.core.problems import Problem
 from glore_ray.core.prompts import solve_prompt
 
 _NUMBER_TEXT = r"-?\d[\d,]*(?:\.\d+)?"
@@ -98,27 +99,29 @@ def orm_labels(n_steps: int, correct: bool) -> list[bool]:
 
 @dataclass
 class Rollout:
-    """One unique policy sample of a question (the rollouts stage's output, as a record)."""
+    """One unique policy sample of a question, graded: the rollouts stage's record, which the
+    labellers and the pairs read as it is."""
 
     id: str
     steps: list[str]
     text: str
     correct: bool
+    n_tokens: int = 0
+    finish_reason: str = "stop"
+    count: int = 1
+    """Samples of the K with this text."""
+    first_wrong: int | None = None
+    """Exact first wrong step (model organism; None when right or unknown)."""
+    greedy: bool = False
+    """The policy's greedy solution: the reward models judge greedy texts (drafts, refinements) at
+    evaluation, so they train on them too. It is not one of the K samples (count excludes it)."""
 
 
-@dataclass
-class Question:
-    id: str
-    question: str
-    answer: str
-    rollouts: list[Rollout]
+@dataclass(frozen=True)
+class Question(Problem):
+    """A problem with its unique rollouts: one row of the rollouts stage."""
 
-    @property
-    def gold(self) -> Fraction:
-        value = parse_number(self.answer)
-        if value is None:
-            raise ValueError(f"question {self.id}: non-numeric answer {self.answer!r}")
-        return value
+    rollouts: tuple[Rollout, ...] = ()
 
 
 @dataclass
@@ -305,6 +308,17 @@ def reward_model_row(rollout: Rollout, labels: Sequence[bool]) -> tuple[list[str
     return [*rollout.steps, line], propagate([*labels, rollout.correct])
 
 
+def sorm_row(question: Question, labelled: LabelledRollout) -> dict | None:
+    """A labelled rollout as the SORM's training row (TRL's layout: prompt, completions, labels),
+    with the continuations the local refiner's pair is made of; None for a rollout with no step."""
+    completions, labels = reward_model_row(labelled.rollout, labelled.labels)
+    if not completions:
+        return None
+    return {"id": labelled.rollout.id, "problem_id": question.id, "prompt": question.question,
+            "completions": completions, "labels": labels, "first_wrong": labelled.rollout.first_wrong,
+            "pos_continuation": labelled.pos_continuation, "neg_continuation": labelled.neg_continuation}
+
+
 def balance_lengths(labels: Sequence[Sequence[bool]], seed: int = 0) -> list[int]:
     """How many leading steps of each row to keep so that every step index has as many positive as
     negative labels. Indices are settled in order; at index i, randomly chosen rows of the majority
@@ -320,20 +334,21 @@ def balance_lengths(labels: Sequence[Sequence[bool]], seed: int = 0) -> list[int
     return keep
 
 
-def local_pair(question: str, labelled: LabelledRollout) -> dict | None:
-    """The local refiner's row from a labelled rollout, or None without both continuations:
+def local_pair(row: Mapping) -> dict | None:
+    """The local refiner's row from a SORM label row (TRL's layout: `prompt`, `completions` the
+    rollout's steps, `labels`, and the two continuations), or None without both continuations:
     draft = P_f + a bad continuation, [BAD] before step f; target = a good continuation of P_{f-1}."""
-    f = first_negative(labelled.labels)
-    if labelled.pos_continuation is None or labelled.neg_continuation is None:
+    steps, labels = list(row["completions"]), list(row["labels"])
+    f = first_negative(labels)
+    if row["pos_continuation"] is None or row["neg_continuation"] is None:
         return None
-    if f >= len(labelled.rollout.steps):
+    if f >= sum(answer_line(step) is None for step in steps):
         # Every reasoning step is labelled good (a wrong rollout whose prefixes all still succeed):
         # there is no step to rewrite from, as in the ensemble, which never rewrites the answer line.
         return None
-    prefix = labelled.rollout.steps[:f + 1]
-    return {"id": f"{labelled.rollout.id}/local", "question": question,
-            "draft_steps": prefix + split_steps(labelled.neg_continuation), "bad_step": f,
-            "target": labelled.pos_continuation}
+    return {"id": f"{row['id']}/local", "question": row["prompt"],
+            "draft_steps": steps[:f + 1] + split_steps(row["neg_continuation"]), "bad_step": f,
+            "target": row["pos_continuation"]}
 
 
 def global_pairs(question: Question) -> list[dict]:

@@ -7,30 +7,13 @@ rollouts together (shared prefixes, global pairs). Pure Python over the engine's
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from glore_ray.core.problems import Problem
 from glore_ray.core.generation import Generation
 from glore_ray.core.grading import is_correct, split_steps
 from glore_ray.core.labels import Question, Rollout
 from glore_ray.core.organism import check_solution, is_organism_problem
-
-
-@dataclass
-class RolloutRecord:
-    id: str
-    text: str
-    steps: list[str]
-    correct: bool
-    n_tokens: int
-    finish_reason: str
-    count: int
-    """Samples of the K with this text."""
-    first_wrong: int | None
-    """Exact first wrong step (model organism; None when right or unknown)."""
-    greedy: bool = False
-    """The policy's greedy solution: the reward models judge greedy texts (drafts, refinements) at
-    evaluation, so they train on them too. It is not one of the K samples (count excludes it)."""
 
 
 def _normal(text: str) -> str:
@@ -41,15 +24,15 @@ def grade_rollouts(problem: Problem, generation: Generation, greedy: Generation 
     """The question's row: the problem's fields, the number of samples, whether the exact checker
     knows each step's truth (model organism), and its unique rollouts, the greedy one (if given)
     marked as such."""
-    unique: dict[str, RolloutRecord] = {}
+    unique: dict[str, Rollout] = {}
     organism = is_organism_problem(problem)
 
-    def record(text: str, n_tokens: int, finish_reason: str) -> RolloutRecord:
+    def record(text: str, n_tokens: int, finish_reason: str) -> Rollout:
         key = _normal(text)
         if key not in unique:
             first_wrong = check_solution(problem, text).first_wrong if organism else None
-            unique[key] = RolloutRecord(f"{problem.id}/r{len(unique)}", text, split_steps(text),
-                                        is_correct(text, problem.gold), n_tokens, finish_reason, 0, first_wrong)
+            unique[key] = Rollout(f"{problem.id}/r{len(unique)}", split_steps(text), text,
+                                  is_correct(text, problem.gold), n_tokens, finish_reason, 0, first_wrong)
         return unique[key]
 
     for completion in generation.completions:
@@ -61,6 +44,7 @@ def grade_rollouts(problem: Problem, generation: Generation, greedy: Generation 
 
 
 def question_from_row(row: dict) -> Question:
-    """The labeller's view of a rollouts row."""
-    return Question(row["id"], row["question"], row["answer"],
-                    [Rollout(r["id"], list(r["steps"]), r["text"], bool(r["correct"])) for r in row["rollouts"]])
+    """A rollouts row as its record (Ray Data batches hold lists as arrays)."""
+    problem = Problem.from_row(row)
+    rollouts = tuple(Rollout(**{**r, "steps": list(r["steps"])}) for r in row["rollouts"])
+    return Question(problem.id, problem.question, problem.steps, problem.answer, rollouts)

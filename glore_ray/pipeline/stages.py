@@ -30,7 +30,7 @@ from glore_ray.core.labels import (
     global_pairs,
     local_pair,
     orm_labels,
-    reward_model_row,
+    sorm_row,
 )
 from glore_ray.pipeline.progress import generation_line, stage_progress
 from glore_ray.core.prompts import solve_prompt
@@ -117,17 +117,9 @@ class SormLabelBatch(_Replica):
         labels = self.labels
         labeller = SormLabeller(self.engine, labels.mode, labels.k, labels.temperature, self.max_tokens, labels.seed,
                                 labels.round_size)
-        out = []
-        for row, question, labelled in zip(rows, questions, labeller.label(questions), strict=True):
-            truth = {r["id"]: r["first_wrong"] for r in row["rollouts"]}
-            for lr in labelled:
-                completions, labels = reward_model_row(lr.rollout, lr.labels)
-                if not completions:
-                    continue
-                out.append({"id": lr.rollout.id, "problem_id": question.id, "prompt": question.question,
-                            "completions": completions, "labels": labels,
-                            "first_wrong": truth[lr.rollout.id], "step_truth": row["step_truth"],
-                            "pos_continuation": lr.pos_continuation, "neg_continuation": lr.neg_continuation})
+        out = [sorm | {"step_truth": row["step_truth"]}
+               for row, question, labelled in zip(rows, questions, labeller.label(questions), strict=True)
+               for lr in labelled if (sorm := sorm_row(question, lr)) is not None]
         steps = [label for row in out for label in row["labels"]]
         self.counters.add.remote({"questions": len(rows), **dataclasses.asdict(labeller.stats),
                                   "positive_steps": sum(steps), "negative_steps": len(steps) - sum(steps)})
@@ -385,10 +377,7 @@ def run_pairs(rollouts: str, sorm_rows: str, out_dir: str) -> dict:
         return pa.Table.from_pylist(rows, schema=GLOBAL_SCHEMA)
 
     def local_rows(batch: pa.Table) -> pa.Table:
-        rows = []
-        for row in batch.to_pylist():
-            if (pair := local_pair(row["prompt"], _labelled_row(row))) is not None:
-                rows.append(pair)
+        rows = [pair for row in batch.to_pylist() if (pair := local_pair(row)) is not None]
         return pa.Table.from_pylist(rows, schema=LOCAL_SCHEMA)
 
     write_dataset(ray.data.read_parquet(f"{absolute(rollouts)}/data").map_batches(global_rows, batch_format="pyarrow"),
@@ -404,13 +393,6 @@ GLOBAL_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("dra
                            ("target", pa.string())])
 LOCAL_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("draft_steps", pa.list_(pa.string())),
                           ("bad_step", pa.int64()), ("target", pa.string())])
-
-
-def _labelled_row(row: dict):
-    from glore_ray.core.labels import LabelledRollout, Rollout
-
-    rollout = Rollout(row["id"], list(row["completions"]), "", False)
-    return LabelledRollout(rollout, list(row["labels"]), row["pos_continuation"], row["neg_continuation"])
 
 
 def fit_reranker_stage(cfg: GloreConfig, orm_rows: str, orm: str, policy: str, out_dir: str) -> dict:
