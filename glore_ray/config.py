@@ -260,6 +260,10 @@ class EnginePoolConfig:
     `accelerator_type:<type>`); empty: any."""
     batch_size: int = 16
     """Questions per engine call."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each replica needs, such as a node type's marker as the cluster files
+    declare it (`{"engine_node": 1}`): replicas then run only on nodes of that type, and an
+    autoscaler starts one for them."""
     cpu_threads: int = 0
     """Torch threads of each replica on CPU (gpus_per_replica 0). Ray gives an actor with a fraction
     of a CPU one thread (OMP_NUM_THREADS=1), which runs the engine at a fraction of the machine's
@@ -274,6 +278,8 @@ class EnginePoolConfig:
     def validate(self, key: str) -> None:
         _check(self.replicas >= 1, f"{key}.replicas", "must be >= 1")
         _check(self.cpu_threads >= 0, f"{key}.cpu_threads", "must be >= 0")
+        for name, amount in self.resources.items():
+            _check(amount > 0, f"{key}.resources.{name}", "must be > 0")
         _check(self.cpus_per_replica > 0, f"{key}.cpus_per_replica", "must be > 0")
         _check(self.gpus_per_replica >= 0, f"{key}.gpus_per_replica", "must be >= 0")
         _check(not self.accelerator_type or self.gpus_per_replica > 0, f"{key}.accelerator_type",
@@ -563,6 +569,11 @@ def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
         if value not in choices:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        key_tp, value_tp = typing.get_args(tp)
+        return {_coerce(k, key_tp, f"{key} (a key)"): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")

@@ -28,6 +28,7 @@ METRICS = {
     "questions": MetricSpec("counter", "Questions a stage has finished"),
     "samples": MetricSpec("counter", "Completions generated (rollouts, SORM continuations, evaluation samples)"),
     "generated_tokens": MetricSpec("counter", "Tokens generated"),
+    "replica_starts": MetricSpec("counter", "Engine replicas a data stage started (more than its pool: lost and replaced)"),
     "generation_tokens_per_second": MetricSpec("gauge", "A data stage's generated tokens per second since it began"),
     "sorm_steps": MetricSpec("counter", "SORM step labels by value", ("label",)),
     "train_steps": MetricSpec("counter", "Optimizer steps done (rank 0)"),

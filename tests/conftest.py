@@ -136,7 +136,7 @@ def miniature_job(tmp_path_factory: pytest.TempPathFactory) -> MiniatureJob:
     """The miniature pipeline (tests/miniature.py) the way users run it: a head started with
     `ray start --head`, `jobs/pipeline.py` submitted with `ray job submit` and the project's runtime
     env, stopped with `ray job stop` while the policy trains and submitted again (it must resume:
-    test_jobs), its metrics endpoint read every 2 s meanwhile, its logs read back with `ray job
+    test_jobs), its metrics endpoint read every 0.5 s meanwhile, its logs read back with `ray job
     logs`; then the head stops. Once per session: its run directory and exported models serve
     test_pipeline, test_jobs and test_serve. GLORE_MINIATURE_RUN names a directory to keep the run
     in between sessions (the job then skips its up-to-date stages and re-runs only the evaluation)."""

@@ -67,6 +67,9 @@ def test_dotted_overrides_are_typed_by_the_schema() -> None:
     ("model.num_heads=8", "model.num_heads: head dim 16 is not supported by vLLM"),
     ("data.organism.max_steps=7", "data.organism.min_steps/max_steps"),
     ("data=3", "data: expected a mapping"),
+    ("rollouts.pool.resources=3", "rollouts.pool.resources: expected a mapping, got int 3"),
+    ("rollouts.pool.resources={engine_node: -1}", "rollouts.pool.resources.engine_node: must be > 0"),
+    ("rollouts.pool.resources={engine_node: many}", "rollouts.pool.resources.engine_node: expected float"),
     ("eval.k.x=1", "eval.k: expected int, got dict"),
     ("data.source=files", "data.train_path: source 'files' needs both"),
     ("labels.round_size=9", "labels.round_size: must be in \\[1, k\\]"),
@@ -149,3 +152,8 @@ def test_glore_config_prints_the_effective_config_documented_and_loadable(tmp_pa
     # It reads back as the same configuration.
     (tmp_path / "effective.yaml").write_text(printed)
     assert load_config(tmp_path / "effective.yaml") == load_config(TINY, overrides)
+
+
+def test_a_pool_asks_for_a_node_types_custom_resource_from_the_command_line() -> None:
+    cfg = load_config(None, ["rollouts.pool.resources={engine_node: 1}", "labels.pool.resources.cpu_node=0.5"])
+    assert cfg.rollouts.pool.resources == {"engine_node": 1.0} and cfg.labels.pool.resources == {"cpu_node": 0.5}

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -187,30 +188,30 @@ def test_expert_iteration_rows_are_each_sampled_questions_gold_and_correct_rollo
 
 def test_a_replica_builds_and_calls_its_engine_on_one_thread_with_the_pools_torch_threads(monkeypatch) -> None:
     """Ray Data calls a replica from a thread of its own pool; the engine must be built and called
-    on one thread (vLLM's CPU build is slower elsewhere), with torch's threads the pool's."""
+    on one thread (vLLM's CPU build is slower elsewhere), after torch's threads are set there."""
     import torch
 
     from glore_ray.config import EnginePoolConfig
     from glore_ray.pipeline import stages
 
-    seen: dict[str, tuple[int, int]] = {}
-    monkeypatch.setattr(stages, "load_model", lambda *args: seen.setdefault(
-        "built", (threading.get_ident(), torch.get_num_threads())))
+    seen: dict[str, tuple] = {}
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.setdefault("threads", (threading.get_ident(), n)))
+    monkeypatch.setattr(stages, "load_model", lambda *args: seen.setdefault("built", (threading.get_ident(),)))
 
     class Echo(stages._Replica):
         def process(self, batch):
-            seen["called"] = (threading.get_ident(), torch.get_num_threads())
+            seen["called"] = (threading.get_ident(),)
             return batch
 
-    before = torch.get_num_threads()
-    try:
-        replica = Echo("model", None, EnginePoolConfig(cpu_threads=3), counters=None)
-        caller = threading.Thread(target=replica, args=(pa.table({"x": [1]}),))
-        caller.start()
-        caller.join()
-    finally:
-        torch.set_num_threads(before)
-    assert seen["built"] == seen["called"] and seen["built"][1] == 3
+    reported: list[dict] = []
+    counters = SimpleNamespace(add=SimpleNamespace(remote=reported.append))  # the counters actor's handle
+    replica = Echo("model", None, EnginePoolConfig(cpu_threads=3), counters=counters)
+    caller = threading.Thread(target=replica, args=(pa.table({"x": [1]}),))
+    caller.start()
+    caller.join()
+    assert seen["built"] == seen["called"] and seen["threads"] == (*seen["built"], 3)
+    assert seen["called"] != (threading.get_ident(),)  # neither the caller's thread nor the constructor's
+    assert reported == [{"replica_starts": 1}]
 
 
 def test_a_cpu_replica_takes_the_nodes_cpus_over_the_pools_replicas_unless_told() -> None:

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 EVERY_S = 10.0
 
 COUNT_METRICS = {"questions": "questions", "samples": "samples", "continuations": "samples",
-                 "generated_tokens": "generated_tokens"}
+                 "generated_tokens": "generated_tokens", "replica_starts": "replica_starts"}
 """The replicas' counts that are also metrics (metrics.py); SORM continuations are samples."""
 
 Line = Callable[[dict, dict, float], str]
@@ -66,7 +66,12 @@ def stage_progress(out_dir: str, stage: str, run: str, line: Line) -> Iterator:
     runs and its counts move; the actor is removed when the stage ends (a re-run can reuse the name)."""
     import ray
 
-    counters = _counters_class().options(name=counters_name(out_dir)).remote(StageMetrics(stage, run))
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # On the driver's node: a worker node that is lost mid-stage must not take the counts with it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    counters = _counters_class().options(name=counters_name(out_dir), scheduling_strategy=here).remote(
+        StageMetrics(stage, run))
     stop, t0 = threading.Event(), time.perf_counter()
 
     def report() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,9 @@ class _Replica:
         self._engine_thread = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.engine = self._engine_thread.submit(self._load, model, engine, pool).result()
         self.counters = counters
+        # More starts than replicas: a replica was lost (its node, its process) and replaced, and
+        # Ray Data retried the batches it held.
+        counters.add.remote({"replica_starts": 1})
 
     @staticmethod
     def _load(model: str, engine: EngineConfig, pool: EnginePoolConfig):
@@ -141,7 +145,16 @@ def _pool_args(pool: EnginePoolConfig) -> dict:
         args["num_gpus"] = pool.gpus_per_replica
     if pool.accelerator_type:
         args["accelerator_type"] = pool.accelerator_type
+    if pool.resources:
+        args["resources"] = dict(pool.resources)
     return args
+
+
+def _in_batches(dataset, rows: int, pool: EnginePoolConfig):
+    """`dataset` in blocks of one engine batch: Ray Data hands an actor pool a block per task, so
+    fewer blocks than replicas leave replicas idle (a file of questions is one block), and a lost
+    replica would cost every batch of the block it held."""
+    return dataset.repartition(max(1, math.ceil(rows / pool.batch_size)))
 
 
 def _write_parquet(path: str, rows: list[dict], schema: pa.Schema | None = None) -> None:
@@ -192,17 +205,27 @@ def run_rollouts(cfg: GloreConfig, stage: str, questions: str, policy: str, out_
     prepared = prepare_questions(cfg, questions, out_dir)
     sampling = rollout_sampling(cfg)
     with stage_progress(out_dir, stage, cfg.run_name, generation_line(stage, prepared["questions"])) as counters:
-        write_dataset(ray.data.read_parquet(f"{out_dir}/questions").map_batches(
+        questions = _in_batches(ray.data.read_parquet(f"{out_dir}/questions"), prepared["questions"], cfg.rollouts.pool)
+        write_dataset(questions.map_batches(
             RolloutSampler, fn_constructor_kwargs={"model": absolute(policy), "engine": cfg.engine,
                                                    "pool": cfg.rollouts.pool, "counters": counters, "sampling": sampling,
                                                    "greedy": cfg.rollouts.greedy},
             **_pool_args(cfg.rollouts.pool)), f"{out_dir}/data", ROLLOUTS_SCHEMA)
         totals, _ = ray.get(counters.snapshot.remote())
+    report_replacements(stage, totals, cfg.rollouts.pool)
     counts = _rollout_counts(f"{out_dir}/data") | {"quarantined": prepared["quarantined"],
-                                                   "generated_tokens": totals.get("generated_tokens", 0)}
+                                                   "generated_tokens": totals.get("generated_tokens", 0),
+                                                   "replica_starts": totals.get("replica_starts", 0)}
     if counts["questions"] != prepared["questions"]:
         raise RuntimeError(f"rollouts: {counts['questions']} questions written for {prepared['questions']} read")
     return counts
+
+
+def report_replacements(stage: str, totals: dict, pool: EnginePoolConfig) -> None:
+    """Say so when replicas were replaced (a node or a process lost): their batches ran again."""
+    if (starts := totals.get("replica_starts", 0)) > pool.replicas:
+        log.warning(f"{stage}: {starts - pool.replicas} replica(s) lost and replaced "
+                    f"({starts} starts for a pool of {pool.replicas}); Ray Data retried their batches")
 
 
 def _rollout_counts(path: str) -> dict:
@@ -288,14 +311,16 @@ def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, o
         if policy is None:
             raise ValueError("SORM labels need the policy (--model) to sample continuations")
         target = f"{out_dir}/unbalanced" if cfg.labels.balance else f"{out_dir}/data"
-        line = generation_line(f"sorm_labels ({cfg.labels.mode})", source.count())
+        n_questions = source.count()
+        line = generation_line(f"sorm_labels ({cfg.labels.mode})", n_questions)
         with stage_progress(out_dir, "sorm_labels", cfg.run_name, line) as counters:
-            write_dataset(source.map_batches(
+            write_dataset(_in_batches(source, n_questions, cfg.labels.pool).map_batches(
                 SormLabelBatch, fn_constructor_kwargs={"model": absolute(policy), "engine": cfg.engine,
                                                        "pool": cfg.labels.pool, "counters": counters, "labels": cfg.labels,
                                                        "max_tokens": cfg.sampling.max_tokens},
                 **_pool_args(cfg.labels.pool)), target, SORM_SCHEMA)
             totals, _ = ray.get(counters.snapshot.remote())
+        report_replacements("sorm_labels", totals, cfg.labels.pool)
         if cfg.labels.balance:
             _write_balanced(target, f"{out_dir}/data", cfg.labels.seed, SORM_SCHEMA)
     else:

@@ -1,0 +1,151 @@
+"""Faults on a multi-node cluster simulated on this machine (`ray.cluster_utils.Cluster`: a head and
+engine nodes, each a real raylet with its own resources), against the same stage without the
+fault, side by side in one run.
+
+- `rollouts_node_loss`: the rollout stage with a pool of two replicas, one per engine node (the
+  pool asks for the nodes' `engine_node` resource), and a third engine node spare; once a quarter
+  of the questions are done, the node of one replica is removed. The stage must finish on what is
+  left, every question written exactly once.
+
+    .venv/bin/python bench/faults.py [--questions 96]
+
+Prints a table and writes bench/results/faults.json: for each fault, the stage's wall time with and
+without it, the time from the fault to the stage's end, and the rows lost and duplicated (counted
+from the written files, not from the stage's own checks). tests/test_faults.py runs the same
+scenario, smaller, and asserts its counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.results_table import publish  # noqa: E402
+from glore_ray.config import GloreConfig, load_config  # noqa: E402
+from glore_ray.core.organism import generate  # noqa: E402
+from glore_ray.io import parquet_rows, write_jsonl  # noqa: E402
+
+ENGINE_NODES = 3
+"""Two for the pool's replicas, one spare that a lost replica restarts on."""
+SETTINGS = ["engine.backend=hf", "sampling.max_tokens=48", "rollouts.k=2", "rollouts.pool.replicas=2",
+            "rollouts.pool.batch_size=2", "rollouts.pool.cpus_per_replica=0.5",
+            "rollouts.pool.resources={engine_node: 1}"]
+"""The transformers engine (vLLM's start would dominate a small run); one replica per engine node."""
+
+
+def simulated_cluster():
+    """A head (the driver, Ray Data's reads and writes) and ENGINE_NODES engine nodes, connected."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    for _ in range(ENGINE_NODES):
+        cluster.add_node(num_cpus=1, resources={"engine_node": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    return cluster
+
+
+def remove_a_replicas_node(cluster) -> str:
+    """Remove the engine node that holds a live replica of the running stage; return its id."""
+    from ray.util.state import list_actors
+
+    replicas = [a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+                if "MapWorker" in a.class_name]
+    node = next(n for n in cluster.worker_nodes if n.node_id in replicas)
+    cluster.remove_node(node, allow_graceful=False)  # as a reclaimed spot instance: no goodbye
+    return node.node_id
+
+
+def rollouts_node_loss(model: str, work: Path, questions: int, lose_node: bool) -> dict:
+    """The rollout stage on a fresh simulated cluster, with or without losing a replica's node once
+    a quarter of the questions are done. Returns its counts and times, and what the files hold."""
+    import ray
+
+    from glore_ray.pipeline.progress import counters_name
+    from glore_ray.pipeline.stages import run_rollouts
+
+    cfg = load_config(None, SETTINGS + [f"rollouts.max_questions={questions}"])
+    problems = list(generate(cfg.data.organism, "train", questions))
+    write_jsonl(str(work / "questions.jsonl"), (p.to_row() for p in problems))
+    out = work / "rollouts"
+    cluster = simulated_cluster()
+    try:
+        outcome: dict = {}
+
+        def stage() -> None:
+            try:
+                outcome["counts"] = run_rollouts(cfg, "rollouts", str(work / "questions.jsonl"), model, str(out))
+            except Exception as e:  # the scenario reports it; the caller decides
+                outcome["error"] = e
+
+        t0 = time.perf_counter()
+        runner = threading.Thread(target=stage)
+        runner.start()
+        fault_at = None
+        while lose_node and runner.is_alive() and fault_at is None:
+            time.sleep(0.2)
+            try:
+                done = ray.get(ray.get_actor(counters_name(str(out))).snapshot.remote())[0].get("questions", 0)
+            except ValueError:  # the counters actor is not up yet
+                continue
+            if done >= questions // 4:
+                remove_a_replicas_node(cluster)
+                fault_at = time.perf_counter()
+        runner.join()
+        end = time.perf_counter()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    written = Counter(row["id"] for row in parquet_rows(str(out / "data"), ["id"])) if (out / "data").exists() else Counter()
+    return {"wall_s": round(end - t0, 1), "fault_to_end_s": round(end - fault_at, 1) if fault_at else None,
+            "counts": outcome.get("counts"), "error": outcome.get("error"),
+            "rows_lost": len({p.id for p in problems} - set(written)),
+            "rows_duplicated": sum(n - 1 for n in written.values())}
+
+
+def tiny_policy(cfg: GloreConfig, work: Path) -> str:
+    """An untrained tiny policy: the fault's cost, not the samples' quality, is measured."""
+    from glore_ray.pipeline.data_stage import build_tiny_policy, write_split
+
+    write_split(cfg, "train", str(work / "train.jsonl"))
+    return build_tiny_policy(cfg, str(work / "train.jsonl"), str(work / "policy"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--questions", type=int, default=96)
+    args = parser.parse_args()
+    results: dict = {"questions": args.questions, "engine_nodes": ENGINE_NODES, "pool_replicas": 2}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = tiny_policy(load_config(None, ["data.organism.n_train=2000"]), Path(tmp))
+        for name, lose in (("no_fault", False), ("node_loss", True)):
+            run = rollouts_node_loss(model, Path(tmp) / name, args.questions, lose)
+            if run["error"]:
+                raise run["error"]
+            results |= {f"rollouts_{name}_wall_s": run["wall_s"],
+                        f"rollouts_{name}_replica_starts": run["counts"]["replica_starts"],
+                        f"rollouts_{name}_rows_lost": run["rows_lost"],
+                        f"rollouts_{name}_rows_duplicated": run["rows_duplicated"]}
+            if lose:
+                results["rollouts_node_loss_fault_to_end_s"] = run["fault_to_end_s"]
+    results |= {"rows_lost": results["rollouts_node_loss_rows_lost"],
+                "rows_duplicated": results["rollouts_node_loss_rows_duplicated"],
+                "rollouts_node_loss_vs_no_fault_wall": round(
+                    results["rollouts_node_loss_wall_s"] / results["rollouts_no_fault_wall_s"], 3)}
+    publish("faults", results)
+
+
+if __name__ == "__main__":
+    main()
