@@ -17,7 +17,7 @@ def test_a_node_lost_mid_rollouts_costs_a_replica_and_no_question(tiny_model_dir
     the manifest's counts those of the files, the replacement counted."""
     run = rollouts_node_loss(str(tiny_model_dir), tmp_path, questions=24, lose_node=True)
     assert run["error"] is None, repr(run["error"])
-    assert run["fault_to_end_s"] is not None  # the node was removed while the stage ran
+    assert run["quarter_to_end_s"] is not None  # the node was removed while the stage ran
     assert run["rows_lost"] == 0 and run["rows_duplicated"] == 0
     counts = run["counts"]
     assert counts["questions"] == 24 and counts["samples"] == 24 * 2
