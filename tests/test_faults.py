@@ -11,7 +11,7 @@ from bench.faults import rollouts_node_loss
 pytestmark = pytest.mark.timeout(600)
 
 
-def test_a_node_lost_mid_rollouts_costs_a_replica_and_no_question(tiny_model_dir, tmp_path) -> None:
+def test_a_node_lost_mid_rollouts_costs_a_replica_and_no_question(tiny_model_dir, tmp_path, caplog) -> None:
     """Two replicas on two engine nodes, a third node spare; one replica's node is removed once a
     quarter of the questions are done. The stage ends on what is left: every question written once,
     the manifest's counts those of the files, the replacement counted."""
@@ -22,3 +22,4 @@ def test_a_node_lost_mid_rollouts_costs_a_replica_and_no_question(tiny_model_dir
     counts = run["counts"]
     assert counts["questions"] == 24 and counts["samples"] == 24 * 2
     assert counts["replica_starts"] == 3  # the two replicas, and the one that replaced the lost one
+    assert "rollouts: 1 replica(s) lost and replaced (3 starts for a pool of 2)" in caplog.text
