@@ -6,6 +6,9 @@ fault, side by side in one run.
   pool asks for the nodes' `engine_node` resource), and a third engine node spare; once a quarter
   of the questions are done, the node of one replica is removed. The stage must finish on what is
   left, every question written exactly once.
+- `training_node_loss`: a two-worker Ray Train run (DeepSpeed ZeRO-2) with one worker per train node
+  and a third train node spare; once the controller has registered a checkpoint, the node of one
+  worker is removed. The run must resume from its last checkpoint on what is left and end at exactly `steps`.
 
     .venv/bin/python bench/faults.py [--questions 96]
 
@@ -33,38 +36,40 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.results_table import publish  # noqa: E402
-from glore_ray.config import GloreConfig, load_config  # noqa: E402
+from glore_ray.config import GloreConfig, TrainConfig, load_config  # noqa: E402
 from glore_ray.core.organism import generate  # noqa: E402
 from glore_ray.io import parquet_rows, write_jsonl  # noqa: E402
 
 ENGINE_NODES = 3
-"""Two for the pool's replicas, one spare that a lost replica restarts on."""
+"""Nodes of the stage's type: two for the pool's replicas or the run's workers, one spare that a
+lost one restarts on."""
 SETTINGS = ["engine.backend=hf", "sampling.max_tokens=48", "rollouts.k=2", "rollouts.pool.replicas=2",
             "rollouts.pool.batch_size=2", "rollouts.pool.cpus_per_replica=0.5",
             "rollouts.pool.resources={engine_node: 1}"]
 """The transformers engine (vLLM's start would dominate a small run); one replica per engine node."""
 
 
-def simulated_cluster():
-    """A head (the driver, Ray Data's reads and writes) and ENGINE_NODES engine nodes, connected."""
+def simulated_cluster(node_type: str):
+    """A head (the driver, Ray Data's reads and writes, Ray Train's controller) and ENGINE_NODES
+    nodes of `node_type` (a custom resource, as the cluster files mark their node types), connected."""
     import ray
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     for _ in range(ENGINE_NODES):
-        cluster.add_node(num_cpus=1, resources={"engine_node": 1})
+        cluster.add_node(num_cpus=1, resources={node_type: 1})
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     return cluster
 
 
-def remove_a_replicas_node(cluster) -> str:
-    """Remove the engine node that holds a live replica of the running stage; return its id."""
+def remove_the_node_of(cluster, actor_class: str) -> str:
+    """Remove a worker node that holds a live actor of `actor_class` (a Ray Data replica, a Ray
+    Train worker); return its id."""
     from ray.util.state import list_actors
 
-    replicas = [a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-                if "MapWorker" in a.class_name]
-    node = next(n for n in cluster.worker_nodes if n.node_id in replicas)
+    nodes = [a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if actor_class in a.class_name]
+    node = next(n for n in cluster.worker_nodes if n.node_id in nodes)
     cluster.remove_node(node, allow_graceful=False)  # as a reclaimed spot instance: no goodbye
     return node.node_id
 
@@ -81,7 +86,7 @@ def rollouts_node_loss(model: str, work: Path, questions: int, lose_node: bool) 
     problems = list(generate(cfg.data.organism, "train", questions))
     write_jsonl(str(work / "questions.jsonl"), (p.to_row() for p in problems))
     out = work / "rollouts"
-    cluster = simulated_cluster()
+    cluster = simulated_cluster("engine_node")
     try:
         outcome: dict = {}
 
@@ -103,7 +108,7 @@ def rollouts_node_loss(model: str, work: Path, questions: int, lose_node: bool) 
                 continue
             if done >= questions // 4:
                 if lose_node:
-                    remove_a_replicas_node(cluster)
+                    remove_the_node_of(cluster, "MapWorker")
                 quarter_at = time.perf_counter()
         runner.join()
         end = time.perf_counter()
@@ -117,23 +122,77 @@ def rollouts_node_loss(model: str, work: Path, questions: int, lose_node: bool) 
             "rows_duplicated": sum(n - 1 for n in written.values())}
 
 
-def tiny_policy(cfg: GloreConfig, work: Path) -> str:
-    """An untrained tiny policy: the fault's cost, not the samples' quality, is measured."""
-    from glore_ray.pipeline.data_stage import build_tiny_policy, write_split
+TRAINING = TrainConfig(steps=16, batch_size=16, lr=1e-3, warmup_steps=1, log_every=4, checkpoint_every=3,
+                       strategy="zero2", num_workers=2, cpus_per_worker=0.5, torch_threads=1, max_failures=1,
+                       resources={"train_node": 1})
+"""The policy's SFT on two train nodes, a checkpoint every 3 of 16 steps."""
+
+
+def training_node_loss(model: str, sft_rows: str, work: Path, lose_node: bool) -> dict:
+    """The policy's Ray Train run on a fresh simulated cluster, with or without losing a worker's
+    node once the controller has registered a checkpoint. Returns the run's summary, its times, and
+    whether the exported model loads."""
+    import ray
+
+    from glore_ray.training.ray_train import fit
+
+    out = work / "policy"
+    storage = Path(f"{out}.ray_train") / "faults"
+    cluster = simulated_cluster("train_node")
+    try:
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                outcome["summary"] = fit("policy", TRAINING, sft_rows, model, str(out), "faults")
+            except Exception as e:  # the scenario reports it; the caller decides
+                outcome["error"] = e
+
+        t0 = time.perf_counter()
+        runner = threading.Thread(target=run)
+        runner.start()
+        checkpointed_at = None  # a registered checkpoint: the fault's moment, or its twin's
+        while runner.is_alive() and checkpointed_at is None:
+            time.sleep(0.2)
+            # Registered once the controller's snapshot names it; one only on storage is not restored.
+            if (storage / "checkpoint_manager_snapshot.json").exists():
+                if lose_node:
+                    remove_the_node_of(cluster, "RayTrainWorker")
+                checkpointed_at = time.perf_counter()
+        runner.join()
+        end = time.perf_counter()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    loads = False
+    if "summary" in outcome:
+        from transformers import AutoModelForCausalLM
+
+        loads = AutoModelForCausalLM.from_pretrained(out) is not None
+    return {"wall_s": round(end - t0, 1),
+            "checkpoint_to_end_s": round(end - checkpointed_at, 1) if checkpointed_at else None,
+            "summary": outcome.get("summary"), "error": outcome.get("error"), "model_loads": loads}
+
+
+def tiny_policy(cfg: GloreConfig, work: Path) -> tuple[str, str]:
+    """An untrained tiny policy and its SFT rows: the fault's cost, not the model, is measured."""
+    from glore_ray.pipeline.data_stage import build_tiny_policy, write_sft_rows, write_split
 
     write_split(cfg, "train", str(work / "train.jsonl"))
-    return build_tiny_policy(cfg, str(work / "train.jsonl"), str(work / "policy"))
+    write_sft_rows(str(work / "train.jsonl"), str(work / "sft.jsonl"))
+    return build_tiny_policy(cfg, str(work / "train.jsonl"), str(work / "policy")), str(work / "sft.jsonl")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--questions", type=int, default=96)
     args = parser.parse_args()
-    results: dict = {"questions": args.questions, "engine_nodes": ENGINE_NODES, "pool_replicas": 2}
+    results: dict = {"questions": args.questions, "nodes_of_the_stages_type": ENGINE_NODES, "pool_replicas": 2,
+                     "train_workers": TRAINING.num_workers, "train_steps": TRAINING.steps}
     with tempfile.TemporaryDirectory() as tmp:
-        model = tiny_policy(load_config(None, ["data.organism.n_train=2000"]), Path(tmp))
+        model, sft_rows = tiny_policy(load_config(None, ["data.organism.n_train=2000"]), Path(tmp))
         for name, lose in (("no_fault", False), ("node_loss", True)):
-            run = rollouts_node_loss(model, Path(tmp) / name, args.questions, lose)
+            run = rollouts_node_loss(model, Path(tmp) / f"rollouts_{name}", args.questions, lose)
             if run["error"]:
                 raise run["error"]
             results |= {f"rollouts_{name}_wall_s": run["wall_s"],
@@ -141,12 +200,26 @@ def main() -> None:
                         f"rollouts_{name}_replica_starts": run["counts"]["replica_starts"],
                         f"rollouts_{name}_rows_lost": run["rows_lost"],
                         f"rollouts_{name}_rows_duplicated": run["rows_duplicated"]}
+        for name, lose in (("no_fault", False), ("node_loss", True)):
+            run = training_node_loss(model, sft_rows, Path(tmp) / f"training_{name}", lose)
+            if run["error"]:
+                raise run["error"]
+            results |= {f"training_{name}_wall_s": run["wall_s"],
+                        f"training_{name}_checkpoint_to_end_s": run["checkpoint_to_end_s"],
+                        f"training_{name}_steps": run["summary"]["step"],
+                        f"training_{name}_resumed_from": run["summary"]["resumed_from"],
+                        f"training_{name}_model_loads": run["model_loads"]}
     results |= {"rows_lost": results["rollouts_node_loss_rows_lost"],
                 "rows_duplicated": results["rollouts_node_loss_rows_duplicated"],
                 "rollouts_fault_to_end_vs_no_fault": round(
                     results["rollouts_node_loss_quarter_to_end_s"] / results["rollouts_no_fault_quarter_to_end_s"], 3),
                 "rollouts_node_loss_vs_no_fault_wall": round(
-                    results["rollouts_node_loss_wall_s"] / results["rollouts_no_fault_wall_s"], 3)}
+                    results["rollouts_node_loss_wall_s"] / results["rollouts_no_fault_wall_s"], 3),
+                "training_fault_to_end_vs_no_fault": round(
+                    results["training_node_loss_checkpoint_to_end_s"]
+                    / results["training_no_fault_checkpoint_to_end_s"], 3),
+                "training_node_loss_vs_no_fault_wall": round(
+                    results["training_node_loss_wall_s"] / results["training_no_fault_wall_s"], 3)}
     publish("faults", results)
 
 

@@ -144,6 +144,9 @@ class TrainConfig:
     accelerator_type: str = field(default="", metadata=EXECUTION)
     """Ray's accelerator type the GPUs must be (e.g. A100-80G, as nodes advertise it in
     `accelerator_type:<type>`); empty: any."""
+    resources: dict[str, float] = field(default_factory=dict, metadata=EXECUTION)
+    """Custom Ray resources each worker needs, such as a node type's marker (`{"train_node": 1}`):
+    workers then run only on nodes of that type, and an autoscaler starts one for them."""
     torch_threads: int = field(default=2, metadata=EXECUTION)
     """Intra-op threads per worker; 0 keeps Ray's default (one per reserved CPU). More than the
     reserved CPUs speeds up CPU training on a node that is otherwise idle while it trains."""
@@ -182,6 +185,8 @@ class TrainConfig:
                "needs gpus_per_worker > 0")
         _check(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
         _check(self.checkpoint_every > 0, f"{key}.checkpoint_every", "must be > 0")
+        for name, amount in self.resources.items():
+            _check(amount > 0, f"{key}.resources.{name}", "must be > 0")
         _check(self.replay_rows >= 0, f"{key}.replay_rows", "must be >= 0")
         _check(self.shuffle_buffer_rows >= 0, f"{key}.shuffle_buffer_rows", "must be >= 0")
         _check(not self.offload_params or self.strategy == "zero3", f"{key}.offload_params",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.faults import rollouts_node_loss
+from bench.faults import TRAINING, rollouts_node_loss, training_node_loss
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -23,3 +23,22 @@ def test_a_node_lost_mid_rollouts_costs_a_replica_and_no_question(tiny_model_dir
     assert counts["questions"] == 24 and counts["samples"] == 24 * 2
     assert counts["replica_starts"] == 3  # the two replicas, and the one that replaced the lost one
     assert "rollouts: 1 replica(s) lost and replaced (3 starts for a pool of 2)" in caplog.text
+
+
+def test_a_node_lost_mid_training_resumes_from_its_checkpoint_and_ends_at_steps(tiny_model_dir, tmp_path) -> None:
+    """Two DeepSpeed ZeRO-2 workers on two train nodes, a third spare; once the controller has
+    registered a checkpoint, one worker's node is removed. Ray Train restarts the group from the last registered
+    checkpoint (max_failures 1) and the run ends at exactly `steps`; the exported model loads."""
+    from glore_ray.config import load_config
+    from glore_ray.pipeline.data_stage import write_sft_rows, write_split
+
+    cfg = load_config(None, ["data.organism.n_train=700"])
+    write_split(cfg, "train", str(tmp_path / "train.jsonl"))
+    write_sft_rows(str(tmp_path / "train.jsonl"), str(tmp_path / "sft.jsonl"))
+    run = training_node_loss(str(tiny_model_dir), str(tmp_path / "sft.jsonl"), tmp_path, lose_node=True)
+    assert run["error"] is None, repr(run["error"])
+    assert run["checkpoint_to_end_s"] is not None  # the node was removed while it trained
+    summary = run["summary"]
+    assert summary["step"] == TRAINING.steps
+    assert summary["resumed_from"] is not None and TRAINING.checkpoint_every <= summary["resumed_from"] < TRAINING.steps
+    assert run["model_loads"]

@@ -58,7 +58,8 @@ def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, 
     from ray.train.torch import TorchTrainer
 
     objective_spec(objective)  # an unknown name fails here, not in every worker
-    resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})
+    resources = ({"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})
+                 | cfg.resources)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"objective": objective, "cfg": cfg, "init_model": os.path.abspath(init_model),
