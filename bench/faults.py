@@ -22,6 +22,7 @@ scenario, smaller, and asserts its counts.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.results_table import publish  # noqa: E402
+from bench.serve import free_port  # noqa: E402
 from glore_ray.config import GloreConfig, TrainConfig, load_config  # noqa: E402
 from glore_ray.core.organism import generate  # noqa: E402
 from glore_ray.io import parquet_rows, write_jsonl  # noqa: E402
@@ -50,12 +52,13 @@ SETTINGS = ["engine.backend=hf", "sampling.max_tokens=48", "rollouts.k=2", "roll
 
 
 def simulated_cluster(node_type: str):
-    """A head (the driver, Ray Data's reads and writes, Ray Train's controller) and ENGINE_NODES
-    nodes of `node_type` (a custom resource, as the cluster files mark their node types), connected."""
+    """A head (the driver, Ray Data's reads and writes, Ray Train's controller; marked `head_node`)
+    and ENGINE_NODES nodes of `node_type` (a custom resource, as the cluster files mark their node
+    types), connected."""
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"head_node": 100}})
     for _ in range(ENGINE_NODES):
         cluster.add_node(num_cpus=1, resources={node_type: 1})
     cluster.wait_for_nodes()
@@ -65,12 +68,23 @@ def simulated_cluster(node_type: str):
 
 def remove_the_node_of(cluster, actor_class: str) -> str:
     """Remove a worker node that holds a live actor of `actor_class` (a Ray Data replica, a Ray
-    Train worker); return its id."""
+    Train worker, a Serve replica) as a lost machine goes: its raylet and every process it started
+    at once (a worker outlives its raylet by seconds, and calls to its actors go to it directly).
+    Return the node's id."""
+    import psutil
+    from ray._private.ray_constants import PROCESS_TYPE_RAYLET
     from ray.util.state import list_actors
 
     nodes = [a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if actor_class in a.class_name]
     node = next(n for n in cluster.worker_nodes if n.node_id in nodes)
-    cluster.remove_node(node, allow_graceful=False)  # as a reclaimed spot instance: no goodbye
+    raylet = node.all_processes[PROCESS_TYPE_RAYLET][0].process.pid
+    started = psutil.Process(raylet).children(recursive=True)
+    cluster.remove_node(node, allow_graceful=False)
+    for process in started:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:  # gone with its raylet already
+            pass
     return node.node_id
 
 
@@ -174,6 +188,62 @@ def training_node_loss(model: str, sft_rows: str, work: Path, lose_node: bool) -
             "summary": outcome.get("summary"), "error": outcome.get("error"), "model_loads": loads}
 
 
+def serve_node_loss(run_dir: str, overrides: list[str], port: int, question: str) -> dict:
+    """The Serve app of `run_dir`'s models on a fresh simulated cluster, the policy's replica on a
+    serve node; while one client keeps asking `question`, that node is removed. Returns the answer
+    before, every status (and model named by each 503) after the loss, the last answer, and how long
+    the replica took to answer again."""
+    import urllib.error
+    import urllib.request
+
+    import ray
+    from ray import serve
+
+    from glore_ray.layout import model_dirs
+    from glore_ray.serve.app import APP_NAME, build_app
+
+    # The policy alone on a serve node; the ingress and the other models on the head.
+    others = [f"serve.{d}.resources={{head_node: 1}}" for d in ("ingress", "global_refiner", "local_refiner", "orm", "sorm")]
+    cfg = load_config(None, overrides + [f"serve.port={port}", "serve.model_timeout_s=3",
+                                         "serve.policy.resources={serve_node: 1}", *others])
+
+    def solve() -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/solve", method="POST",
+                                         data=json.dumps({"question": question}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:  # a hang fails here
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    cluster = simulated_cluster("serve_node")
+    try:
+        # One HTTP proxy, on the head: every simulated node shares this machine's ports.
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(cfg, model_dirs(cfg, run_dir)), name=APP_NAME, route_prefix="/")
+        status, before = solve()
+        assert status == 200, (status, before)
+        t0 = time.perf_counter()
+        solve()
+        request_s = time.perf_counter() - t0  # a warm request without the fault
+        remove_the_node_of(cluster, f"ServeReplica:{APP_NAME}:policy")
+        lost_at, after = time.perf_counter(), []
+        while time.perf_counter() - lost_at < 180:
+            status, answer = solve()
+            after.append((status, answer.get("model") if status == 503 else None))
+            if status == 200:
+                break
+            time.sleep(0.5)
+        recovered_s = time.perf_counter() - lost_at
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return {"before": before, "after": after, "last": answer if status == 200 else None,
+            "recovered_s": round(recovered_s, 1), "request_s": round(request_s, 2)}
+
+
 def tiny_policy(cfg: GloreConfig, work: Path) -> tuple[str, str]:
     """An untrained tiny policy and its SFT rows: the fault's cost, not the model, is measured."""
     from glore_ray.pipeline.data_stage import build_tiny_policy, write_sft_rows, write_split
@@ -186,7 +256,11 @@ def tiny_policy(cfg: GloreConfig, work: Path) -> tuple[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--questions", type=int, default=96)
+    parser.add_argument("--serve-run", default=str(ROOT / "runs" / "demo-validation-final"),
+                        help="a finished run (the embedded default's config) whose models Serve runs")
     args = parser.parse_args()
+    if not (Path(args.serve_run) / "data" / "test.jsonl").is_file():
+        raise SystemExit(f"--serve-run {args.serve_run}: no finished run there (make demo writes one)")
     results: dict = {"questions": args.questions, "nodes_of_the_stages_type": ENGINE_NODES, "pool_replicas": 2,
                      "train_workers": TRAINING.num_workers, "train_steps": TRAINING.steps}
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,6 +283,14 @@ def main() -> None:
                         f"training_{name}_steps": run["summary"]["step"],
                         f"training_{name}_resumed_from": run["summary"]["resumed_from"],
                         f"training_{name}_model_loads": run["model_loads"]}
+    question = json.loads((Path(args.serve_run) / "data" / "test.jsonl").read_text().splitlines()[0])["question"]
+    run = serve_node_loss(args.serve_run, [], free_port(), question)
+    statuses = [status for status, _ in run["after"]]
+    results |= {"serve_run": os.path.relpath(args.serve_run, ROOT), "serve_request_no_fault_s": run["request_s"],
+                "serve_node_loss_to_answer_s": run["recovered_s"], "serve_503s": statuses.count(503),
+                "serve_503s_naming_the_policy": sum(m == "policy" for s, m in run["after"] if s == 503),
+                "serve_other_errors": sum(s not in (200, 503) for s in statuses),
+                "serve_same_answer_after": run["last"] == run["before"]}
     results |= {"rows_lost": results["rollouts_node_loss_rows_lost"],
                 "rows_duplicated": results["rollouts_node_loss_rows_duplicated"],
                 "rollouts_fault_to_end_vs_no_fault": round(

@@ -87,6 +87,13 @@ def with_batch_size(cfg: GloreConfig, size: int) -> GloreConfig:
     return replace(cfg, serve=replace(cfg.serve, **models))
 
 
+def free_port() -> int:
+    """A free local port for the app's HTTP proxy."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default=str(ROOT / "runs" / "demo"))
@@ -106,9 +113,7 @@ def main() -> None:
     models = model_dirs(cfg, args.models)
     questions = [json.loads(line)["question"] for line in
                  (Path(args.models) / "data" / "test.jsonl").read_text().splitlines()[:200]]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1/solve"
     backend = cfg.engine.backend if cfg.engine.backend != "auto" else ("vllm" if vllm_available() else "hf")
     results: dict = {"engine": backend, "clients": args.clients, "requests_per_mode": args.requests,

@@ -185,8 +185,7 @@ class TrainConfig:
                "needs gpus_per_worker > 0")
         _check(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
         _check(self.checkpoint_every > 0, f"{key}.checkpoint_every", "must be > 0")
-        for name, amount in self.resources.items():
-            _check(amount > 0, f"{key}.resources.{name}", "must be > 0")
+        _check_resources(self.resources, f"{key}.resources")
         _check(self.replay_rows >= 0, f"{key}.replay_rows", "must be >= 0")
         _check(self.shuffle_buffer_rows >= 0, f"{key}.shuffle_buffer_rows", "must be >= 0")
         _check(not self.offload_params or self.strategy == "zero3", f"{key}.offload_params",
@@ -272,7 +271,7 @@ class EnginePoolConfig:
     cpu_threads: int = 0
     """Torch threads of each replica on CPU (gpus_per_replica 0). Ray gives an actor with a fraction
     of a CPU one thread (OMP_NUM_THREADS=1), which runs the engine at a fraction of the machine's
-    speed; 0: the node's CPUs over the pool's replicas."""
+    speed; 0: the node's CPUs (as Ray counts them) over the pool's replicas."""
 
     def threads_per_replica(self, node_cpus: int) -> int | None:
         """What a replica sets torch's threads to; None on GPU (leave Ray's setting)."""
@@ -283,8 +282,7 @@ class EnginePoolConfig:
     def validate(self, key: str) -> None:
         _check(self.replicas >= 1, f"{key}.replicas", "must be >= 1")
         _check(self.cpu_threads >= 0, f"{key}.cpu_threads", "must be >= 0")
-        for name, amount in self.resources.items():
-            _check(amount > 0, f"{key}.resources.{name}", "must be > 0")
+        _check_resources(self.resources, f"{key}.resources")
         _check(self.cpus_per_replica > 0, f"{key}.cpus_per_replica", "must be > 0")
         _check(self.gpus_per_replica >= 0, f"{key}.gpus_per_replica", "must be >= 0")
         _check(not self.accelerator_type or self.gpus_per_replica > 0, f"{key}.accelerator_type",
@@ -344,6 +342,8 @@ class ModelDeploymentConfig:
     accelerator_type: str = ""
     """Ray's accelerator type the GPUs must be (e.g. A100-80G, as nodes advertise it in
     `accelerator_type:<type>`); empty: any."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each replica needs, such as a node type's marker (`{"serve_node": 1}`)."""
     max_batch_size: int = 16
     """Requests merged into one call (`@serve.batch`): of the ensemble at the ingress, of the
     engine or scorer at a model; 1 turns batching off."""
@@ -360,6 +360,7 @@ class ModelDeploymentConfig:
         _check(self.gpus >= 0, f"{key}.gpus", "must be >= 0")
         _check(not self.accelerator_type or self.gpus > 0, f"{key}.accelerator_type",
                "needs gpus > 0")
+        _check_resources(self.resources, f"{key}.resources")
         _check(self.max_batch_size >= 1, f"{key}.max_batch_size", "must be >= 1")
         _check(self.batch_wait_timeout_s >= 0, f"{key}.batch_wait_timeout_s", "must be >= 0")
         _check(self.max_ongoing_requests >= self.max_batch_size, f"{key}.max_ongoing_requests",
@@ -559,6 +560,12 @@ class GloreConfig:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
+
+
+def _check_resources(resources: dict[str, float], key: str) -> None:
+    """Custom Ray resources (a node type's marker) are positive amounts."""
+    for name, amount in resources.items():
+        _check(amount > 0, f"{key}.{name}", "must be > 0")
 
 
 def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:

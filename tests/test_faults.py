@@ -4,11 +4,13 @@ larger, against the stage without the fault."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from bench.faults import TRAINING, rollouts_node_loss, training_node_loss
+from bench.faults import TRAINING, rollouts_node_loss, serve_node_loss, training_node_loss
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)  # the Serve test may run the miniature job first
 
 
 def test_a_node_lost_mid_rollouts_costs_a_replica_and_no_question(tiny_model_dir, tmp_path, caplog) -> None:
@@ -42,3 +44,18 @@ def test_a_node_lost_mid_training_resumes_from_its_checkpoint_and_ends_at_steps(
     assert summary["step"] == TRAINING.steps
     assert summary["resumed_from"] is not None and TRAINING.checkpoint_every <= summary["resumed_from"] < TRAINING.steps
     assert run["model_loads"]
+
+
+def test_a_node_lost_under_serve_answers_503_naming_the_model_then_the_same_answer(miniature_run) -> None:
+    """The miniature's Serve app with the policy's replica on a serve node (a spare beside it); the
+    node is removed and one client keeps asking: a 503 naming the policy until Serve has replaced
+    the replica elsewhere (never another error, never a hang), then the answer from before."""
+    from tests.miniature import MINIATURE
+    from tests.ray_head import free_port
+
+    question = json.loads((miniature_run / "data" / "test.jsonl").read_text().splitlines()[0])["question"]
+    run = serve_node_loss(str(miniature_run), MINIATURE, free_port(), question)
+    statuses = [status for status, _ in run["after"]]
+    assert 503 in statuses and statuses[-1] == 200 and set(statuses) == {200, 503}, run["after"]
+    assert all(model == "policy" for status, model in run["after"] if status == 503)
+    assert run["last"] == run["before"]

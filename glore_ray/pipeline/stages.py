@@ -62,7 +62,7 @@ class _Replica:
 
     @staticmethod
     def _load(model: str, engine: EngineConfig, pool: EnginePoolConfig):
-        if threads := pool.threads_per_replica(os.cpu_count() or 1):
+        if threads := pool.threads_per_replica(_node_cpus()):
             import torch
 
             torch.set_num_threads(threads)
@@ -70,6 +70,17 @@ class _Replica:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self._engine_thread.submit(self.process, batch).result()
+
+
+def _node_cpus() -> int:
+    """The CPUs Ray counts on this process's node: a container's limit, where `os.cpu_count()`
+    would give the host's cores."""
+    import ray
+
+    if not ray.is_initialized():
+        return os.cpu_count() or 1
+    node = ray.get_runtime_context().get_node_id()
+    return int(next(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node))
 
 
 class RolloutSampler(_Replica):

@@ -32,8 +32,9 @@ APP_NAME = "glore"
 def deployment_options(d: ModelDeploymentConfig) -> dict:
     """Serve options of one deployment: fixed replicas, or autoscaling between min and max; the
     batching settings as its user_config (see `_Batching`)."""
-    actor = {"num_cpus": d.cpus, "num_gpus": d.gpus} | ({"accelerator_type": d.accelerator_type}
-                                                         if d.accelerator_type else {})
+    actor = ({"num_cpus": d.cpus, "num_gpus": d.gpus} | ({"accelerator_type": d.accelerator_type}
+                                                          if d.accelerator_type else {})
+             | ({"resources": dict(d.resources)} if d.resources else {}))
     options: dict[str, Any] = {"ray_actor_options": actor,
                                "max_ongoing_requests": d.max_ongoing_requests,
                                "user_config": {"max_batch_size": d.max_batch_size,
