@@ -29,7 +29,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -88,6 +90,34 @@ def remove_the_node_of(cluster, actor_class: str) -> str:
     return node.node_id
 
 
+def run_with_fault(work: Callable[[], Any], reached: Callable[[], bool], fault: Callable[[], Any] | None) -> dict:
+    """Run `work` (a stage) on a thread; once `reached()` holds, call `fault` (None: the twin run
+    without it) and note the moment. Returns the stage's result or error, its wall time, and the time
+    from that moment to its end."""
+    outcome: dict = {"result": None, "error": None}
+
+    def stage() -> None:
+        try:
+            outcome["result"] = work()
+        except Exception as e:  # the scenario reports it; the caller decides
+            outcome["error"] = e
+
+    t0 = time.perf_counter()
+    runner = threading.Thread(target=stage)
+    runner.start()
+    moment = None
+    while runner.is_alive() and moment is None:
+        time.sleep(0.2)
+        if reached():
+            if fault is not None:
+                fault()
+            moment = time.perf_counter()
+    runner.join()
+    end = time.perf_counter()
+    return outcome | {"wall_s": round(end - t0, 1),
+                      "moment_to_end_s": round(end - moment, 1) if moment is not None else None}
+
+
 def rollouts_node_loss(model: str, work: Path, questions: int, lose_node: bool) -> dict:
     """The rollout stage on a fresh simulated cluster, with or without losing a replica's node once
     a quarter of the questions are done. Returns its counts and times, and what the files hold."""
@@ -101,37 +131,23 @@ def rollouts_node_loss(model: str, work: Path, questions: int, lose_node: bool) 
     write_jsonl(str(work / "questions.jsonl"), (p.to_row() for p in problems))
     out = work / "rollouts"
     cluster = simulated_cluster("engine_node")
+
+    def a_quarter_done() -> bool:  # the fault's moment, or its twin's
+        try:
+            done = ray.get(ray.get_actor(counters_name(str(out))).snapshot.remote())[0].get("questions", 0)
+        except ValueError:  # the counters actor is not up yet, or already gone
+            return False
+        return done >= questions // 4
+
     try:
-        outcome: dict = {}
-
-        def stage() -> None:
-            try:
-                outcome["counts"] = run_rollouts(cfg, "rollouts", str(work / "questions.jsonl"), model, str(out))
-            except Exception as e:  # the scenario reports it; the caller decides
-                outcome["error"] = e
-
-        t0 = time.perf_counter()
-        runner = threading.Thread(target=stage)
-        runner.start()
-        quarter_at = None  # when a quarter of the questions were done: the fault's moment, or its twin's
-        while runner.is_alive() and quarter_at is None:
-            time.sleep(0.2)
-            try:
-                done = ray.get(ray.get_actor(counters_name(str(out))).snapshot.remote())[0].get("questions", 0)
-            except ValueError:  # the counters actor is not up yet, or already gone
-                continue
-            if done >= questions // 4:
-                if lose_node:
-                    remove_the_node_of(cluster, "MapWorker")
-                quarter_at = time.perf_counter()
-        runner.join()
-        end = time.perf_counter()
+        run = run_with_fault(lambda: run_rollouts(cfg, "rollouts", str(work / "questions.jsonl"), model, str(out)),
+                             a_quarter_done, (lambda: remove_the_node_of(cluster, "MapWorker")) if lose_node else None)
     finally:
         ray.shutdown()
         cluster.shutdown()
     written = Counter(row["id"] for row in parquet_rows(str(out / "data"), ["id"])) if (out / "data").exists() else Counter()
-    return {"wall_s": round(end - t0, 1), "quarter_to_end_s": round(end - quarter_at, 1) if quarter_at else None,
-            "counts": outcome.get("counts"), "error": outcome.get("error"),
+    return {"wall_s": run["wall_s"], "quarter_to_end_s": run["moment_to_end_s"], "counts": run["result"],
+            "error": run["error"],
             "rows_lost": len({p.id for p in problems} - set(written)),
             "rows_duplicated": sum(n - 1 for n in written.values())}
 
@@ -153,39 +169,25 @@ def training_node_loss(model: str, sft_rows: str, work: Path, lose_node: bool) -
     out = work / "policy"
     storage = Path(f"{out}.ray_train") / "faults"
     cluster = simulated_cluster("train_node")
+
+    def a_checkpoint_registered() -> bool:  # the fault's moment, or its twin's
+        # Registered once the controller's snapshot names it; one only on storage is not restored.
+        return (storage / "checkpoint_manager_snapshot.json").exists()
+
     try:
-        outcome: dict = {}
-
-        def run() -> None:
-            try:
-                outcome["summary"] = fit("policy", TRAINING, sft_rows, model, str(out), "faults")
-            except Exception as e:  # the scenario reports it; the caller decides
-                outcome["error"] = e
-
-        t0 = time.perf_counter()
-        runner = threading.Thread(target=run)
-        runner.start()
-        checkpointed_at = None  # a registered checkpoint: the fault's moment, or its twin's
-        while runner.is_alive() and checkpointed_at is None:
-            time.sleep(0.2)
-            # Registered once the controller's snapshot names it; one only on storage is not restored.
-            if (storage / "checkpoint_manager_snapshot.json").exists():
-                if lose_node:
-                    remove_the_node_of(cluster, "RayTrainWorker")
-                checkpointed_at = time.perf_counter()
-        runner.join()
-        end = time.perf_counter()
+        run = run_with_fault(lambda: fit("policy", TRAINING, sft_rows, model, str(out), "faults"),
+                             a_checkpoint_registered,
+                             (lambda: remove_the_node_of(cluster, "RayTrainWorker")) if lose_node else None)
     finally:
         ray.shutdown()
         cluster.shutdown()
     loads = False
-    if "summary" in outcome:
+    if run["result"] is not None:
         from transformers import AutoModelForCausalLM
 
         loads = AutoModelForCausalLM.from_pretrained(out) is not None
-    return {"wall_s": round(end - t0, 1),
-            "checkpoint_to_end_s": round(end - checkpointed_at, 1) if checkpointed_at else None,
-            "summary": outcome.get("summary"), "error": outcome.get("error"), "model_loads": loads}
+    return {"wall_s": run["wall_s"], "checkpoint_to_end_s": run["moment_to_end_s"], "summary": run["result"],
+            "error": run["error"], "model_loads": loads}
 
 
 def serve_node_loss(run_dir: str, overrides: list[str], port: int, question: str) -> dict:
