@@ -9,6 +9,12 @@ fault, side by side in one run.
 - `training_node_loss`: a two-worker Ray Train run (DeepSpeed ZeRO-2) with one worker per train node
   and a third train node spare; once the controller has registered a checkpoint, the node of one
   worker is removed. The run must resume from its last checkpoint on what is left and end at exactly `steps`.
+- `serve_node_loss`: the Serve app with the policy's replica on a serve node, removed while one
+  client keeps asking; 503s naming the policy until the replica is back, then the same answer.
+- `autoscaling_from_zero` (not a fault): a head with no worker node and the
+  real autoscaler over aws.yaml's node types scaled to this machine; a stage asking for an A100
+  gets a node started for it, which ends once idle, and a stage asking for an H100 (no node type)
+  fails at once.
 
     .venv/bin/python bench/faults.py [--questions 96]
 
@@ -39,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.results_table import publish  # noqa: E402
-from bench.serve import free_port  # noqa: E402
+from bench.local_cluster import free_port  # noqa: E402
 from glore_ray.config import GloreConfig, TrainConfig, load_config  # noqa: E402
 from glore_ray.core.organism import generate  # noqa: E402
 from glore_ray.io import parquet_rows, write_jsonl  # noqa: E402
@@ -246,6 +252,81 @@ def serve_node_loss(run_dir: str, overrides: list[str], port: int, question: str
             "recovered_s": round(recovered_s, 1), "request_s": round(request_s, 2)}
 
 
+ACCELERATOR = "accelerator_type:A100-80G"
+"""What the autoscaling scenario's stage asks for; aws.yaml's A100 node types advertise it."""
+
+
+def scaled_node_types() -> dict:
+    """cluster/ray-up/aws.yaml's worker node types at this machine's scale: a CPU each and no GPU,
+    their accelerator markers kept (to Ray, custom resources), every group at min_workers 0, one node."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "cluster" / "ray-up" / "aws.yaml").read_text())
+    return {name: {"resources": {"CPU": 1} | {k: v for k, v in spec["resources"].items() if k not in ("CPU", "GPU")},
+                   "node_config": {}, "min_workers": 0, "max_workers": 1}
+            for name, spec in config["available_node_types"].items() if name != config["head_node_type"]}
+
+
+def autoscaling_from_zero(model: str, work: Path, questions: int, idle_timeout_s: float = 5) -> dict:
+    """A head with no worker node and the real autoscaler (v2) over `scaled_node_types`: the rollout
+    stage with one replica asking for the A100 marker, then the node's idle end; then the same stage
+    asking for an H100, which no node type has. Returns the times, the counts, the node types the
+    replica ran on and the second stage's error."""
+    import ray
+    from ray.util.state import list_actors
+
+    from bench.local_cluster import autoscaling_head
+    from glore_ray.capacity import AUTOSCALER_CONFIG_ENV
+    from glore_ray.pipeline.stages import run_rollouts
+
+    settings = ["engine.backend=hf", "sampling.max_tokens=32", "rollouts.k=2", "rollouts.pool.replicas=1",
+                "rollouts.pool.batch_size=4", "rollouts.pool.cpus_per_replica=0.5"]
+    cfg = load_config(None, settings + [f'rollouts.pool.resources={{"{ACCELERATOR}": 1}}'])
+    write_jsonl(str(work / "questions.jsonl"), (p.to_row() for p in generate(cfg.data.organism, "train", questions)))
+    node_types = scaled_node_types()
+
+    def accelerator_nodes() -> list[dict]:
+        return [n for n in ray.nodes() if n["Alive"] and ACCELERATOR in n["Resources"]]
+
+    saved = os.environ.get(AUTOSCALER_CONFIG_ENV)
+    with autoscaling_head(work, node_types, idle_timeout_s=idle_timeout_s) as address:
+        os.environ[AUTOSCALER_CONFIG_ENV] = str(work / "autoscaler.yaml")
+        ray.init(address=address)
+        try:
+            nodes_before = len(accelerator_nodes())
+            run = run_with_fault(lambda: run_rollouts(cfg, "rollouts", str(work / "questions.jsonl"), model,
+                                                      str(work / "a100")),
+                                 lambda: bool(accelerator_nodes()), None)
+            ended = time.perf_counter()
+            ran_on = {a.node_id for a in list_actors(limit=1000) if "MapWorker" in a.class_name}
+            # The resources the replicas' nodes advertised (Ray's own node:, memory entries left out).
+            replica_nodes = [{k: v for k, v in n["Resources"].items() if k == "CPU" or k.startswith("accelerator_type")}
+                             for n in ray.nodes() if n["NodeID"] in ran_on]
+            while accelerator_nodes() and time.perf_counter() - ended < 120:
+                time.sleep(0.5)
+            idle_end_s = time.perf_counter() - ended if not accelerator_nodes() else None
+            t0 = time.perf_counter()
+            try:
+                run_rollouts(load_config(None, settings + ['rollouts.pool.resources={"accelerator_type:H100": 1}']),
+                             "rollouts", str(work / "questions.jsonl"), model, str(work / "h100"))
+                unsatisfiable = None
+            except Exception as e:  # the scenario reports it; the caller checks what it is
+                unsatisfiable = e
+            unsatisfiable_s = time.perf_counter() - t0
+        finally:
+            ray.shutdown()
+            if saved is None:
+                os.environ.pop(AUTOSCALER_CONFIG_ENV, None)
+            else:
+                os.environ[AUTOSCALER_CONFIG_ENV] = saved
+    return {"error": run["error"], "counts": run["result"], "node_types": node_types,
+            "accelerator_nodes_before": nodes_before, "replica_nodes": replica_nodes,
+            "stage_wall_s": run["wall_s"],
+            "node_up_s": round(run["wall_s"] - run["moment_to_end_s"], 1) if run["moment_to_end_s"] is not None else None,
+            "idle_end_s": round(idle_end_s, 1) if idle_end_s is not None else None, "idle_timeout_s": idle_timeout_s,
+            "unsatisfiable": unsatisfiable, "unsatisfiable_s": round(unsatisfiable_s, 1)}
+
+
 def tiny_policy(cfg: GloreConfig, work: Path) -> tuple[str, str]:
     """An untrained tiny policy and its SFT rows: the fault's cost, not the model, is measured."""
     from glore_ray.pipeline.data_stage import build_tiny_policy, write_sft_rows, write_split
@@ -285,6 +366,15 @@ def main() -> None:
                         f"training_{name}_steps": run["summary"]["step"],
                         f"training_{name}_resumed_from": run["summary"]["resumed_from"],
                         f"training_{name}_model_loads": run["model_loads"]}
+        run = autoscaling_from_zero(model, Path(tmp) / "autoscaling", 24)
+        if run["error"]:
+            raise run["error"]
+        results |= {"autoscale_accelerator_nodes_before": run["accelerator_nodes_before"],
+                    "autoscale_stage_wall_s": run["stage_wall_s"], "autoscale_node_up_s": run["node_up_s"],
+                    "autoscale_replica_on_accelerator_node": all(ACCELERATOR in n for n in run["replica_nodes"]),
+                    "autoscale_idle_timeout_s": run["idle_timeout_s"], "autoscale_idle_end_s": run["idle_end_s"],
+                    "autoscale_unsatisfiable_error": type(run["unsatisfiable"]).__name__,
+                    "autoscale_unsatisfiable_s": run["unsatisfiable_s"]}
     question = json.loads((Path(args.serve_run) / "data" / "test.jsonl").read_text().splitlines()[0])["question"]
     run = serve_node_loss(args.serve_run, [], free_port(), question)
     statuses = [status for status, _ in run["after"]]

@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.local_cluster import free_port  # noqa: E402
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig, load_config  # noqa: E402
 from glore_ray.core.ensemble import MODELS  # noqa: E402
@@ -85,13 +85,6 @@ def load(url: str, questions: list[str], clients: int, n_requests: int, cap_s: f
 def with_batch_size(cfg: GloreConfig, size: int) -> GloreConfig:
     models = {m: replace(getattr(cfg.serve, m), max_batch_size=size) for m in ("ingress", *MODELS)}
     return replace(cfg, serve=replace(cfg.serve, **models))
-
-
-def free_port() -> int:
-    """A free local port for the app's HTTP proxy."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

@@ -103,7 +103,7 @@ class MiniatureJob:
 
 
 def _submit(head, job_id: str, out: Path, args: list[str], *wait: str) -> subprocess.Popen:
-    from tests.ray_head import RAY
+    from bench.local_cluster import RAY
 
     return subprocess.Popen(
         [RAY, "job", "submit", f"--address={head.address}", f"--working-dir={REPO}",
@@ -115,7 +115,7 @@ def _submit(head, job_id: str, out: Path, args: list[str], *wait: str) -> subpro
 def _stop_at_the_first_policy_checkpoint(head, out: Path, args: list[str]) -> StoppedJob:
     from ray.job_submission import JobSubmissionClient
 
-    from tests.ray_head import ray_cli
+    from bench.local_cluster import ray_cli
 
     _submit(head, "glore-miniature-stopped", out, args, "--no-wait").communicate(timeout=120)
     client = JobSubmissionClient(head.address)
@@ -143,7 +143,8 @@ def miniature_job(tmp_path_factory: pytest.TempPathFactory) -> MiniatureJob:
     from ray.job_submission import JobSubmissionClient
 
     from tests.miniature import MINIATURE, as_sets
-    from tests.ray_head import MetricsScraper, ray_cli, ray_head
+    from bench.local_cluster import ray_cli
+    from tests.ray_head import MetricsScraper, ray_head
 
     kept = os.environ.get("GLORE_MINIATURE_RUN")
     out = Path(kept) if kept else tmp_path_factory.mktemp("pipeline") / "run"

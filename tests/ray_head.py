@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -15,15 +12,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RAY = str(Path(sys.executable).parent / "ray")
+from bench.local_cluster import free_port, ray_cli, stop_head
+
 SERIES = re.compile(r'^(ray_glore_\w+)\{(.*)\} (\S+)$')
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -31,13 +23,6 @@ class Head:
     address: str
     """The dashboard's HTTP address: what `ray job` takes."""
     metrics_url: str
-
-
-def ray_cli(*args: str, timeout: float = 120) -> str:
-    done = subprocess.run([RAY, *args], capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"ray {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done.stdout
 
 
 @contextmanager
@@ -56,34 +41,6 @@ def ray_head(temp_dir: Path, num_cpus: int = 2) -> Iterator[Head]:
         stop_head(temp_dir, gcs)
 
 
-def stop_head(temp_dir: Path, gcs_port: int, timeout_s: float = 30) -> None:
-    """Stop this head's processes and their children, and nothing else: `ray stop` stops every Ray
-    instance on the machine, a pipeline the user runs beside the tests included. Its processes name
-    its temp dir or its GCS port on their command line; workers are their children."""
-    import os
-
-    import psutil
-
-    marks = (str(temp_dir), f":{gcs_port}")
-    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
-    procs: dict[int, psutil.Process] = {}
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if p.pid not in mine and any(m in arg for arg in p.info["cmdline"] or [] for m in marks):
-                procs |= {q.pid: q for q in (p, *p.children(recursive=True))}
-        except psutil.Error:  # exited meanwhile
-            continue
-    for p in procs.values():
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
 
 
 def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:

@@ -5,10 +5,12 @@ larger, against the stage without the fault."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
-from bench.faults import TRAINING, rollouts_node_loss, serve_node_loss, training_node_loss
+from bench.faults import (ACCELERATOR, TRAINING, autoscaling_from_zero, rollouts_node_loss, serve_node_loss,
+                          training_node_loss)
 
 pytestmark = pytest.mark.timeout(900)  # the Serve test may run the miniature job first
 
@@ -51,7 +53,7 @@ def test_a_node_lost_under_serve_answers_503_naming_the_model_then_the_same_answ
     node is removed and one client keeps asking: a 503 naming the policy until Serve has replaced
     the replica elsewhere (never another error, never a hang), then the answer from before."""
     from tests.miniature import MINIATURE
-    from tests.ray_head import free_port
+    from bench.local_cluster import free_port
 
     question = json.loads((miniature_run / "data" / "test.jsonl").read_text().splitlines()[0])["question"]
     run = serve_node_loss(str(miniature_run), MINIATURE, free_port(), question)
@@ -59,3 +61,26 @@ def test_a_node_lost_under_serve_answers_503_naming_the_model_then_the_same_answ
     assert 503 in statuses and statuses[-1] == 200 and set(statuses) == {200, 503}, run["after"]
     assert all(model == "policy" for status, model in run["after"] if status == 503)
     assert run["last"] == run["before"]
+
+
+def test_a_stage_asking_for_an_accelerator_starts_a_node_of_that_type_and_gives_it_back(
+        tiny_model_dir, tmp_path_factory, caplog) -> None:
+    """From no worker node: a rollout stage whose replica asks for the A100 marker gets a node of an
+    A100 type from the real autoscaler (v2, over aws.yaml's node types scaled to this machine), runs
+    there, and the node ends once idle; a request no node type holds then fails at once, naming the
+    request and every node type."""
+    from glore_ray.capacity import Unsatisfiable
+
+    caplog.set_level(logging.INFO, logger="glore_ray")
+    run = autoscaling_from_zero(str(tiny_model_dir), tmp_path_factory.mktemp("autoscale"), questions=8)
+    assert run["error"] is None, repr(run["error"])
+    assert run["accelerator_nodes_before"] == 0 and run["node_up_s"] is not None
+    assert run["counts"]["questions"] == 8 and run["counts"]["samples"] == 16
+    assert run["replica_nodes"] and all(ACCELERATOR in node for node in run["replica_nodes"])
+    assert "rollouts.pool: no node alive holds" in caplog.text and "the autoscaler starts one" in caplog.text
+    assert run["idle_end_s"] is not None  # the node was terminated once idle
+
+    error = run["unsatisfiable"]
+    assert isinstance(error, Unsatisfiable) and run["unsatisfiable_s"] < 30, repr(error)
+    assert "rollouts.pool asks for {CPU: 0.5, accelerator_type:H100: 1}" in str(error)
+    assert all(name in str(error) for name in run["node_types"])

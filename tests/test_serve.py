@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from glore_ray.config import load_config
 from tests.miniature import MINIATURE
-from tests.ray_head import free_port
+from bench.local_cluster import free_port
 
 # The first test's set-up runs the miniature pipeline (~4-5 min here) unless an earlier module did.
 pytestmark = pytest.mark.timeout(900)

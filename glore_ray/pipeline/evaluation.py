@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from glore_ray.capacity import request, require
 from glore_ray.config import EngineConfig, EnginePoolConfig, GloreConfig
 from glore_ray.core.problems import Problem, Quarantine, load_problems
 from glore_ray.core.generation import Generation, Sampling
@@ -84,9 +85,12 @@ def start_model_servers(cfg: GloreConfig, models: dict[str, str]) -> dict[str, R
     pool = cfg.eval.pool
     hosts = {}
     for group in server_groups(pool, models):
+        # CPUs and GPUs per model hosted; the custom resources (a node type's marker) once per server.
+        require("eval.pool", request(pool.cpus_per_replica * len(group), pool.gpus_per_replica * len(group),
+                                     pool.accelerator_type, pool.resources))
         server = ray.remote(ModelServer).options(
             num_cpus=pool.cpus_per_replica * len(group), num_gpus=pool.gpus_per_replica * len(group),
-            accelerator_type=pool.accelerator_type or None)
+            accelerator_type=pool.accelerator_type or None, resources=dict(pool.resources))
         hosts[", ".join(group)] = (server.remote(group, cfg.engine), group)
     ready = {handle.ready.remote(): names for names, (handle, _) in hosts.items()}
     while pending := ray.wait(list(ready), num_returns=len(ready), timeout=SERVER_WAIT_LOG_S)[1]:

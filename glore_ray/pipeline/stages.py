@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
+from glore_ray.capacity import request, require
 from glore_ray.config import EngineConfig, EnginePoolConfig, GloreConfig, LabelConfig
 from glore_ray.core.problems import Problem, Quarantine, load_problems
 from glore_ray.io import absolute, exists, filesystem_for, output_target, parquet_rows
@@ -147,8 +148,11 @@ SORM_SCHEMA = pa.schema([("id", pa.string()), ("problem_id", pa.string()), ("pro
                          ("pos_continuation", pa.string()), ("neg_continuation", pa.string())])
 
 
-def _pool_args(pool: EnginePoolConfig) -> dict:
+def _pool_args(pool: EnginePoolConfig, key: str) -> dict:
+    """Ray Data's options for `pool` (the config section `key`), once some node can hold a replica."""
     import ray.data
+
+    require(key, request(pool.cpus_per_replica, pool.gpus_per_replica, pool.accelerator_type, pool.resources))
 
     args = {"compute": ray.data.ActorPoolStrategy(size=pool.replicas), "num_cpus": pool.cpus_per_replica,
             "batch_size": pool.batch_size, "batch_format": "pyarrow"}
@@ -221,7 +225,7 @@ def run_rollouts(cfg: GloreConfig, stage: str, questions: str, policy: str, out_
             RolloutSampler, fn_constructor_kwargs={"model": absolute(policy), "engine": cfg.engine,
                                                    "pool": cfg.rollouts.pool, "counters": counters, "sampling": sampling,
                                                    "greedy": cfg.rollouts.greedy},
-            **_pool_args(cfg.rollouts.pool)), f"{out_dir}/data", ROLLOUTS_SCHEMA)
+            **_pool_args(cfg.rollouts.pool, "rollouts.pool")), f"{out_dir}/data", ROLLOUTS_SCHEMA)
         totals, _ = ray.get(counters.snapshot.remote())
     report_replacements(stage, totals, cfg.rollouts.pool)
     counts = _rollout_counts(f"{out_dir}/data") | {"quarantined": prepared["quarantined"],
@@ -329,7 +333,7 @@ def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, o
                 SormLabelBatch, fn_constructor_kwargs={"model": absolute(policy), "engine": cfg.engine,
                                                        "pool": cfg.labels.pool, "counters": counters, "labels": cfg.labels,
                                                        "max_tokens": cfg.sampling.max_tokens},
-                **_pool_args(cfg.labels.pool)), target, SORM_SCHEMA)
+                **_pool_args(cfg.labels.pool, "labels.pool")), target, SORM_SCHEMA)
             totals, _ = ray.get(counters.snapshot.remote())
         report_replacements("sorm_labels", totals, cfg.labels.pool)
         if cfg.labels.balance:

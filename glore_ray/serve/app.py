@@ -20,6 +20,7 @@ from typing import Any
 
 from ray import serve
 
+from glore_ray.capacity import request, require
 from glore_ray.config import GloreConfig, ModelDeploymentConfig, ServeConfig
 from glore_ray.core.ensemble import GENERATORS, MODELS
 from glore_ray.serve.deployments import GeneratorDeployment, ScorerDeployment
@@ -88,7 +89,11 @@ def _interrupt(signum, frame) -> None:
 
 
 def run_server(app: serve.Application, cfg: ServeConfig) -> None:
-    """`glore serve`: deploy on the connected cluster and serve until interrupted."""
+    """`glore serve`: deploy on the connected cluster and serve until interrupted; a deployment no
+    node can ever hold fails here instead of leaving `serve.run` waiting."""
+    for name in ("ingress", *MODELS):
+        d = getattr(cfg, name)
+        require(f"serve.{name}", request(d.cpus, d.gpus, d.accelerator_type, d.resources))
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     t0 = time.perf_counter()
     serve.run(app, name=APP_NAME, route_prefix="/")

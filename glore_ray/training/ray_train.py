@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from glore_ray.capacity import request, require
 from glore_ray.config import TrainConfig
 from glore_ray.metrics import StageMetrics
 from glore_ray.training.objectives import objective as objective_spec
@@ -60,6 +61,7 @@ def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, 
     objective_spec(objective)  # an unknown name fails here, not in every worker
     resources = ({"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})
                  | cfg.resources)
+    require(objective, request(cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.accelerator_type, cfg.resources))
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"objective": objective, "cfg": cfg, "init_model": os.path.abspath(init_model),
