@@ -61,7 +61,8 @@ def autoscaling_head(temp_dir: Path, node_types: dict, head_cpus: int = 2, idle_
     try:
         yield gcs
     finally:
-        stop_head(temp_dir, int(gcs.rsplit(":", 1)[1]))
+        # Its GCS outlives a SIGTERM by 30 s or more once the nodes it knew are gone; the cluster is thrown away.
+        stop_head(temp_dir, int(gcs.rsplit(":", 1)[1]), timeout_s=3)
 
 
 def stop_head(temp_dir: Path, gcs_port: int, timeout_s: float = 30) -> None:

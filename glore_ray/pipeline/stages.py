@@ -153,7 +153,6 @@ def _pool_args(pool: EnginePoolConfig, key: str) -> dict:
     import ray.data
 
     require(key, request(pool.cpus_per_replica, pool.gpus_per_replica, pool.accelerator_type, pool.resources))
-
     args = {"compute": ray.data.ActorPoolStrategy(size=pool.replicas), "num_cpus": pool.cpus_per_replica,
             "batch_size": pool.batch_size, "batch_format": "pyarrow"}
     if pool.gpus_per_replica:

@@ -59,8 +59,7 @@ def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, 
     from ray.train.torch import TorchTrainer
 
     objective_spec(objective)  # an unknown name fails here, not in every worker
-    resources = ({"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})
-                 | cfg.resources)
+    resources = request(cfg.cpus_per_worker, cfg.gpus_per_worker, resources=cfg.resources)  # the accelerator: below
     require(objective, request(cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.accelerator_type, cfg.resources))
     trainer = TorchTrainer(
         train_worker,
