@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 
+from glore_ray.capacity import fits, node_types_of, request
 from glore_ray.config import load_config
 from glore_ray.core.ensemble import MODELS
 from glore_ray.training.memory_plan import LLAMA2_13B, zero3_model_states_gib
@@ -152,28 +153,24 @@ def test_the_kuberay_manifests_have_the_fields_kuberay_requires() -> None:
 
 def _stage_requests(cfg) -> dict[str, tuple[dict, int]]:
     """What each pipeline stage asks Ray for: (one bundle's resources, how many bundles at once)."""
-    def bundle(cpus: float, gpus: float, accelerator: str) -> dict:
-        return {"CPU": cpus, "GPU": gpus} | ({f"accelerator_type:{accelerator}": 0.001} if accelerator else {})
-
     requests = {}
     for name in ("rollouts", "labels"):
         pool = getattr(cfg, name).pool
-        requests[name] = (bundle(pool.cpus_per_replica, pool.gpus_per_replica, pool.accelerator_type), pool.replicas)
+        requests[name] = (request(pool.cpus_per_replica, pool.gpus_per_replica, pool.accelerator_type), pool.replicas)
     pool = cfg.eval.pool
-    requests["evaluate"] = (bundle(pool.cpus_per_replica, pool.gpus_per_replica, pool.accelerator_type),
+    requests["evaluate"] = (request(pool.cpus_per_replica, pool.gpus_per_replica, pool.accelerator_type),
                             len(MODELS) * pool.replicas)
     for objective in OBJECTIVES:
         t = cfg.training(objective)
-        requests[f"train {objective}"] = (bundle(t.cpus_per_worker, t.gpus_per_worker, t.accelerator_type),
+        requests[f"train {objective}"] = (request(t.cpus_per_worker, t.gpus_per_worker, t.accelerator_type),
                                           t.num_workers)
     return requests
 
 
 def _serve_requests(cfg) -> dict[str, tuple[dict, int]]:
     deployments = {name: getattr(cfg.serve, name) for name in (*MODELS, "ingress")}
-    return {f"serve {name}": ({"CPU": d.cpus, "GPU": d.gpus}
-                              | ({f"accelerator_type:{d.accelerator_type}": 0.001} if d.accelerator_type else {}),
-                              d.max_replicas) for name, d in deployments.items()}
+    return {f"serve {name}": (request(d.cpus, d.gpus, d.accelerator_type), d.max_replicas)
+            for name, d in deployments.items()}
 
 
 def _unplaceable(requests: dict, node_types: dict[str, tuple[dict, int]]) -> list[str]:
@@ -183,7 +180,7 @@ def _unplaceable(requests: dict, node_types: dict[str, tuple[dict, int]]) -> lis
     for stage, (want, count) in requests.items():
         capacity = 0
         for resources, max_nodes in node_types.values():
-            if all(resources.get(k, 0) >= v for k, v in want.items()):
+            if fits(want, resources):
                 capacity += max_nodes * int(min(resources[k] / v for k, v in want.items() if v > 0))
         if capacity < count:
             problems.append(f"{stage}: {count} x {want}, room for {capacity}")
@@ -195,7 +192,7 @@ def test_every_resource_a_13b_stage_asks_for_exists_in_some_node_type() -> None:
     pipeline, served = _stage_requests(cfg), _serve_requests(cfg)
     for path in RAY_UP:
         config = _yaml(path)
-        types = {n: (t["resources"], t.get("max_workers", 0)) for n, t in config["available_node_types"].items()}
+        types = {t.name: (t.resources, t.max_workers) for t in node_types_of(config)}
         assert not _unplaceable(pipeline | served, types), path.name
     cluster = _kuberay_groups(_yaml(KUBERAY / "raycluster.yaml")["spec"])
     assert not _unplaceable(pipeline, cluster)
