@@ -55,7 +55,10 @@ def node_types_of(config: dict) -> list[NodeType]:
 
 
 def describe(resources: dict[str, float]) -> str:
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items())) + "}"
+    def amount(name: str, value: float) -> str:
+        return f"{value / 2**30:.1f} GiB" if name in ("memory", "object_store_memory") else f"{value:g}"
+
+    return "{" + ", ".join(f"{k}: {amount(k, v)}" for k, v in sorted(resources.items())) + "}"
 
 
 def check(what: str, wanted: dict[str, float], nodes: list[dict[str, float]],
@@ -103,7 +106,9 @@ def require(what: str, wanted: dict[str, float]) -> None:
     from ray._private.auto_init_hook import auto_init_ray
 
     auto_init_ray()  # as the Ray Data, Train or Serve call this check precedes would
-    nodes = [{k: float(v) for k, v in n["Resources"].items()} for n in ray.nodes() if n["Alive"]]
+    # Less each node's `node:<ip>` marker: Ray's own, and noise in the error.
+    nodes = [{k: float(v) for k, v in n["Resources"].items() if not k.startswith("node:")}
+             for n in ray.nodes() if n["Alive"]]
     path = os.environ.get(AUTOSCALER_CONFIG_ENV, DEFAULT_AUTOSCALER_CONFIG)
     node_types = published_node_types() or file_node_types(path)
     state = check(what, wanted, nodes, node_types)

@@ -9,7 +9,7 @@ from glore_ray.capacity import NodeType, Unsatisfiable, check, file_node_types, 
 from tests.conftest import REPO
 
 AWS = REPO / "cluster" / "ray-up" / "aws.yaml"
-HEAD = {"CPU": 2.0}
+HEAD = {"CPU": 2.0, "memory": 8 * 2**30}
 
 
 def test_a_request_is_rays_resources_with_the_accelerator_type_as_ray_asks_it() -> None:
@@ -39,7 +39,7 @@ def test_a_request_no_node_type_holds_fails_naming_the_request_the_nodes_and_the
         check("labels.pool", request(1, 1, "H100"), [HEAD], file_node_types(str(AWS)))
     message = str(error.value)
     assert "labels.pool asks for {CPU: 1, GPU: 1, accelerator_type:H100: 0.001}" in message
-    assert "the 1 alive ({CPU: 2})" in message
+    assert "the 1 alive ({CPU: 2, memory: 8.0 GiB})" in message
     assert "gpu_a100_spot {CPU: 96, GPU: 8, accelerator_type:A100-80G: 1} x2" in message
     assert all(name in message for name in ("head", "cpu_spot", "gpu_a100", "gpu_serve"))
 
