@@ -41,7 +41,7 @@ def test_the_default_engine_pools_leave_a_cpu_for_ray_datas_read_tasks(ray_local
     path = tmp_path / "problems.jsonl"
     problems = list(generate(OrganismConfig(), "test", 200))
     write_jsonl(str(path), (p.to_row() for p in problems))
-    args = _pool_args(GloreConfig().rollouts.pool) | {"batch_format": "numpy"}
+    args = _pool_args(GloreConfig().rollouts.pool, "rollouts.pool") | {"batch_format": "numpy"}
     graded = ray.data.read_json(str(path)).map_batches(GoldGrader, **args).take_all()
     assert sorted(r["id"] for r in graded) == sorted(p.id for p in problems)
     assert all(r["correct"] for r in graded)
