@@ -1,6 +1,7 @@
 """Faults on a multi-node cluster simulated on this machine (ray.cluster_utils.Cluster: every node a
-real raylet with its own resources), with the real stages; bench/faults.py runs the same scenarios,
-larger, against the stage without the fault."""
+real raylet with its own resources), and a cluster the real autoscaler grows from zero and shrinks
+back, with the real stages; bench/faults.py runs the same scenarios, larger, against the stage
+without the fault."""
 
 from __future__ import annotations
 
