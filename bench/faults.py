@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -288,9 +289,8 @@ def autoscaling_from_zero(model: str, work: Path, questions: int, idle_timeout_s
     def accelerator_nodes() -> list[dict]:
         return [n for n in ray.nodes() if n["Alive"] and ACCELERATOR in n["Resources"]]
 
-    saved = os.environ.get(AUTOSCALER_CONFIG_ENV)
-    with autoscaling_head(work, node_types, idle_timeout_s=idle_timeout_s) as address:
-        os.environ[AUTOSCALER_CONFIG_ENV] = str(work / "autoscaler.yaml")
+    with (autoscaling_head(work, node_types, idle_timeout_s=idle_timeout_s) as address,
+          patch.dict(os.environ, {AUTOSCALER_CONFIG_ENV: str(work / "autoscaler.yaml")})):
         ray.init(address=address)
         try:
             nodes_before = len(accelerator_nodes())
@@ -315,10 +315,6 @@ def autoscaling_from_zero(model: str, work: Path, questions: int, idle_timeout_s
             unsatisfiable_s = time.perf_counter() - t0
         finally:
             ray.shutdown()
-            if saved is None:
-                os.environ.pop(AUTOSCALER_CONFIG_ENV, None)
-            else:
-                os.environ[AUTOSCALER_CONFIG_ENV] = saved
     return {"error": run["error"], "counts": run["result"], "node_types": node_types,
             "accelerator_nodes_before": nodes_before, "replica_nodes": replica_nodes,
             "stage_wall_s": run["wall_s"],

@@ -38,7 +38,8 @@ def autoscaling_head(temp_dir: Path, node_types: dict, head_cpus: int = 2, idle_
     from ray._private.services import get_node_ip_address
     from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID, FakeMultiNodeProvider
 
-    gcs = f"{get_node_ip_address()}:{free_port()}"  # the address the fake provider's nodes and the monitor use
+    port = free_port()
+    gcs = f"{get_node_ip_address()}:{port}"  # the address the fake provider's nodes and the monitor use
     head = {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0}
     config = {"cluster_name": "glore-local", "max_workers": sum(t["max_workers"] for t in node_types.values()),
               "idle_timeout_minutes": idle_timeout_s / 60, "upscaling_speed": 1.0,
@@ -53,7 +54,7 @@ def autoscaling_head(temp_dir: Path, node_types: dict, head_cpus: int = 2, idle_
     (temp_dir / "autoscaler.yaml").write_text(json.dumps(config))  # JSON is YAML
     env = os.environ | {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_enable_autoscaler_v2": "1",
                         "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID, "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID}
-    ray_cli("start", "--head", f"--port={gcs.rsplit(':', 1)[1]}",
+    ray_cli("start", "--head", f"--port={port}",
             f"--autoscaling-config={temp_dir / 'autoscaler.yaml'}", f"--num-cpus={head_cpus}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}", f"--metrics-export-port={free_port()}",
             f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
@@ -62,7 +63,7 @@ def autoscaling_head(temp_dir: Path, node_types: dict, head_cpus: int = 2, idle_
         yield gcs
     finally:
         # Its GCS outlives a SIGTERM by 30 s or more once the nodes it knew are gone; the cluster is thrown away.
-        stop_head(temp_dir, int(gcs.rsplit(":", 1)[1]), timeout_s=3)
+        stop_head(temp_dir, port, timeout_s=3)
 
 
 def stop_head(temp_dir: Path, gcs_port: int, timeout_s: float = 30) -> None:

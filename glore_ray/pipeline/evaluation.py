@@ -83,11 +83,14 @@ def start_model_servers(cfg: GloreConfig, models: dict[str, str]) -> dict[str, R
     import ray
 
     pool = cfg.eval.pool
+    groups = server_groups(pool, models)
+    most = max(len(group) for group in groups)
+    # One check, for the largest server: CPUs and GPUs per model it hosts, the custom resources (a node
+    # type's marker) once per server.
+    require("eval.pool", request(pool.cpus_per_replica * most, pool.gpus_per_replica * most, pool.accelerator_type,
+                                 pool.resources))
     hosts = {}
-    for group in server_groups(pool, models):
-        # CPUs and GPUs per model hosted; the custom resources (a node type's marker) once per server.
-        require("eval.pool", request(pool.cpus_per_replica * len(group), pool.gpus_per_replica * len(group),
-                                     pool.accelerator_type, pool.resources))
+    for group in groups:
         server = ray.remote(ModelServer).options(
             num_cpus=pool.cpus_per_replica * len(group), num_gpus=pool.gpus_per_replica * len(group),
             accelerator_type=pool.accelerator_type or None, resources=dict(pool.resources))
