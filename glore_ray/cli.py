@@ -165,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         problems = data_stage.read_problems(cfg, args.data, f"{args.out}/quarantine.jsonl")
         train_policy_local(cfg.policy, problems, args.model, args.out)
     elif args.verb == "train":
+        reward_model = cfg.reward_model if args.objective in ("orm", "sorm") else None
         _run_stage(registry.train_stage(args.objective, args.objective, cfg.training(args.objective), args.data,
-                                        args.model, cfg.run_name), args.out, args.verbose)
+                                        args.model, cfg.run_name, reward_model), args.out, args.verbose)
     elif args.verb == "rollouts":
         _run_stage(registry.rollouts_stage("rollouts", cfg, args.data, args.model), args.out, args.verbose)
     elif args.verb == "label":
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.labels.mode = args.mode
         _run_stage(registry.labels_stage(cfg, args.kind, args.data, args.model), args.out, args.verbose)
     elif args.verb == "pairs":
-        _run_stage(registry.pairs_stage(args.data, registry.sorm_pair_rows(cfg, args.sorm)), args.out, args.verbose)
+        _run_stage(registry.pairs_stage(args.data, f"{args.sorm}/data"), args.out, args.verbose)
     elif args.verb == "sample":
         from glore_ray.pipeline.policy_eval import evaluate_policy
 

@@ -13,6 +13,7 @@ MINIATURE = ["data.organism.n_train=300", "data.organism.n_test=20", "engine.bac
              "rollouts.max_questions=8", "rollouts.k=3", "labels.k=2", "eval.n_problems=8",
              "rollouts.pool.batch_size=2",  # four batches, as eval's below: metrics show while the stage runs
              "labels.prm=true",  # the organism's PRM stage and its report row
+             "reranker.heldout_share=0.25",  # 2 of the 8 questions: the reranker's fitting set
              "eval.pool.batch_size=2",  # four batches: the first ones' metrics are exported while the last run
              *[f"{m}.{key}" for m in ("orm", "sorm", "global_refiner", "local_refiner")
                for key in ("steps=4", "warmup_steps=1", "checkpoint_every=2")]]

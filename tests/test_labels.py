@@ -19,14 +19,17 @@ from glore_ray.core.labels import (
     Question,
     Rollout,
     SormLabeller,
-    balance_lengths,
+    balance_weights,
     continuation_prompt,
     global_pairs,
+    is_heldout,
     local_pair,
     orm_labels,
     propagate,
     reward_model_row,
+    row_weights,
     sorm_row,
+    step_label_counts,
     step_result,
     uses_result,
 )
@@ -192,16 +195,29 @@ def test_a_wrong_rollout_with_every_step_labelled_good_makes_no_local_pair() -> 
     assert local_pair(sorm_row(question, labelled)) is not None
 
 
-def test_balancing_evens_every_step_index() -> None:
+def test_balance_weights_keep_every_label_and_even_every_step_index() -> None:
     rng = random.Random(1)
     rows = [propagate([rng.random() < 0.6 for _ in range(rng.randint(1, 6))]) for _ in range(400)]
-    keep = balance_lengths(rows, seed=0)
-    assert all(0 <= k <= len(r) for k, r in zip(keep, rows))
+    weights = balance_weights(step_label_counts(rows))
+    per_row = [row_weights(r, weights) for r in rows]
+    assert all(len(w) == len(r) and all(x > 0 for x in w) for w, r in zip(per_row, rows))  # nothing dropped
     for i in range(6):
-        labels = [r[i] for r, k in zip(rows, keep) if k > i]
-        assert labels.count(True) == labels.count(False)
-    first = [r[0] for r in rows]  # only as many rows dropped as index 0 needs
-    assert sum(k > 0 for k in keep) == 2 * min(first.count(True), first.count(False)) > 0
+        at_i = [(r[i], w[i]) for r, w in zip(rows, per_row) if len(r) > i]
+        positive = sum(w for label, w in at_i if label)
+        negative = sum(w for label, w in at_i if not label)
+        if positive and negative:
+            assert positive == pytest.approx(negative)  # labels balanced at every index
+        assert positive + negative == pytest.approx(len(at_i))  # and every index keeps its weight
+    # An index with one label only keeps it at weight 1 (cutting dropped such rows).
+    assert balance_weights(step_label_counts([[True, True], [True, False], [True]])) == {
+        (0, True): 1.0, (1, True): 1.0, (1, False): 1.0}
+
+
+def test_held_out_questions_are_a_stable_share_by_id() -> None:
+    ids = [f"train-{i}" for i in range(5000)]
+    held = [i for i in ids if is_heldout(i, 0.1)]
+    assert 400 < len(held) < 600 and held == [i for i in ids if is_heldout(i, 0.1)]
+    assert set(held) <= {i for i in ids if is_heldout(i, 0.3)}  # a larger share holds out a superset
 
 
 def test_global_pairs_pair_each_wrong_rollout_with_a_right_one() -> None:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from glore_ray.config import GloreConfig
 from glore_ray.training.objectives import OBJECTIVES, encode_row
 from glore_ray.core.organism import generate
-from glore_ray.core.prompts import local_refine_prompt
+from glore_ray.core.prompts import local_refine_prompt, solve_prompt
 from glore_ray.training.examples import IGNORE
-from glore_ray.training.examples import encode_step_example, step_reward_loss, step_scores
+from glore_ray.training.examples import (
+    collate,
+    encode_step_example,
+    final_labels_only,
+    implicit_values,
+    step_reward_loss,
+    step_scores,
+)
 from glore_ray.models.tiny import load_model_folder
 
 P = next(iter(generate(GloreConfig().data.organism, "train", 1)))
@@ -104,3 +113,44 @@ def test_a_token_classifier_from_the_policy_learns_step_labels(tiny_model_dir, t
     assert reloaded.config.architectures == ["LlamaForTokenClassification"]
     scores = step_scores(reloaded(input_ids=batch["input_ids"]).logits, batch["labels"])
     assert [round(s) for s in scores[1]] == [1] + [0] * (len(P.steps) - 1)
+
+
+def test_label_weights_weigh_the_step_loss(tokenizer) -> None:
+    ex = encode_step_example(tokenizer, "Question: q\nAnswer:\n", ["1 + 2 = 3", "3 * 2 = 6"], [1, 0], 100,
+                             weights=[3.0, 1.0])
+    batch = collate([ex], tokenizer.pad_token_id)
+    logits = torch.zeros(batch["labels"].shape)
+    logits[batch["labels"] == 1] = 2.0  # the good step scored right, the bad one at even odds
+    per_step = [torch.nn.functional.softplus(torch.tensor(-2.0)), torch.tensor(math.log(2))]
+    assert step_reward_loss(logits, batch["labels"]) == pytest.approx(float(sum(per_step) / 2))
+    assert step_reward_loss(logits, batch["labels"], batch["weights"]) == pytest.approx(
+        float((3 * per_step[0] + per_step[1]) / 4))
+    with pytest.raises(ValueError, match="row r: field 'weights'"):
+        encode_step_example(tokenizer, "q", ["a = 1", "b = 2"], [1, 0], 100, "r", weights=[1.0])
+
+
+def test_the_implicit_prm_starts_at_even_odds_and_reads_only_the_solution(tiny_model_dir, tokenizer) -> None:
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    spec = OBJECTIVES["orm"].with_head("implicit", 0.1)
+    assert spec.needs_reference and spec.auto_class == "AutoModelForCausalLM"
+    assert OBJECTIVES["policy"].with_head("implicit", 0.1) is OBJECTIVES["policy"]
+    ex = encode_step_example(tokenizer, solve_prompt(P.question), list(P.steps), [1] * len(P.steps), 400)
+    batch = collate([ex], tokenizer.pad_token_id)
+    # pi = pi_ref: every value is 0, a loss of log 2.
+    assert spec.loss(policy, batch, reference).item() == pytest.approx(math.log(2), abs=1e-6)
+    with pytest.raises(ValueError, match="needs the reference model"):
+        spec.loss(policy, batch)
+    with torch.no_grad():
+        policy.lm_head.weight.add_(torch.randn_like(policy.lm_head.weight))
+        ref_logits = reference(input_ids=batch["input_ids"]).logits
+        values = implicit_values(policy(input_ids=batch["input_ids"]).logits, ref_logits, batch, 0.1)
+    assert torch.all(values[0, :ex.prompt_len] == 0) and values[0, -1] != 0  # the prompt's tokens are left out
+
+
+def test_an_outcome_model_keeps_only_each_rows_last_label() -> None:
+    labels = torch.tensor([[IGNORE, 1, IGNORE, 1, 1, IGNORE], [IGNORE, 0, IGNORE, IGNORE, IGNORE, IGNORE]])
+    assert final_labels_only(labels).tolist() == [[IGNORE, IGNORE, IGNORE, IGNORE, 1, IGNORE],
+                                                  [IGNORE, 0, IGNORE, IGNORE, IGNORE, IGNORE]]

@@ -49,11 +49,19 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -
     assert report["settings"]["ranked_by"] == "reranker"
     reranker = _manifest(out, "reranker")["counts"]
     assert reranker["rows"] > 0 and len(reranker["weights"]) == 3
+    # The reranker is fitted on held-out questions' ORM rows; the three reward models train on the
+    # same rows, every one kept (the SORM's and PRM's weighted, not cut).
+    labels = {kind: _manifest(out, f"{kind}_labels")["counts"] for kind in ("orm", "sorm", "prm")}
+    assert labels["orm"]["heldout_rows"] == reranker["rows"]
+    assert labels["orm"]["rows"] == labels["sorm"]["rows"] == labels["prm"]["rows"] > 0
     for model in ("orm", "sorm", "prm", "reranker"):
         for metric in ("step_accuracy", "balanced_step_accuracy", "final_accuracy"):
             assert 0.0 <= report["reward_models"][model][metric] <= 1.0
         assert "first_error_f1" in report["reward_models"][model]
         assert "within_question_auroc" in report["reward_models"][model]
+        for metric in ("candidate_auroc", "rescue_auroc", "draft_auroc", "draft_first_error_f1",
+                       "within_question_auroc_by_error_kind"):
+            assert metric in report["reward_models"][model]
     assert list(report["refinement"]) == ["greedy", "best_of_3", "best_of_3_with_greedy", "global", "local",
                                           "local_orm", "local_oracle_where", "global_local_rerank", "rerank_oracle"]
     for row in report["refinement"].values():
@@ -63,11 +71,13 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -
     # The rerank oracle is right whenever the draft or a refinement is.
     assert report["refinement"]["rerank_oracle"]["accuracy"] >= max(
         report["refinement"][m]["accuracy"] for m in ("greedy", "global", "local"))
+    rerank = report["refinement"]["global_local_rerank"]
+    assert 0 <= rerank["kept_wrong_draft"] <= rerank["kept_draft"] <= 8 and "rerank_capture" in rerank
     # The PRM trains on the exact checker's labels: they agree with exact truth everywhere.
-    assert _manifest(out, "prm_labels")["counts"]["unbalanced_step_accuracy"] == 1.0
-    labels = report["training_labels"]
-    assert set(labels) == {"orm", "sorm", "sorm_minus_orm", "gate_passed"}
-    assert labels["orm"]["checked"] == labels["sorm"]["checked"] > 0  # the same, unbalanced rows
+    assert labels["prm"]["step_accuracy"] == 1.0
+    quality = report["training_labels"]
+    assert set(quality) == {"orm", "sorm", "sorm_minus_orm", "gate_passed"}
+    assert quality["orm"]["checked"] == quality["sorm"]["checked"] > 0  # the same rows
     # A refiner with no pairs to learn from is kept untrained, and the report says so.
     pairs = _manifest(out, "pairs")["counts"]
     for refiner, kind in (("global_refiner", "global_pairs"), ("local_refiner", "local_pairs")):
@@ -157,9 +167,9 @@ def test_the_likelihood_reranker_is_a_stage_that_ranks_in_the_orms_place() -> No
     names = list(stages)
     assert names.index("orm") < names.index("reranker") < names.index("evaluate")
     policy = model_dirs(cfg, "/run")["policy"]
-    assert stages["reranker"].inputs == {"rows": "/run/orm_labels/data", "orm": model_dir("/run", "orm"),
+    assert stages["reranker"].inputs == {"rows": "/run/orm_labels/heldout", "orm": model_dir("/run", "orm"),
                                          "policy": policy}
-    assert stages["reranker"].config == {"reranker": {"likelihood": True, "fit_rows": 100,
+    assert stages["reranker"].config == {"reranker": {"likelihood": True, "fit_rows": 100, "heldout_share": 0.1,
                                                       "objective": "within_question"}}
     assert model_dirs(cfg, "/run")["reranker"] == model_dir("/run", "reranker")
     assert stages["evaluate"].inputs["reranker"] == model_dir("/run", "reranker")

@@ -142,3 +142,39 @@ def test_every_refinement_round_is_a_row_with_the_share_of_the_pass_at_k_gap_it_
     assert report["refinement"]["round_2"]["accuracy"] == 0.75 and "round_1" not in report["refinement"]
     assert report["iteration"]["round_1"] == {"accuracy": 0.5, "gap_closed": 0.5}
     assert report["iteration"]["round_2"] == {"accuracy": 0.75, "gap_closed": 1.0}
+
+
+def candidate(text: str, correct: bool, orm: list[float], first_wrong: int | None = None,
+              error_kind: str | None = None) -> dict:
+    return {"text": text, "correct": correct, "first_wrong": first_wrong, "error_kind": error_kind, "orm": orm}
+
+
+def test_reward_models_are_measured_on_the_candidates_the_ensemble_ranks() -> None:
+    # q1: a wrong draft the ORM ranks above its right global refinement (a failed rescue), and a
+    # local refinement identical to the draft (the same candidate, not a pair of its own).
+    q1 = record(False, False, True, False, False, False,
+                [candidate("d1", False, [0.2, 0.9], 0, "arithmetic"), candidate("s1", True, [0.9, 0.5])])
+    q1["candidates"] = {"global": candidate("g1", True, [0.9, 0.6]), "local": candidate("d1", False, [0.2, 0.9], 0)}
+    # q2: a right draft above its wrong local refinement; a sample wrong by its plan.
+    q2 = record(True, True, False, False, False, True,
+                [candidate("d2", True, [0.8, 0.7]), candidate("s2", False, [0.1, 0.8], 0, "wrong_plan")])
+    q2["candidates"] = {"local": candidate("l2", False, [0.7, 0.3], 1, "arithmetic")}
+    m = reward_model_metrics([q1, q2], "orm")
+    assert (m["candidate_auroc"], m["candidate_pairs"]) == (0.5, 2)  # q1's pair lost, q2's won
+    assert (m["rescue_auroc"], m["rescue_pairs"]) == (0.0, 1)  # only q1's is a wrong draft's rescue
+    assert m["draft_auroc"] == 0.0  # the wrong draft (0.9) above the right one (0.7)
+    # Drafts: q1's flags step 0 = its first wrong step (hit); q2's flags nothing (right): F1 1.
+    assert m["draft_first_error_f1"] == 1.0
+    assert m["within_question_auroc_by_error_kind"] == {"arithmetic": {"auroc": 0.0, "pairs": 1},
+                                                        "wrong_plan": {"auroc": 0.0, "pairs": 1}}
+
+
+def test_the_rerank_row_says_what_share_of_the_oracle_it_took_and_how_often_it_kept_the_draft() -> None:
+    records = [record(False, False, True, False, False, False),  # kept a wrong draft a refinement fixed
+               record(False, False, False, True, False, True),   # took the right local refinement
+               record(True, True, True, True, True, True)]
+    records[1]["decision"]["chosen"] = "local"
+    row = refinement_table(records)["global_local_rerank"]
+    # greedy 1/3, rerank 2/3, oracle 3/3: half the oracle's gain.
+    assert row["rerank_capture"] == pytest.approx(0.5)
+    assert (row["kept_draft"], row["kept_wrong_draft"]) == (2, 1)

@@ -69,13 +69,13 @@ def test_answers_and_decisions_match_the_offline_ensemble(served, miniature_run)
     from glore_ray.config import EngineConfig
     from glore_ray.models.engines import HFEngine
     from glore_ray.core.ensemble import EnsembleSettings, RefinementEnsemble
-    from glore_ray.models.scorers import HFStepScorer, load_scorer
+    from glore_ray.models.scorers import load_scorer
 
     url, cfg, models = served
     questions = _questions(miniature_run, 4)
     engines = [HFEngine(models[m], EngineConfig(backend="hf")) for m in ("policy", "global_refiner", "local_refiner")]
     # The miniature run ranks with the likelihood reranker: the served ORM is the reranker.
-    offline = RefinementEnsemble(*engines, load_scorer(models["reranker"]), HFStepScorer(models["sorm"]),
+    offline = RefinementEnsemble(*engines, load_scorer(models["reranker"]), load_scorer(models["sorm"]),
                                  EnsembleSettings(always_refine=True, max_tokens=cfg.sampling.max_tokens))
     expected = offline.solve(questions)
     for question, want in zip(questions, expected, strict=True):

@@ -12,10 +12,12 @@ from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from glore_ray.config import GloreConfig, LabelConfig, RolloutConfig, SamplingConfig
 from glore_ray.core.generation import Completion, Generation
 from glore_ray.core.grading import render_solution
+from glore_ray.core.labels import is_heldout
 from glore_ray.core.organism import generate
 from glore_ray.core.prompts import BAD_MARK, local_refine_prompt
 from glore_ray.core.rollouts import grade_rollouts
@@ -110,13 +112,25 @@ def test_orm_and_sorm_labels_and_the_pairs_they_make(ray_module, tiny_model_dir,
     orm_rows = read_rows(tmp_path / "orm" / "data")
     assert orm["rows"] == len(orm_rows) == 12
     assert all(r["labels"] == [r["id"].endswith("/r0")] * len(r["completions"]) for r in orm_rows)
+    # Held-out questions: no reward model trains on them; the ORM writes theirs for the reranker.
+    half = replace(CFG, reranker=replace(CFG.reranker, heldout_share=0.5))
+    held = {p.id for p in problems if is_heldout(p.id, 0.5)}
+    assert 0 < len(held) < len(problems)
+    split = run_labels(half, "orm", rollouts, None, str(tmp_path / "orm_split"))
+    assert {r["problem_id"] for r in read_rows(tmp_path / "orm_split" / "heldout")} == held
+    assert {r["problem_id"] for r in read_rows(tmp_path / "orm_split" / "data")} == {p.id for p in problems} - held
+    assert split["rows"] + split["heldout_rows"] == 12
+    prm = run_labels(replace(half, labels=replace(CFG.labels, balance=True)), "prm", rollouts, None,
+                     str(tmp_path / "prm"))
+    assert prm["rows"] == split["rows"] and prm["step_accuracy"] == 1.0  # the same rows, exact labels
 
     # Efficient mode: each gold rollout is its own evidence, and the corrupted rollout shares
     # the gold prefix up to its wrong step, so the labels are the exact truth even though the
     # untrained policy's own continuations are noise.
     cfg = replace(CFG, labels=replace(CFG.labels, balance=True))
     sorm = run_labels(cfg, "sorm", rollouts, str(tiny_model_dir), str(tmp_path / "sorm"))
-    sorm_rows = {r["id"]: r for r in read_rows(tmp_path / "sorm" / "unbalanced")}
+    sorm_rows = {r["id"]: r for r in read_rows(tmp_path / "sorm" / "data")}
+    assert len(sorm_rows) == sorm["rows"] == orm["rows"]  # every row kept: the ORM's budget
     for j, p in enumerate(problems):
         bad_at = j % len(p.steps)
         # The answer line is scored too, labelled with the rollout's correctness.
@@ -124,12 +138,17 @@ def test_orm_and_sorm_labels_and_the_pairs_they_make(ray_module, tiny_model_dir,
         assert sorm_rows[f"{p.id}/r1"]["labels"] == [i < bad_at for i in range(len(p.steps))] + [False]
         assert sorm_rows[f"{p.id}/r1"]["completions"][-1] == "#### 0"
     assert sorm["continuations"] > 0 and sorm["generated_tokens"] > 0
-    assert sorm["step_accuracy"] == 1.0 and sorm["negative_recall"] == 1.0  # of the balanced rows
-    indices = {int(k.rsplit("_", 1)[1]) for k in sorm if k.startswith("positives_at_")}
-    assert indices and all(sorm[f"positives_at_{i}"] == sorm[f"negatives_at_{i}"] for i in indices)
+    assert sorm["step_accuracy"] == 1.0 and sorm["negative_recall"] == 1.0
+    # Balanced by weights: at every step index with both labels, equal weight on each.
+    mass: dict = {}
+    for row in sorm_rows.values():
+        for i, (label, weight) in enumerate(zip(row["labels"], row["weights"], strict=True)):
+            mass[(i, label)] = mass.get((i, label), 0.0) + weight
+    both = [i for i, label in mass if label and (i, False) in mass]
+    assert both and all(mass[(i, True)] == pytest.approx(mass[(i, False)]) for i in both)
     assert orm["step_accuracy"] < 1.0  # the ORM marks the right steps of a wrong rollout negative
 
-    pairs = run_pairs(rollouts, str(tmp_path / "sorm" / "unbalanced"), str(tmp_path / "pairs"))
+    pairs = run_pairs(rollouts, str(tmp_path / "sorm" / "data"), str(tmp_path / "pairs"))
     assert pairs["global_pairs"] == len(problems)
     local = {r["id"].split("/")[0]: r for r in read_rows(tmp_path / "pairs" / "local")}
     assert local and pairs["local_pairs"] == len(local)
@@ -221,3 +240,23 @@ def test_a_cpu_replica_takes_the_nodes_cpus_over_the_pools_replicas_unless_told(
     assert EnginePoolConfig(replicas=4).threads_per_replica(2) == 1
     assert EnginePoolConfig(replicas=2, cpu_threads=3).threads_per_replica(8) == 3
     assert EnginePoolConfig(gpus_per_replica=1).threads_per_replica(8) is None  # Ray's setting stands
+
+
+def test_the_reward_models_questions_come_after_expert_iterations(tmp_path) -> None:
+    from glore_ray.config import ConfigError, load_config
+    from glore_ray.pipeline.registry import build_stages
+    from glore_ray.pipeline.stages import prepare_questions
+
+    cfg = load_config(None, ["expert_iteration.rounds=1", "expert_iteration.max_questions=5",
+                             "rollouts.max_questions=4"])
+    stages = {s.name: s for s in build_stages(cfg, str(tmp_path / "run"))}
+    assert stages["expert_iteration_1_samples"].config["first_question"] == 0
+    assert stages["rollouts"].config["first_question"] == 5
+    ids = write_questions(tmp_path / "train.jsonl", 12)
+    assert prepare_questions(cfg, str(tmp_path / "train.jsonl"), str(tmp_path / "out"), first=5)["questions"] == 4
+    assert [r["id"] for r in read_rows(tmp_path / "out" / "questions")] == ids[5:9]
+    with pytest.raises(ConfigError, match="rollouts.disjoint_from_expert_iteration"):
+        load_config(None, ["expert_iteration.rounds=1", "expert_iteration.max_questions=0"])
+    paper = load_config(None, ["expert_iteration.rounds=1", "expert_iteration.max_questions=0",
+                               "rollouts.disjoint_from_expert_iteration=false"])
+    assert {s.name: s for s in build_stages(paper, str(tmp_path / "p"))}["rollouts"].config["first_question"] == 0

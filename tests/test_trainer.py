@@ -155,3 +155,27 @@ def test_the_gpu_benchmark_runs_its_training_loop_on_cpu_with_the_tiny_model(tmp
     assert results["device"] == "cpu" and results["measured_steps"] == 3 and results["mfu"] is None
     assert results["params"] > 1_000_000 and results["tokens_per_s"] > 0 and 0 < results["final_loss"] < 10
     assert results["model_tflops_per_s"] >= 0 and 50 < results["mean_seq_len"] < 512
+
+
+def test_the_implicit_prm_trains_against_its_reference_and_scores_from_its_folder(
+        ray_module, tiny_model_dir, tmp_path) -> None:
+    """The implicit head (reward_model.head=implicit): two DDP workers, each with a frozen copy of
+    the initial model as pi_ref; the folder names that reference relative to itself, and
+    `load_scorer` reads it as an implicit PRM."""
+    from glore_ray.models.scorers import IMPLICIT_FILE, ImplicitPRMScorer, load_scorer, write_implicit_spec
+
+    spec = objective_spec("orm").with_head("implicit", 0.5)
+    data = write_fixed_batch("orm", tmp_path / "rows.parquet")
+    out = tmp_path / "run" / "orm" / "model"
+    meta = fit(spec, replace(TWO_WORKERS, shuffle_buffer_rows=0), data, str(tiny_model_dir), str(out), "orm-implicit")
+    assert meta["first_loss"] == pytest.approx(0.693, abs=0.01)  # pi = pi_ref at first: even odds
+    assert meta["loss"] < meta["first_loss"]
+    write_implicit_spec(str(out), str(tiny_model_dir), 0.5)
+    assert not json.loads((out / IMPLICIT_FILE).read_text())["reference"].startswith("/")
+    scorer = load_scorer(str(out))
+    assert isinstance(scorer, ImplicitPRMScorer)
+    train = rows("orm", 8)
+    values = scorer.score([r["prompt"] for r in train], [r["completions"] for r in train])
+    assert all(len(v) == len(r["completions"]) and all(0 < x < 1 for x in v) for v, r in zip(values, train))
+    # Every training row is a wrong solution: the trained values moved below even odds.
+    assert not any(r["labels"][-1] for r in train) and sum(v[-1] for v in values) / len(values) < 0.5

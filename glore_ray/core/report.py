@@ -103,7 +103,22 @@ def refinement_table(records: Sequence[dict]) -> dict:
                     "fixed": sum(o[m] for o in wrong) / len(wrong) if wrong else 0.0,
                     "broken": sum(not o[m] for o in right) / len(right) if right else 0.0,
                     "paired_diff_vs_greedy": paired_bootstrap([o[m] for o in outcomes], greedy)}
+    if "global_local_rerank" in table and "rerank_oracle" in table:
+        table["global_local_rerank"] |= rerank_choice(records, table)
     return table
+
+
+def rerank_choice(records: Sequence[dict], table: dict) -> dict:
+    """How the reranker chose: `rerank_capture` = (rerank - greedy) / (oracle - greedy), the share
+    of what the refiners offered that it took (None when they offered nothing); `kept_draft`, the
+    questions whose draft it kept; `kept_wrong_draft`, those where the draft was wrong and a
+    refinement right."""
+    greedy, rerank, oracle = (table[m]["accuracy"] for m in ("greedy", "global_local_rerank", "rerank_oracle"))
+    kept = [r for r in records if r["decision"]["chosen"] == "draft"]
+    return {"rerank_capture": (rerank - greedy) / (oracle - greedy) if oracle > greedy else None,
+            "kept_draft": len(kept),
+            "kept_wrong_draft": sum(not r["correct"]["draft"] and bool(r["correct"]["global"] or r["correct"]["local"])
+                                    for r in kept)}
 
 
 def iteration_gap(records: Sequence[dict], k: int, policy: dict) -> dict:
@@ -164,6 +179,70 @@ def _harmonic_mean(*tallies: Sequence[int]) -> float | None:
     return 0.0 if 0.0 in accuracies else len(accuracies) / sum(1 / a for a in accuracies)
 
 
+def first_error_f1(solutions: Iterable[tuple[Sequence[float], int | None]]) -> float | None:
+    """ProcessBench's first-error F1 over (step values, exact first wrong step) pairs: the harmonic
+    mean of the accuracy on erroneous solutions (the first value below 0.5 is at the first wrong
+    step) and on error-free ones (no value below 0.5). None unless both kinds were seen."""
+    erroneous, error_free = [0, 0], [0, 0]  # right, seen
+    for values, first_wrong in solutions:
+        flagged = _first_flagged(values)
+        tally = error_free if first_wrong is None else erroneous
+        tally[0] += flagged == first_wrong
+        tally[1] += 1
+    return _harmonic_mean(erroneous, error_free)
+
+
+def _candidates(record: dict) -> list[dict]:
+    """The solutions the ensemble ranks for one question: the greedy draft, then its distinct
+    refinements (a refinement identical to the draft is the same candidate)."""
+    draft = record["solutions"][0]
+    seen, out = {draft.get("text")}, [draft]
+    for candidate in record.get("candidates", {}).values():
+        if candidate["text"] not in seen:
+            seen.add(candidate["text"])
+            out.append(candidate)
+    return out
+
+
+def decision_metrics(records: Sequence[dict], model: str) -> dict:
+    """A reward model measured where the ensemble decides (issue 25, part 3):
+    - `candidate_auroc`: within-question AUROC over the candidates it ranks (draft, global, local);
+    - `rescue_auroc`: the same on the pairs of a wrong draft and a right refinement (what the
+      combination gains from; a likelihood verifier fails here);
+    - `draft_auroc`: right against wrong greedy drafts, across questions ("when");
+    - `draft_first_error_f1`: first-error F1 on greedy drafts ("where"; exact truth only);
+    - `within_question_auroc_by_error_kind`: within-question AUROC on drafts and samples, on the
+      pairs whose wrong solution fails by each of the checker's error kinds ({kind: {auroc, pairs}})."""
+    # Every list starts with its draft: a question whose draft the model could not read (no steps) is left out.
+    candidates = [[c for c in _candidates(r) if c.get(model)] for r in records if r["solutions"][0].get(model)]
+    candidate_auroc, candidate_pairs = within_question_auroc([[(c[model][-1], c["correct"]) for c in cs]
+                                                              for cs in candidates])
+    rescue_auroc, rescue_pairs = _rescue(candidates, model)
+    drafts = [(r["solutions"][0], r["step_truth"]) for r in records if r["solutions"][0].get(model)]
+    kinds: dict[str, list] = {}
+    for r in records:
+        scored = [s for s in r["solutions"] if s.get(model)]
+        for kind in {s.get("error_kind") for s in scored if not s["correct"] and s.get("error_kind")}:
+            kinds.setdefault(kind, []).append([(s[model][-1], s["correct"]) for s in scored
+                                               if s["correct"] or s.get("error_kind") == kind])
+    by_kind = {}
+    for kind, groups in sorted(kinds.items()):
+        value, pairs = within_question_auroc(groups)
+        if pairs:
+            by_kind[kind] = {"auroc": value, "pairs": pairs}
+    return {"candidate_auroc": candidate_auroc, "candidate_pairs": candidate_pairs,
+            "rescue_auroc": rescue_auroc, "rescue_pairs": rescue_pairs,
+            "draft_auroc": auroc([d[model][-1] for d, _ in drafts], [d["correct"] for d, _ in drafts]),
+            "draft_first_error_f1": first_error_f1([(d[model], d["first_wrong"]) for d, exact in drafts if exact]),
+            "within_question_auroc_by_error_kind": by_kind}
+
+
+def _rescue(candidates: Sequence[Sequence[dict]], model: str) -> tuple[float | None, int]:
+    """Within-question AUROC on the pairs of a wrong draft (each list's first) and a right refinement."""
+    return within_question_auroc([[(cs[0][model][-1], False)] + [(c[model][-1], True) for c in cs[1:] if c["correct"]]
+                                  for cs in candidates if cs and not cs[0]["correct"]])
+
+
 def reward_model_metrics(records: Sequence[dict], model: str) -> dict:
     """A step-reward model over every scored solution (drafts and samples; a value >= 0.5 means
     good): step accuracy, balanced step accuracy (mean of the accuracy on good and on bad steps),
@@ -172,8 +251,7 @@ def reward_model_metrics(records: Sequence[dict], model: str) -> dict:
     good = [0, 0]  # right, seen
     bad = [0, 0]
     final_right = solutions = 0
-    erroneous = [0, 0]  # first flagged step == the exact first wrong step, seen
-    error_free = [0, 0]  # nothing flagged, seen
+    first_errors: list[tuple[Sequence[float], int | None]] = []
     groups: list[list[tuple[float, bool]]] = []
     finals: list[float] = []
     outcomes: list[bool] = []
@@ -188,13 +266,7 @@ def reward_model_metrics(records: Sequence[dict], model: str) -> dict:
                 tally[0] += (v >= 0.5) == t
                 tally[1] += 1
             if record["step_truth"]:
-                flagged = _first_flagged(values)
-                if s["first_wrong"] is None:
-                    error_free[0] += flagged is None
-                    error_free[1] += 1
-                else:
-                    erroneous[0] += flagged == s["first_wrong"]
-                    erroneous[1] += 1
+                first_errors.append((values, s["first_wrong"]))
             final_right += (values[-1] >= 0.5) == s["correct"]
             solutions += 1
             finals.append(values[-1])
@@ -205,9 +277,9 @@ def reward_model_metrics(records: Sequence[dict], model: str) -> dict:
     within, pairs = within_question_auroc(groups)
     accuracies = [right / seen for right, seen in (good, bad) if seen]
     steps_n = good[1] + bad[1]
-    return {"step_accuracy": (good[0] + bad[0]) / steps_n if steps_n else 0.0,
+    return {**decision_metrics(records, model), "step_accuracy": (good[0] + bad[0]) / steps_n if steps_n else 0.0,
             "balanced_step_accuracy": sum(accuracies) / len(accuracies) if accuracies else 0.0,
-            "first_error_f1": _harmonic_mean(erroneous, error_free),
+            "first_error_f1": first_error_f1(first_errors),
             "final_accuracy": final_right / solutions if solutions else 0.0,
             "final_auroc": auroc(finals, outcomes),
             "within_question_auroc": within,
@@ -254,7 +326,7 @@ def _signed_pct(x: float) -> str:
 
 
 def tables(report: dict) -> str:
-    """The report's two tables, in Markdown."""
+    """The report's tables, in Markdown."""
     k, ranker = report["k"], RANKERS[report["settings"].get("ranked_by", "orm")]
     lines = [f"Reward models on {report['n_test']} {report['split']} questions' drafts and samples "
              f"(step truth: {report['step_truth']}; steps include the answer line)", "",
@@ -266,6 +338,18 @@ def tables(report: dict) -> str:
                      f"| {_fmt(r['first_error_f1'])} | {_pct(r['final_accuracy'])} | {_fmt(r['final_auroc'])} "
                      f"| {_fmt(r['within_question_auroc'])} | {r['n_steps']} "
                      f"| {r['n_solutions']} ({_pct(r['correct_share'])}%) |")
+    lines += ["", "Where the ensemble decides: candidate AUROC over each question's draft and refinements, rescue AUROC "
+              "on a wrong draft against a right refinement, draft AUROC across questions (when), first-error F1 on "
+              "the drafts (where)", "",
+              "| model | candidate AUROC (pairs) | rescue AUROC (pairs) | draft AUROC | draft first-error F1 "
+              "| within-question AUROC by error kind |", "|---|---|---|---|---|---|"]
+    for m, r in report["reward_models"].items():
+        kinds = ", ".join(f"{kind} {_fmt(v['auroc'])} ({v['pairs']})"
+                          for kind, v in r.get("within_question_auroc_by_error_kind", {}).items())
+        lines.append(f"| {RANKERS['reranker'] if m == 'reranker' else m.upper()} "
+                     f"| {_fmt(r.get('candidate_auroc'))} ({r.get('candidate_pairs', 0)}) "
+                     f"| {_fmt(r.get('rescue_auroc'))} ({r.get('rescue_pairs', 0)}) | {_fmt(r.get('draft_auroc'))} "
+                     f"| {_fmt(r.get('draft_first_error_f1'))} | {kinds or '–'} |")
     lines += ["", f"Refinement on {report['n_test']} {report['split']} questions (accuracy %, 95% Wilson interval; difference "
               "from greedy with its paired 95% bootstrap interval over questions; fixed = share of wrong drafts made "
               "right, broken = share of right drafts made wrong)", "",
@@ -279,6 +363,10 @@ def tables(report: dict) -> str:
                      f"| {_pct(r['ci95_low'])}–{_pct(r['ci95_high'])} "
                      f"| {_signed_pct(d['mean'])} ({_signed_pct(d['low'])} to {_signed_pct(d['high'])}) "
                      f"| {_pct(r['fixed'])} | {_pct(r['broken'])} |")
+    if (choice := report["refinement"].get("global_local_rerank", {})).get("kept_draft") is not None:
+        lines += ["", f"The {ranker} rerank took {_fmt(choice['rerank_capture'])} of the oracle's gain over greedy; it "
+                  f"kept the draft in {choice['kept_draft']} of {report['n_test']} questions, {choice['kept_wrong_draft']} "
+                  "of them with a wrong draft and a right refinement."]
     rounds = {name: r for name, r in report.get("iteration", {}).items() if name.startswith("round_")}
     if len(rounds) > 1:
         lines += ["", f"Iterated refinement ({report['iteration']['greedy_to_pass_at_k']}): share of that gap each "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,6 +59,50 @@ class HFStepScorer(_SolutionReader):
         for rows, _, batch, logits in self._batches(questions, steps):
             for i, values in zip(rows, step_scores(logits, batch["labels"]), strict=True):
                 scores[i] = values
+        return scores
+
+
+IMPLICIT_FILE = "implicit_prm.json"
+"""In an implicit PRM's folder: its reference model's folder (relative to this one when both are
+local, so a moved run directory still serves) and its beta."""
+
+
+def write_implicit_spec(model_dir: str, reference_dir: str, beta: float) -> None:
+    """Mark `model_dir` (a causal LM) as an implicit PRM over `reference_dir`."""
+    local = "://" not in reference_dir and "://" not in model_dir
+    reference = os.path.relpath(reference_dir, model_dir) if local else reference_dir
+    (Path(model_dir) / IMPLICIT_FILE).write_text(json.dumps({"reference": reference, "beta": beta}, indent=2) + "\n")
+
+
+class ImplicitPRMScorer(_SolutionReader):
+    """P(good) at the end of every step from an implicit PRM folder (`training.objectives`):
+    sigmoid(beta * sum of log(pi / pi_ref) over the solution's tokens up to the step's newline)."""
+
+    def __init__(self, model_dir: str, batch_size: int = 32):
+        import transformers
+
+        spec = Path(model_dir) / IMPLICIT_FILE
+        try:
+            fields = json.loads(spec.read_text())
+            reference, self.beta = str(Path(model_dir) / fields["reference"]), float(fields["beta"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"{spec}: not an implicit PRM spec ({type(e).__name__}: {e}); "
+                             "it needs `reference` and `beta`") from e
+        super().__init__(model_dir, "AutoModelForCausalLM", batch_size)
+        self.reference = transformers.AutoModelForCausalLM.from_pretrained(reference).to(self.device).eval()
+
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        import torch
+
+        from glore_ray.training.examples import implicit_values, step_scores
+
+        scores: list[list[float]] = [[] for _ in questions]
+        for rows, _, batch, logits in self._batches(questions, steps):
+            with torch.no_grad():
+                reference = self.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            values = implicit_values(logits, reference, batch, self.beta)
+            for i, v in zip(rows, step_scores(values, batch["labels"]), strict=True):
+                scores[i] = v
         return scores
 
 
@@ -146,7 +191,7 @@ class LikelihoodReranker:
     weights fitted on the ORM's training solutions (`stages.fit_reranker_stage`). A StepScorer, so
     the ensemble and Serve use it wherever they use the ORM."""
 
-    def __init__(self, orm: HFStepScorer, likelihood: PolicyLikelihood, weights: Sequence[float]):
+    def __init__(self, orm, likelihood: PolicyLikelihood, weights: Sequence[float]):
         self.orm, self.likelihood = orm, likelihood
         self.w_orm, self.w_likelihood, self.bias = weights
 
@@ -159,13 +204,16 @@ class LikelihoodReranker:
 
 def load_scorer(model_dir: str):
     """The StepScorer in a folder: a reranker folder (RERANKER_FILE naming its ORM and policy
-    folders and its weights) or a token-classification model folder (an ORM, SORM or PRM)."""
+    folders and its weights), an implicit PRM (IMPLICIT_FILE) or a token-classification model
+    folder (an ORM, SORM or PRM with a value head)."""
+    if (Path(model_dir) / IMPLICIT_FILE).is_file():
+        return ImplicitPRMScorer(model_dir)
     spec = Path(model_dir) / RERANKER_FILE
     if not spec.is_file():
         return HFStepScorer(model_dir)
     try:
         fields = json.loads(spec.read_text())
-        return LikelihoodReranker(HFStepScorer(fields["orm"]), PolicyLikelihood(fields["policy"]), fields["weights"])
+        return LikelihoodReranker(load_scorer(fields["orm"]), PolicyLikelihood(fields["policy"]), fields["weights"])
     except (KeyError, ValueError) as e:
         raise ValueError(f"{spec}: not a reranker spec ({type(e).__name__}: {e}); "
                          "it needs `orm`, `policy` and three `weights`") from e

@@ -111,11 +111,12 @@ def stop_model_servers(models: dict[str, RemoteModel]) -> None:
         ray.kill(handle)
 
 
-def _grade(problem: Problem, text: str) -> tuple[bool, int | None]:
-    """Correctness, and the exact first wrong step on the model organism (None elsewhere)."""
-    correct = is_correct(text, problem.gold)
-    first_wrong = check_solution(problem, text).first_wrong if is_organism_problem(problem) else None
-    return correct, first_wrong
+def _grade(problem: Problem, text: str) -> dict:
+    """Correctness, and on the model organism the exact first wrong step and the checker's error
+    kind (None elsewhere)."""
+    check = check_solution(problem, text) if is_organism_problem(problem) else None
+    return {"correct": is_correct(text, problem.gold), "first_wrong": check and check.first_wrong,
+            "error_kind": check and check.kind}
 
 
 def _orm_best(scores: list[list[float]]) -> int:
@@ -152,6 +153,21 @@ def iterate(ensemble: RefinementEnsemble, questions: Sequence[str], decisions: S
     return rounds
 
 
+def score_candidates(models: dict[str, RemoteModel], problems: Sequence[Problem],
+                     decisions: Sequence[Decision]) -> list[dict[str, dict]]:
+    """Each question's refinements (the candidates the ensemble ranks beside the draft), graded and
+    read by every reward model: the population the report's candidate metrics are measured on."""
+    todo = [(i, name, text) for i, d in enumerate(decisions) for name in ("global", "local")
+            if (text := d.candidate(name)) is not None and scored_steps(text)]
+    questions = [problems[i].question for i, _, _ in todo]
+    steps = [scored_steps(text) for _, _, text in todo]
+    values = {m: models[m].score(questions, steps) if todo else [] for m in EVAL_SCORERS if m in models}
+    out: list[dict[str, dict]] = [{} for _ in decisions]
+    for j, (i, name, text) in enumerate(todo):
+        out[i][name] = {"text": text, **_grade(problems[i], text), **{m: v[j] for m, v in values.items()}}
+    return out
+
+
 def evaluate_batch(models: dict[str, RemoteModel], problems: Sequence[Problem], cfg: GloreConfig,
                    metrics: StageMetrics) -> list[dict]:
     """The records of a batch of test problems (see the module docstring). Each model output is
@@ -173,8 +189,8 @@ def evaluate_batch(models: dict[str, RemoteModel], problems: Sequence[Problem], 
     values = {m: iter(models[m].score(flat_q, flat_steps)) for m in EVAL_SCORERS if m in models}
     scored = []
     for problem, solutions in zip(problems, texts, strict=True):
-        scored.append([{"text": text, **dict(zip(("correct", "first_wrong"), _grade(problem, text))),
-                        **{m: next(v) for m, v in values.items()}} for text in solutions])
+        scored.append([{"text": text, **_grade(problem, text), **{m: next(v) for m, v in values.items()}}
+                       for text in solutions])
 
     settings = EnsembleSettings(orm_threshold=ev.orm_threshold, always_refine=ev.always_refine,
                                 step_threshold=ev.step_threshold, where="sorm", max_tokens=max_tokens)
@@ -190,6 +206,7 @@ def evaluate_batch(models: dict[str, RemoteModel], problems: Sequence[Problem], 
     local_orm = ensemble.refine_locally(questions, drafts, orm_where)
     local_oracle = ensemble.refine_locally(questions, drafts, oracle_where)
 
+    candidates = score_candidates(models, problems, decisions)
     rounds = iterate(ensemble, questions, decisions, ev.max_rounds, ev.temperature, cfg.sampling.seed)
     metrics.record("questions", len(problems))
     for decision in decisions:
@@ -212,7 +229,7 @@ def evaluate_batch(models: dict[str, RemoteModel], problems: Sequence[Problem], 
                    "rounds": [right(texts[i]) for texts in rounds]}
         records.append({"id": problem.id, "question": problem.question, "answer": problem.answer,
                         "step_truth": organism, "solutions": solutions, "correct": correct,
-                        "decision": decision.to_row(), "local_orm": local_orm[i], "orm_first_bad_step": orm_where[i],
+                        "decision": decision.to_row(), "candidates": candidates[i], "local_orm": local_orm[i], "orm_first_bad_step": orm_where[i],
                         "local_oracle_where": local_oracle[i], "oracle_first_bad_step": oracle_where[i]})
     return records
 

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from glore_ray.config import GloreConfig, RolloutConfig, TrainConfig
+from glore_ray.config import GloreConfig, RewardModelConfig, RolloutConfig, TrainConfig
 from glore_ray.layout import model_dir, model_dirs, policy_stage
 from glore_ray.pipeline.runner import Stage
 
@@ -24,11 +24,19 @@ def _sections(cfg: GloreConfig, *names: str) -> dict[str, Any]:
     return {name: dataclasses.asdict(getattr(cfg, name)) for name in names}
 
 
-def train_stage(name: str, objective: str, train_cfg: TrainConfig, rows: str, init: str, run_name: str) -> Stage:
-    """Fine-tune `objective` from `init` on `rows` into `<stage dir>/model` (Ray Train)."""
+def train_stage(name: str, objective: str, train_cfg: TrainConfig, rows: str, init: str, run_name: str,
+                reward_model: RewardModelConfig | None = None) -> Stage:
+    """Fine-tune `objective` from `init` on `rows` into `<stage dir>/model` (Ray Train); a step
+    reward with the head `reward_model` says (an implicit PRM's folder names `init` as its reference)."""
+    from glore_ray.training.objectives import objective as objective_spec
+
+    spec = objective_spec(objective)
+    if reward_model is not None:
+        spec = spec.with_head(reward_model.head, reward_model.beta)
 
     def run(stage_dir: str, key: str) -> dict:
         from glore_ray.metrics import StageMetrics
+        from glore_ray.models.scorers import write_implicit_spec
         from glore_ray.pipeline.progress import stage_progress, training_line
         from glore_ray.training.ray_train import export_untrained, fit, read_rows
 
@@ -38,35 +46,53 @@ def train_stage(name: str, objective: str, train_cfg: TrainConfig, rows: str, in
             # A weak policy can leave a stage without rows (no correct rollout on GSM8K with a tiny
             # model): the model is the initial one, and the manifest and the report say so.
             log.info(f"{name}: no training rows in {rows}; exporting the untrained initial model")
-            export_untrained(objective, init, model)
-            return {"rows": 0, "untrained": True}
-        with stage_progress(stage_dir, name, run_name, training_line(name, train_cfg.steps)) as progress:
-            meta = fit(objective, train_cfg, rows, init, model, f"{run_name}-{name}-{key}", StageMetrics(name, run_name),
-                       progress)
-        return {"rows": n_rows, "steps": meta["step"], "first_loss": meta.get("first_loss"),
-                "final_loss": meta["loss"], "skipped_long": meta.get("skipped_long", 0),
-                "resumed_from": meta.get("resumed_from")}
+            export_untrained(spec, init, model)
+            counts = {"rows": 0, "untrained": True}
+        else:
+            with stage_progress(stage_dir, name, run_name, training_line(name, train_cfg.steps)) as progress:
+                meta = fit(spec, train_cfg, rows, init, model, f"{run_name}-{name}-{key}",
+                           StageMetrics(name, run_name), progress)
+            counts = {"rows": n_rows, "steps": meta["step"], "first_loss": meta.get("first_loss"),
+                      "final_loss": meta["loss"], "skipped_long": meta.get("skipped_long", 0),
+                      "resumed_from": meta.get("resumed_from")}
+        if spec.implicit:
+            write_implicit_spec(model, init, spec.implicit_beta)
+        return counts
 
-    return Stage(name, {"rows": rows, "init": init}, {objective: dataclasses.asdict(train_cfg)}, run, resumable=True,
+    config = {objective: dataclasses.asdict(train_cfg)}
+    if reward_model is not None:
+        config["reward_model"] = dataclasses.asdict(reward_model)
+    return Stage(name, {"rows": rows, "init": init}, config, run, resumable=True,
                  work=("train_examples", train_cfg.steps * train_cfg.batch_size))
 
 
-def rollouts_stage(name: str, cfg: GloreConfig, questions: str, policy: str) -> Stage:
-    """`cfg.rollouts.k` graded, de-duplicated policy samples per question (Ray Data + engine pool)."""
+def rollouts_stage(name: str, cfg: GloreConfig, questions: str, policy: str, first: int = 0) -> Stage:
+    """`cfg.rollouts.k` graded, de-duplicated policy samples per question from question `first` on
+    (Ray Data + engine pool)."""
     from glore_ray.pipeline import stages
 
     solutions = _questions(cfg) * (cfg.rollouts.k + cfg.rollouts.greedy)
-    return Stage(name, {"questions": questions, "policy": policy}, _sections(cfg, "rollouts", "engine", "sampling"),
-                 lambda d, k: stages.run_rollouts(cfg, name, questions, policy, d), work=("sampled_solutions", solutions))
+    return Stage(name, {"questions": questions, "policy": policy},
+                 _sections(cfg, "rollouts", "engine", "sampling") | {"first_question": first},
+                 lambda d, k: stages.run_rollouts(cfg, name, questions, policy, d, first),
+                 work=("sampled_solutions", solutions))
+
+
+def reward_model_first_question(cfg: GloreConfig) -> int:
+    """Where the reward models' questions start in the training split: after the ones expert
+    iteration trained the policy on (`rollouts.disjoint_from_expert_iteration`), so that the reward
+    models do not judge solutions to questions the policy has just fitted."""
+    ei = cfg.expert_iteration
+    return ei.max_questions if ei.rounds and cfg.rollouts.disjoint_from_expert_iteration else 0
 
 
 def labels_stage(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None = None) -> Stage:
     """ORM, SORM (sampled continuations from `policy`) or PRM (exact) step labels of the rollouts."""
     from glore_ray.pipeline import stages
 
-    config: dict[str, Any] = {"kind": kind}
+    config: dict[str, Any] = {"kind": kind, "heldout_share": stages.heldout_share(cfg)}
     if kind == "prm":
-        config |= {"balance": cfg.labels.balance, "seed": cfg.labels.seed}
+        config |= {"balance": cfg.labels.balance}
     elif kind == "sorm":
         if policy is None:
             raise ValueError("SORM labels need the policy (--model) to sample continuations")
@@ -84,11 +110,6 @@ def _questions(cfg: GloreConfig) -> int:
     if cfg.rollouts.max_questions:
         return cfg.rollouts.max_questions
     return cfg.data.organism.n_train if cfg.data.source == "organism" else 0
-
-
-def sorm_pair_rows(cfg: GloreConfig, sorm_labels: str) -> str:
-    """The SORM rows local pairs come from: before balancing (which cuts rows), with their continuations."""
-    return f"{sorm_labels}/{'unbalanced' if cfg.labels.balance else 'data'}"
 
 
 def pairs_stage(rollouts: str, sorm_rows: str) -> Stage:
@@ -133,23 +154,23 @@ def build_stages(cfg: GloreConfig, out: str) -> list[Stage]:
     rollouts, orm_labels, sorm_labels, pairs = (f"{out}/{s}" for s in ("rollouts", "orm_labels", "sorm_labels",
                                                                         "pairs"))
     pipeline += [
-        rollouts_stage("rollouts", cfg, train, policy),
+        rollouts_stage("rollouts", cfg, train, policy, reward_model_first_question(cfg)),
         labels_stage(cfg, "orm", rollouts),
         labels_stage(cfg, "sorm", rollouts, policy),
-        train_stage("orm", "orm", cfg.orm, f"{orm_labels}/data", policy, run_name),
-        train_stage("sorm", "sorm", cfg.sorm, f"{sorm_labels}/data", policy, run_name),
+        train_stage("orm", "orm", cfg.orm, f"{orm_labels}/data", policy, run_name, cfg.reward_model),
+        train_stage("sorm", "sorm", cfg.sorm, f"{sorm_labels}/data", policy, run_name, cfg.reward_model),
     ]
     if has_prm(cfg):  # the SORM's model and training on exact step labels (the model organism only)
         pipeline += [labels_stage(cfg, "prm", rollouts),
-                     train_stage("prm", "sorm", cfg.sorm, f"{out}/prm_labels/data", policy, run_name)]
+                     train_stage("prm", "sorm", cfg.sorm, f"{out}/prm_labels/data", policy, run_name, cfg.reward_model)]
     if cfg.reranker.likelihood:
         orm = model_dir(out, "orm")
-        pipeline.append(Stage("reranker", {"rows": f"{orm_labels}/data", "orm": orm, "policy": policy},
+        pipeline.append(Stage("reranker", {"rows": f"{orm_labels}/heldout", "orm": orm, "policy": policy},
                               _sections(cfg, "reranker"),
-                              lambda d, k: stages.fit_reranker_stage(cfg, f"{orm_labels}/data", orm, policy, d),
+                              lambda d, k: stages.fit_reranker_stage(cfg, f"{orm_labels}/heldout", orm, policy, d),
                               work=("reranker_rows", cfg.reranker.fit_rows)))
     pipeline += [
-        pairs_stage(rollouts, sorm_pair_rows(cfg, sorm_labels)),
+        pairs_stage(rollouts, f"{sorm_labels}/data"),
         train_stage("global_refiner", "global_refiner", cfg.global_refiner, f"{pairs}/global", policy, run_name),
         train_stage("local_refiner", "local_refiner", cfg.local_refiner, f"{pairs}/local", policy, run_name),
     ]

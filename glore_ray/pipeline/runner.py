@@ -261,14 +261,13 @@ before the reward models' results mean much (the organism benchmark's protocol).
 
 
 def training_label_quality(out: Path) -> dict:
-    """The ORM's and SORM's training labels against exact truth on the same, unbalanced rows (from
-    the label stages' manifests), and whether the SORM's beat the ORM's by LABEL_GATE."""
+    """The ORM's and SORM's training labels against exact truth on the same rows (from the label
+    stages' manifests), and whether the SORM's beat the ORM's by LABEL_GATE."""
     quality = {}
     for kind in ("orm", "sorm"):
         counts = (_read_json(out / f"{kind}_labels" / MANIFEST) or {}).get("counts", {})
-        prefix = "unbalanced_" if "unbalanced_step_accuracy" in counts else ""
-        if counts.get(f"{prefix}step_accuracy") is not None:
-            quality[kind] = {k: counts.get(f"{prefix}{k}") for k in ("step_accuracy", "bad_labelled_good", "checked")}
+        if counts.get("step_accuracy") is not None:
+            quality[kind] = {k: counts.get(k) for k in ("step_accuracy", "bad_labelled_good", "checked")}
     if len(quality) == 2:
         margin = quality["sorm"]["step_accuracy"] - quality["orm"]["step_accuracy"]
         quality["sorm_minus_orm"] = round(margin, 4)
@@ -294,7 +293,7 @@ def _finish_report(out: Path, names: list[str]) -> dict:
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         md = (out / "report.md").read_text().split("\n## Training labels", 1)[0].split("\n## Warnings", 1)[0]
         if labels:
-            md += ("\n## Training labels against exact truth (same unbalanced rows)\n\n"
+            md += ("\n## Training labels against exact truth (same rows)\n\n"
                    + "".join(f"- {k.upper()}: {100 * labels[k]['step_accuracy']:.1f}% of {labels[k]['checked']} steps "
                              f"right, {100 * (labels[k]['bad_labelled_good'] or 0):.1f}% of bad steps labelled good\n"
                              for k in ("orm", "sorm") if k in labels))

@@ -28,11 +28,14 @@ from glore_ray.models.engines import load_model
 from glore_ray.core.grading import good_steps, scored_steps
 from glore_ray.core.labels import (
     SormLabeller,
-    balance_lengths,
+    balance_weights,
     global_pairs,
+    is_heldout,
     local_pair,
     orm_labels,
+    row_weights,
     sorm_row,
+    step_label_counts,
 )
 from glore_ray.pipeline.progress import generation_line, stage_progress
 from glore_ray.core.prompts import solve_prompt
@@ -186,13 +189,14 @@ def write_dataset(dataset, path: str, schema: pa.Schema) -> None:
         _write_parquet(f"{path}/empty.parquet", [], schema)
 
 
-def prepare_questions(cfg: GloreConfig, source: str, out_dir: str) -> dict:
-    """Validate questions from a GSM8K/SVAMP/problems file into Parquet under `out_dir/questions`,
-    streaming (QUESTIONS_PER_FILE per file); bad records go to `out_dir/quarantine.jsonl`."""
+def prepare_questions(cfg: GloreConfig, source: str, out_dir: str, first: int = 0) -> dict:
+    """Validate questions `first` .. `first + rollouts.max_questions` of a GSM8K/SVAMP/problems file
+    into Parquet under `out_dir/questions`, streaming (QUESTIONS_PER_FILE per file); bad records
+    go to `out_dir/quarantine.jsonl`."""
     quarantine = Quarantine()
     problems = load_problems(source, quarantine=quarantine, keep_calculator=cfg.data.keep_calculator)
-    if cfg.rollouts.max_questions:
-        problems = itertools.islice(problems, cfg.rollouts.max_questions)
+    problems = itertools.islice(problems, first, first + cfg.rollouts.max_questions if cfg.rollouts.max_questions
+                                else None)
     count, part = 0, 0
     while chunk := [p.to_row() for p in itertools.islice(problems, QUESTIONS_PER_FILE)]:
         _write_parquet(f"{out_dir}/questions/part-{part:05d}.parquet", chunk)
@@ -211,12 +215,13 @@ def rollout_sampling(cfg: GloreConfig) -> Sampling:
                     max_tokens=cfg.sampling.max_tokens, seed=cfg.sampling.seed)
 
 
-def run_rollouts(cfg: GloreConfig, stage: str, questions: str, policy: str, out_dir: str) -> dict:
-    """K graded, de-duplicated samples per question -> `out_dir/data` (one row per question)."""
+def run_rollouts(cfg: GloreConfig, stage: str, questions: str, policy: str, out_dir: str, first: int = 0) -> dict:
+    """K graded, de-duplicated samples per question, from question `first` on -> `out_dir/data`
+    (one row per question)."""
     import ray.data
 
     out_dir = absolute(out_dir)
-    prepared = prepare_questions(cfg, questions, out_dir)
+    prepared = prepare_questions(cfg, questions, out_dir, first)
     sampling = rollout_sampling(cfg)
     with stage_progress(out_dir, stage, cfg.run_name, generation_line(stage, prepared["questions"])) as counters:
         questions = _in_batches(ray.data.read_parquet(f"{out_dir}/questions"), prepared["questions"], cfg.rollouts.pool)
@@ -305,71 +310,79 @@ def _prm_rows(batch: pa.Table) -> pa.Table:
 
 
 def run_labels(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None, out_dir: str) -> dict:
-    """ORM or SORM step labels in TRL's PRM layout -> `out_dir/data`; SORM also keeps the unbalanced
-    rows with their continuations in `out_dir/unbalanced` (the local pairs' source)."""
+    """ORM, SORM or PRM step labels in TRL's PRM layout -> `out_dir/data`, every row kept. The
+    questions `heldout_share` picks are left out of every reward model's rows; the ORM writes
+    theirs to `out_dir/heldout` (what the reranker is fitted on). With `labels.balance`, the SORM's
+    and the PRM's rows carry per-step loss `weights` (labels.balance_weights), computed over the
+    whole set from the labels in `out_dir/unweighted`."""
     import ray
     import ray.data
 
     out_dir = absolute(out_dir)
+    share = heldout_share(cfg)
     source = ray.data.read_parquet(f"{absolute(rollouts)}/data")
+    kept = source.filter(lambda row: not is_heldout(row["id"], share)) if share else source
+    weighted = kind in ("sorm", "prm") and cfg.labels.balance
+    target = f"{out_dir}/unweighted" if weighted else f"{out_dir}/data"
     totals: dict = {}
     if kind == "orm":
-        write_dataset(source.map_batches(_orm_rows, batch_format="pyarrow"), f"{out_dir}/data", ORM_SCHEMA)
+        write_dataset(kept.map_batches(_orm_rows, batch_format="pyarrow"), target, ORM_SCHEMA)
+        if share:
+            heldout = source.filter(lambda row: is_heldout(row["id"], share))
+            write_dataset(heldout.map_batches(_orm_rows, batch_format="pyarrow"), f"{out_dir}/heldout", ORM_SCHEMA)
     elif kind == "prm":
-        # Balanced like the SORM's, so that the two differ only in where their labels come from.
-        target = f"{out_dir}/unbalanced" if cfg.labels.balance else f"{out_dir}/data"
-        write_dataset(source.map_batches(_prm_rows, batch_format="pyarrow"), target, ORM_SCHEMA)
-        if cfg.labels.balance:
-            _write_balanced(target, f"{out_dir}/data", cfg.labels.seed, ORM_SCHEMA)
+        write_dataset(kept.map_batches(_prm_rows, batch_format="pyarrow"), target, ORM_SCHEMA)
     elif kind == "sorm":
         if policy is None:
             raise ValueError("SORM labels need the policy (--model) to sample continuations")
-        target = f"{out_dir}/unbalanced" if cfg.labels.balance else f"{out_dir}/data"
-        n_questions = source.count()
+        n_questions = kept.count()
         line = generation_line(f"sorm_labels ({cfg.labels.mode})", n_questions)
         with stage_progress(out_dir, "sorm_labels", cfg.run_name, line) as counters:
-            write_dataset(_in_batches(source, n_questions, cfg.labels.pool).map_batches(
+            write_dataset(_in_batches(kept, n_questions, cfg.labels.pool).map_batches(
                 SormLabelBatch, fn_constructor_kwargs={"model": absolute(policy), "engine": cfg.engine,
                                                        "pool": cfg.labels.pool, "counters": counters, "labels": cfg.labels,
                                                        "max_tokens": cfg.sampling.max_tokens},
                 **_pool_args(cfg.labels.pool, "labels.pool")), target, SORM_SCHEMA)
             totals, _ = ray.get(counters.snapshot.remote())
         report_replacements("sorm_labels", totals, cfg.labels.pool)
-        if cfg.labels.balance:
-            _write_balanced(target, f"{out_dir}/data", cfg.labels.seed, SORM_SCHEMA)
     else:
         raise ValueError(f"unknown label kind {kind!r} (orm, sorm or prm)")
+    schema = SORM_SCHEMA if kind == "sorm" else ORM_SCHEMA
+    if weighted:
+        _write_weighted(target, f"{out_dir}/data", schema)
     counts = label_counts(f"{out_dir}/data") | {k: v for k, v in totals.items() if k != "questions"}
-    if kind in ("sorm", "prm") and cfg.labels.balance:
-        # Balancing drops rows: label quality is compared with the ORM's on the same, unbalanced rows.
-        counts |= {f"unbalanced_{k}": v for k, v in label_counts(f"{out_dir}/unbalanced").items()
-                   if k in LABEL_QUALITY}
+    if kind == "orm" and share:
+        counts["heldout_rows"] = label_counts(f"{out_dir}/heldout").get("rows", 0)
     return counts
 
 
-def _write_balanced(unbalanced: str, out: str, seed: int, schema: pa.Schema) -> None:
-    """Balance positives and negatives per step index (labels.balance_lengths) over the whole
-    dataset: the driver holds only (id, labels) per row, the rows stream through Ray Data."""
+def heldout_share(cfg: GloreConfig) -> float:
+    """The share of the rollouts' questions no reward model trains on: the reranker's fitting set
+    (none without the likelihood reranker)."""
+    return cfg.reranker.heldout_share if cfg.reranker.likelihood else 0.0
+
+
+def weighted_schema(schema: pa.Schema) -> pa.Schema:
+    return schema.append(pa.field("weights", pa.list_(pa.float64())))
+
+
+def _write_weighted(unweighted: str, out: str, schema: pa.Schema) -> None:
+    """Every row of `unweighted` with its per-step loss weights (labels.balance_weights over the
+    whole set): the driver holds one count per (step index, label), the rows stream through Ray Data."""
     import ray
     import ray.data
 
-    ids, labels = [], []
-    rows = ray.data.read_parquet(unbalanced).select_columns(["id", "labels"])
-    for batch in rows.iter_batches(batch_format="pyarrow"):
-        ids += batch.column("id").to_pylist()
-        labels += batch.column("labels").to_pylist()
-    keep = ray.put(dict(zip(ids, balance_lengths(labels, seed), strict=True)))
+    counts: Counter = Counter()
+    for batch in ray.data.read_parquet(unweighted).select_columns(["labels"]).iter_batches(batch_format="pyarrow"):
+        counts += step_label_counts(batch.column("labels").to_pylist())
+    weights = balance_weights(counts)
 
-    def cut(batch: pa.Table) -> pa.Table:
-        lengths = ray.get(keep)
-        rows = []
-        for row in batch.to_pylist():
-            n = lengths[row["id"]]
-            if n:
-                rows.append(row | {"completions": row["completions"][:n], "labels": row["labels"][:n]})
-        return pa.Table.from_pylist(rows, schema=batch.schema)
+    def weigh(batch: pa.Table) -> pa.Table:
+        rows = [row | {"weights": row_weights(row["labels"], weights)} for row in batch.to_pylist()]
+        return pa.Table.from_pylist(rows, schema=weighted_schema(schema))
 
-    write_dataset(ray.data.read_parquet(unbalanced).map_batches(cut, batch_format="pyarrow"), out, schema)
+    write_dataset(ray.data.read_parquet(unweighted).map_batches(weigh, batch_format="pyarrow"), out,
+                  weighted_schema(schema))
 
 
 def label_counts(path: str) -> dict:
@@ -399,10 +412,6 @@ def label_counts(path: str) -> dict:
         # Truly bad steps labelled good: what a loose consistency check or lucky continuation costs.
         out["bad_labelled_good"] = round(1 - c["true_neg"] / c["actual_neg"], 4) if c["actual_neg"] else None
     return out
-
-
-LABEL_QUALITY = ("rows", "labels", "positives", "checked", "step_accuracy", "negative_precision", "negative_recall",
-                 "bad_labelled_good")
 
 
 def run_pairs(rollouts: str, sorm_rows: str, out_dir: str) -> dict:
@@ -436,9 +445,10 @@ LOCAL_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("draf
 
 def fit_reranker_stage(cfg: GloreConfig, orm_rows: str, orm: str, policy: str, out_dir: str) -> dict:
     """The likelihood reranker (`reward_models.LikelihoodReranker`): its three weights fitted
-    (`reranker.objective`) on the first `reranker.fit_rows` ORM training rows (each a solution and
-    its correctness, at the answer line), written with its ORM's and policy's folders as `out_dir/model/reranker.json`. Reports
-    each ranker's within-question AUROC on those rows (in-sample for the ORM, which trained on them)."""
+    (`reranker.objective`) on the first `reranker.fit_rows` held-out ORM rows (each a solution and
+    its correctness, at the answer line; questions no reward model trained on), written with its
+    ORM's and policy's folders as `out_dir/model/reranker.json`. Reports each ranker's
+    within-question AUROC on those rows."""
     import json
     from pathlib import Path
 
@@ -447,10 +457,10 @@ def fit_reranker_stage(cfg: GloreConfig, orm_rows: str, orm: str, policy: str, o
     from glore_ray.core.report import within_question_auroc
     from glore_ray.models.scorers import (
         RERANKER_FILE,
-        HFStepScorer,
         PolicyLikelihood,
         fit_logistic,
         fit_within_question,
+        load_scorer,
         logit,
     )
 
@@ -458,10 +468,11 @@ def fit_reranker_stage(cfg: GloreConfig, orm_rows: str, orm: str, policy: str, o
     rows = ds.dataset(root, filesystem=filesystem, format="parquet").head(
         cfg.reranker.fit_rows, columns=["problem_id", "prompt", "completions", "labels"]).to_pylist()
     if not rows:
-        raise ValueError(f"{orm_rows}: no ORM rows to fit the reranker on")
+        raise ValueError(f"{orm_rows}: no held-out ORM rows to fit the reranker on "
+                         "(raise reranker.heldout_share or rollouts.max_questions)")
     questions, steps = [r["prompt"] for r in rows], [r["completions"] for r in rows]
     correct = [r["labels"][-1] for r in rows]
-    orm_values = [logit(v[-1]) for v in HFStepScorer(orm).score(questions, steps)]
+    orm_values = [logit(v[-1]) for v in load_scorer(orm).score(questions, steps)]
     likelihood = [lp[-1] for lp in PolicyLikelihood(policy).mean_logprobs(questions, steps)]
     features = list(zip(orm_values, likelihood))
     weights = (fit_within_question(features, [r["problem_id"] for r in rows], correct)

@@ -30,6 +30,10 @@ class EncodedExample:
     input_ids: list[int]
     labels: list[int]
     """IGNORE where nothing is learnt: the prompt (causal LM), every token but a step's last (step reward)."""
+    weights: list[float] | None = None
+    """Step reward: each labelled position's loss weight (balancing by step index; None: all 1)."""
+    prompt_len: int = 0
+    """Tokens of the prompt: the solution starts here (the implicit PRM sums log-ratios from it)."""
 
 
 def encode_example(tokenizer, prompt: str, target: str, max_length: int, name: str = "") -> EncodedExample:
@@ -45,15 +49,19 @@ def encode_example(tokenizer, prompt: str, target: str, max_length: int, name: s
 
 
 def encode_step_example(tokenizer, prompt: str, steps: Sequence[str], labels: Sequence[bool | int],
-                        max_length: int, name: str = "") -> EncodedExample:
-    """Prompt (with BOS), then each step and its newline; the step's label (1 or 0) sits on the newline."""
+                        max_length: int, name: str = "", weights: Sequence[float] | None = None) -> EncodedExample:
+    """Prompt (with BOS), then each step and its newline; the step's label (1 or 0) sits on the
+    newline, with its loss weight when `weights` are given (one per step)."""
     if len(steps) == 0:
         raise ValueError(f"row {name}: no steps in 'completions'")
     if len(labels) != len(steps):
         raise ValueError(f"row {name}: {len(labels)} labels for {len(steps)} steps in 'completions'")
+    if weights is not None and (len(weights) != len(steps) or any(not w >= 0 for w in weights)):
+        raise ValueError(f"row {name}: field 'weights' needs one weight >= 0 per step, got {list(weights)}")
     if any(not str(step).strip() for step in steps):
         raise ValueError(f"row {name}: an empty step in 'completions'")
     input_ids = list(tokenizer(prompt)["input_ids"])
+    prompt_len = len(input_ids)
     targets = [IGNORE] * len(input_ids)
     for step, label in zip(steps, labels):
         ids = tokenizer(str(step).strip() + STEP_END, add_special_tokens=False)["input_ids"]
@@ -61,21 +69,30 @@ def encode_step_example(tokenizer, prompt: str, steps: Sequence[str], labels: Se
         targets += [IGNORE] * (len(ids) - 1) + [int(bool(label))]
     if len(input_ids) > max_length:
         raise ExampleTooLong(f"row {name}: {len(input_ids)} tokens > max_length {max_length}")
-    return EncodedExample(input_ids, targets)
+    return EncodedExample(input_ids, targets, None if weights is None else [float(w) for w in weights], prompt_len)
 
 
 def collate(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example of the batch."""
+    """Right-pad to the longest example of the batch; `weights` (1 where a row has none) and
+    `solution_start` only when a row carries them."""
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
+    weights = torch.ones((len(examples), width)) if any(e.weights is not None for e in examples) else None
     for row, e in enumerate(examples):
         n = len(e.input_ids)
         input_ids[row, :n] = torch.tensor(e.input_ids)
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        if weights is not None and e.weights is not None:
+            weights[row, :n][torch.tensor(e.labels) != IGNORE] = torch.tensor(e.weights)
+    batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    if weights is not None:
+        batch["weights"] = weights
+    if any(e.prompt_len for e in examples):
+        batch["solution_start"] = torch.tensor([e.prompt_len for e in examples])
+    return batch
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -83,14 +100,48 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
-def step_reward_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of the per-token logit (B, T) or (B, T, 1) at labelled positions."""
+def step_reward_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy of the per-token logit (B, T) or (B, T, 1) at labelled positions,
+    weighted (the weighted mean) when `weights` (B, T) are given."""
     logits = logits.reshape(labels.shape).float()
     mask = labels != IGNORE
-    return F.binary_cross_entropy_with_logits(logits[mask], labels[mask].float())
+    losses = F.binary_cross_entropy_with_logits(logits[mask], labels[mask].float(), reduction="none")
+    if weights is None:
+        return losses.mean()
+    w = weights[mask].float()
+    return (losses * w).sum() / w.sum().clamp_min(1e-12)
 
 
 def step_scores(logits: torch.Tensor, labels: torch.Tensor) -> list[list[float]]:
-    """P(step is good) for every labelled position of each row, in step order."""
-    probs = torch.sigmoid(logits.reshape(labels.shape).float())
+    """P(step is good) for every labelled position of each row, in step order (in float64: a
+    confident model's float32 probabilities saturate at 1.0 and tie)."""
+    probs = torch.sigmoid(logits.reshape(labels.shape).double())
     return [probs[row][labels[row] != IGNORE].tolist() for row in range(labels.shape[0])]
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) log-probability of each token given the ones before it (0 at position 0): token t is
+    read from the logits at t - 1."""
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=logits.device)
+    out[:, 1:] = torch.log_softmax(logits[:, :-1].float(), -1).gather(2, input_ids[:, 1:, None])[..., 0]
+    return out
+
+
+def implicit_values(logits: torch.Tensor, reference_logits: torch.Tensor, batch: dict, beta: float) -> torch.Tensor:
+    """(B, T) implicit PRM value at every position (arXiv 2412.01981): beta times the sum of
+    log(pi / pi_ref) over the solution's tokens so far. The prompt's tokens are left out (a term
+    shared by a question's solutions, and not the model's to judge), as is padding."""
+    ratio = token_logprobs(logits, batch["input_ids"]) - token_logprobs(reference_logits, batch["input_ids"])
+    positions = torch.arange(ratio.shape[1], device=ratio.device)[None, :]
+    solution = (positions >= batch["solution_start"][:, None].to(ratio.device)) & batch["attention_mask"].bool()
+    return beta * (ratio * solution).cumsum(1)
+
+
+def final_labels_only(labels: torch.Tensor) -> torch.Tensor:
+    """`labels` with every labelled position but each row's last set to IGNORE: an outcome reward
+    model's one target (the answer line)."""
+    labelled = labels != IGNORE
+    last = labelled.shape[1] - 1 - labelled.flip(1).int().argmax(1)
+    keep = torch.zeros_like(labelled)
+    keep[torch.arange(labels.shape[0]), last] = labelled.any(1)
+    return torch.where(keep, labels, torch.full_like(labels, IGNORE))

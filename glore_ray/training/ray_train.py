@@ -23,6 +23,7 @@ from typing import Any
 from glore_ray.capacity import request, require
 from glore_ray.config import TrainConfig
 from glore_ray.metrics import StageMetrics
+from glore_ray.training.objectives import Objective
 from glore_ray.training.objectives import objective as objective_spec
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def read_rows(path: str):
     return ray.data.read_json(path) if path.endswith((".jsonl", ".json")) else ray.data.read_parquet(path)
 
 
-def export_untrained(objective: str, init_model: str, out: str) -> None:
+def export_untrained(objective: str | Objective, init_model: str, out: str) -> None:
     """The model `fit` would start from, exported as the result: the initial causal LM, or for a
     reward model its body with a new (seeded) value head."""
     import torch
@@ -48,7 +49,7 @@ def export_untrained(objective: str, init_model: str, out: str) -> None:
     AutoTokenizer.from_pretrained(init_model).save_pretrained(out)
 
 
-def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, run_name: str,
+def fit(objective: str | Objective, cfg: TrainConfig, data: str, init_model: str, out: str, run_name: str,
         metrics: StageMetrics | None = None, progress=None) -> dict:
     """Train `objective` from the Hugging Face folder `init_model` on `data`; write the result to
     `out` and return the run's summary (steps, first and last logged loss, skipped_long,
@@ -58,13 +59,13 @@ def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    objective_spec(objective)  # an unknown name fails here, not in every worker
+    objective = objective_spec(objective)  # an unknown name fails here, not in every worker
     resources = request(cfg.cpus_per_worker, cfg.gpus_per_worker, resources=cfg.resources)  # the accelerator: below
     require(objective, request(cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.accelerator_type, cfg.resources))
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"objective": objective, "cfg": cfg, "init_model": os.path.abspath(init_model),
-                           "metrics": metrics or StageMetrics(objective, run_name), "progress": progress},
+                           "metrics": metrics or StageMetrics(objective.name, run_name), "progress": progress},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
                                                resources_per_worker=resources,
                                                accelerator_type=cfg.accelerator_type or None),
@@ -80,7 +81,7 @@ def fit(objective: str, cfg: TrainConfig, data: str, init_model: str, out: str, 
         shutil.copytree(Path(checkpoint) / EXPORT, out)
         meta = json.loads((Path(checkpoint) / META).read_text())
     skipped = f", {meta['skipped_long']} over-long rows skipped" if meta.get("skipped_long") else ""
-    log.info(f"{objective}: {meta['step']} steps, final loss {meta['loss']:.4f}{skipped} -> {out}")
+    log.info(f"{objective.name}: {meta['step']} steps, final loss {meta['loss']:.4f}{skipped} -> {out}")
     return meta
 
 
@@ -94,7 +95,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def row_batches(shard, objective: str, tokenizer, cfg: TrainConfig,
+def row_batches(shard, objective: str | Objective, tokenizer, cfg: TrainConfig,
                 on_skip: Callable[[], None] = lambda: None) -> Iterator[dict]:
     """Endless collated batches from a Ray Data shard, epoch after epoch, each epoch in a new order.
 
@@ -143,7 +144,8 @@ class Trainer:
     """One Ray Train worker's run: the objective's model under its strategy, resumed from the last
     checkpoint if there is one, trained to `cfg.steps`, checkpointed and exported."""
 
-    def __init__(self, objective: str, cfg: TrainConfig, init_model: str, metrics: StageMetrics, progress=None):
+    def __init__(self, objective: str | Objective, cfg: TrainConfig, init_model: str, metrics: StageMetrics,
+                 progress=None):
         import ray.train
         import torch
         from transformers import AutoTokenizer
@@ -165,6 +167,7 @@ class Trainer:
 
             hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841
         model = self.objective.load_model(init_model)
+        self.reference = self._reference(init_model, on_gpu, bf16) if self.objective.needs_reference else None
         self.tokenizer = AutoTokenizer.from_pretrained(init_model)
         if cfg.activation_checkpointing:
             model.gradient_checkpointing_enable()
@@ -179,14 +182,29 @@ class Trainer:
                 self.strategy.load(Path(d))
             self.start_step = self.logged_step = self.summary["resumed_from"] = resumed["step"]
 
+    @staticmethod
+    def _reference(init_model: str, on_gpu: bool, bf16: bool):
+        """The frozen initial model an implicit PRM's loss compares against: a whole copy on every
+        worker (not sharded by ZeRO-3; at 13B that is 26 GB of bf16 per GPU)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        reference = AutoModelForCausalLM.from_pretrained(
+            init_model, dtype=torch.bfloat16 if bf16 and on_gpu else torch.float32)
+        reference.requires_grad_(False)
+        return reference.to("cuda" if on_gpu else "cpu").eval()
+
     def run(self) -> None:
+        import functools
+
         import ray.train
 
         from glore_ray.training.loop import train_steps
 
-        batches = row_batches(ray.train.get_dataset_shard("train"), self.objective.name, self.tokenizer, self.cfg,
+        batches = row_batches(ray.train.get_dataset_shard("train"), self.objective, self.tokenizer, self.cfg,
                               on_skip=self._count_skipped)
-        train_steps(self.strategy.model, batches, self.cfg, self.objective.loss, self.strategy.step, self._on_log,
+        loss = functools.partial(self.objective.loss, reference=self.reference)
+        train_steps(self.strategy.model, batches, self.cfg, loss, self.strategy.step, self._on_log,
                     start_step=self.start_step, on_step=self._on_step)
         self.summary["skipped_long"] = self._total_over_ranks(self.summary["skipped_long"])
         self._save(self.cfg.steps, export=True)
