@@ -53,10 +53,11 @@ from glore_ray.core.organism import check_solution  # noqa: E402
 from glore_ray.core.prompts import solve_prompt  # noqa: E402
 from glore_ray.core.report import auroc, first_error_f1, within_question_auroc  # noqa: E402
 from glore_ray.training.examples import (  # noqa: E402
-    IGNORE,
     collate,
     encode_step_example,
     implicit_values,
+    last_labelled,
+    step_reward_loss,
     step_scores,
     token_logprobs,
 )
@@ -189,14 +190,17 @@ class Recipe:
         return implicit_values(out, reference, batch, self.spec.implicit_beta)
 
     def loss(self, batch: dict, groups: list[list[int]]) -> torch.Tensor:
-        loss = self.spec.loss(self.model, batch, self.reference)
-        if self.bradley_terry:
-            finals = _finals(self.logits(batch), batch["labels"])
-            right = batch["labels"].gather(1, _last_labelled(batch["labels"])[:, None])[:, 0] == 1
-            terms = [torch.nn.functional.logsigmoid(finals[r] - finals[w]) for g in groups
-                     for r in g if right[r] for w in g if not right[w]]
-            if terms:
-                loss = loss - self.bradley_terry * torch.stack(terms).mean()
+        if not self.bradley_terry:
+            return self.spec.loss(self.model, batch, self.reference)
+        # The value head's loss and the pairwise term from one forward pass.
+        logits = self.logits(batch)
+        loss = step_reward_loss(logits, batch["labels"], batch.get("weights"))
+        finals = _finals(logits, batch["labels"])
+        right = batch["labels"].gather(1, last_labelled(batch["labels"])[:, None])[:, 0] == 1
+        terms = [torch.nn.functional.logsigmoid(finals[r] - finals[w]) for g in groups
+                 for r in g if right[r] for w in g if not right[w]]
+        if terms:
+            loss = loss - self.bradley_terry * torch.stack(terms).mean()
         return loss
 
     def values(self, batch: dict) -> list[list[float]]:
@@ -204,13 +208,8 @@ class Recipe:
             return step_scores(self.logits(batch), batch["labels"])
 
 
-def _last_labelled(labels: torch.Tensor) -> torch.Tensor:
-    labelled = labels != IGNORE
-    return labelled.shape[1] - 1 - labelled.flip(1).int().argmax(1)
-
-
 def _finals(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return logits.gather(1, _last_labelled(labels)[:, None])[:, 0]
+    return logits.gather(1, last_labelled(labels)[:, None])[:, 0]
 
 
 def train(recipe: Recipe, reader: Reader, batches: list[tuple[list[Solution], list[list[int]]]], steps: int,
@@ -338,7 +337,7 @@ def probe(policy: str, reader: Reader, train: list[Solution], held: list[Solutio
             with torch.no_grad():
                 hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                output_hidden_states=True).hidden_states
-            last = _last_labelled(batch["labels"])
+            last = last_labelled(batch["labels"])
             rows += torch.cat([h[torch.arange(len(last)), last] for h in hidden[1:]], -1).tolist()
         return np.array(rows)
 

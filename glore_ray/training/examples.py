@@ -141,7 +141,12 @@ def final_labels_only(labels: torch.Tensor) -> torch.Tensor:
     """`labels` with every labelled position but each row's last set to IGNORE: an outcome reward
     model's one target (the answer line)."""
     labelled = labels != IGNORE
-    last = labelled.shape[1] - 1 - labelled.flip(1).int().argmax(1)
     keep = torch.zeros_like(labelled)
-    keep[torch.arange(labels.shape[0]), last] = labelled.any(1)
+    keep[torch.arange(labels.shape[0]), last_labelled(labels)] = labelled.any(1)
     return torch.where(keep, labels, torch.full_like(labels, IGNORE))
+
+
+def last_labelled(labels: torch.Tensor) -> torch.Tensor:
+    """(B,) the position of each row's last labelled token (its answer line's newline)."""
+    labelled = labels != IGNORE
+    return labelled.shape[1] - 1 - labelled.flip(1).int().argmax(1)
