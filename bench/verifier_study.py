@@ -23,6 +23,10 @@ the pipeline's report measures it over the draft and its refinements), `rescue_a
 draft against a right sample), `draft_auroc` (greedy drafts across questions), and
 `draft_first_error_f1`. Writes bench/results/verifier_study.json (flat keys `<recipe>_<column>`)
 and verifier_study.md. The test split is never read.
+
+`--curve 150,300,600,1200` measures the chosen recipe (h on step labels) instead: AUROC against
+rows seen, at each checkpoint of one run per `--curve-shares` share of the questions, and where a
+log-linear fit would cross the gate (bench/results/verifier_curve.json and .md).
 """
 
 from __future__ import annotations
@@ -213,13 +217,15 @@ def _finals(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def train(recipe: Recipe, reader: Reader, batches: list[tuple[list[Solution], list[list[int]]]], steps: int,
-          lr: float, weights: dict | None) -> float:
-    """`steps` AdamW steps over `batches` (cycled, reshuffled per epoch); returns CPU-minutes."""
+          lr: float, weights: dict | None, checkpoint=None, every: frozenset[int] = frozenset()) -> float:
+    """`steps` AdamW steps over `batches` (cycled, reshuffled per epoch); returns CPU-minutes of
+    training. After each step in `every`, `checkpoint(step, rows_seen, cpu_minutes)` is called
+    with the model in eval mode (its time is not counted)."""
     cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=min(30, steps // 10), min_lr_ratio=0.1)
     optimizer = torch.optim.AdamW([p for p in recipe.model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=0.01)
     recipe.model.train()
-    rng, order, t0 = random.Random(0), [], time.perf_counter()
+    rng, order, t0, rows_seen, paused = random.Random(0), [], time.perf_counter(), 0, 0.0
     for step in range(steps):
         if not order:
             order = rng.sample(range(len(batches)), len(batches))
@@ -231,10 +237,17 @@ def train(recipe: Recipe, reader: Reader, batches: list[tuple[list[Solution], li
         loss.backward()
         torch.nn.utils.clip_grad_norm_(recipe.model.parameters(), 1.0)
         optimizer.step()
+        rows_seen += len(solutions)
         if (step + 1) % 100 == 0:
             print(f"  step {step + 1}/{steps} loss {loss.item():.4f} {time.perf_counter() - t0:.0f} s", flush=True)
+        if step + 1 in every:
+            t1 = time.perf_counter()
+            recipe.model.eval()
+            checkpoint(step + 1, rows_seen, (t1 - t0 - paused) * THREADS / 60)
+            recipe.model.train()
+            paused += time.perf_counter() - t1
     recipe.model.eval()
-    return (time.perf_counter() - t0) * THREADS / 60
+    return (time.perf_counter() - t0 - paused) * THREADS / 60
 
 
 def grouped_batches(questions: list[list[Solution]], per_batch: int) -> list[tuple[list[Solution], list[list[int]]]]:
@@ -362,6 +375,10 @@ def main() -> None:
     parser.add_argument("--name", default="verifier_study")
     parser.add_argument("--tag", default="", help="suffix of this invocation's row names (a setting tried again)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--curve", default="", metavar="STEPS",
+                        help="instead of the recipes: the implicit PRM on step labels trained once to the last of "
+                             "these comma-separated step counts, measured at each (bench/results/verifier_curve.*)")
+    parser.add_argument("--curve-shares", default="1", help="shares of the mixed questions, one curve each")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     cfg = load_config(None, args.overrides)
@@ -387,6 +404,9 @@ def main() -> None:
                      "mixed_questions": len(groups),
                      "validation_greedy_accuracy": round(sum(s.correct for s in greedy_held) / len(greedy_held), 4),
                      "validation_solutions": len(held), "prepare_s": round(time.perf_counter() - t0, 1)}
+    if args.curve:
+        learning_curve(args, policy, reader, groups, in_sample, held, weights, results)
+        return
     rows: dict[str, dict] = {}
 
     def record(name: str, n_questions: int, n_rows: int, minutes: float, in_values, held_values) -> None:
@@ -457,6 +477,79 @@ def main() -> None:
         results = json.loads(existing.read_text()) | run_keys
     publish(args.name, results)
     (RESULTS / f"{args.name}.md").write_text(markdown(results))
+
+
+CURVE_COLUMNS = ("rows_seen", "epochs", "cpu_minutes", "in_sample_auroc", "heldout_auroc", "candidate_auroc",
+                 "rescue_auroc", "draft_first_error_f1")
+
+
+def learning_curve(args, policy: str, reader: Reader, groups: list[list[Solution]], in_sample: list[Solution],
+                   held: list[Solution], weights: dict, results: dict) -> None:
+    """AUROC against rows seen for the chosen recipe (h, the implicit PRM on step labels), one
+    training run per share of the reward-model questions, measured at each checkpoint. The
+    cosine schedule spans the whole run, so an early checkpoint is not a short run's end point."""
+    checkpoints, t0 = sorted(int(n) for n in args.curve.split(",")), time.perf_counter()
+    results |= {"recipe": "h_implicit_steps", "checkpoints": args.curve}
+    points = []
+    for share in (float(x) for x in args.curve_shares.split(",")):
+        subset = groups[:max(1, round(share * len(groups)))]
+        n_rows = sum(len(g) for g in subset)
+
+        def checkpoint(step: int, rows_seen: int, minutes: float, share=share, n_rows=n_rows) -> None:
+            in_values = score_all(recipe.values, reader, in_sample)
+            row = {"rows_seen": rows_seen, "epochs": rows_seen / n_rows, "cpu_minutes": minutes,
+                   "in_sample_auroc": within_question_auroc(
+                       [[(v[-1], s.correct) for s, v in g] for g in by_question_pairs(in_sample, in_values)])[0],
+                   **metrics(held, score_all(recipe.values, reader, held))}
+            row.pop("by_error_kind")
+            points.append((share, row))
+            for column, value in row.items():
+                results[f"share_{share:g}_steps_{step}_{column}"] = round(value, 4) if isinstance(value, float) \
+                    else value
+            print(f"share {share:g} step {step}", {c: row[c] for c in CURVE_COLUMNS}, flush=True)
+
+        results[f"share_{share:g}_questions"], results[f"share_{share:g}_rows"] = len(subset), n_rows
+        recipe = Recipe(policy, "implicit", args.beta)
+        train(recipe, reader, grouped_batches(subset, 4), checkpoints[-1], args.lr, weights, checkpoint,
+              frozenset(checkpoints))
+    results |= gate_extrapolation([row for share, row in points if share == 1.0])
+    results["curve_s"] = round(time.perf_counter() - t0, 1)
+    publish("verifier_curve", results)
+    (RESULTS / "verifier_curve.md").write_text(curve_markdown(results, points))
+
+
+def gate_extrapolation(points: list[dict]) -> dict:
+    """A least-squares line of candidate AUROC against log2(rows seen) over the full-data curve,
+    and where it would cross the gate (0.75): an extrapolation, labelled as one."""
+    xy = [(math.log2(p["rows_seen"]), p["candidate_auroc"]) for p in points if p["candidate_auroc"] is not None]
+    if len(xy) < 3:
+        return {}
+    mx, my = sum(x for x, _ in xy) / len(xy), sum(y for _, y in xy) / len(xy)
+    slope = sum((x - mx) * (y - my) for x, y in xy) / sum((x - mx) ** 2 for x, _ in xy)
+    out = {"candidate_auroc_per_doubling_of_rows": round(slope, 4)}
+    if slope > 0:
+        rows = 2 ** (mx + (0.75 - my) / slope)
+        per_row = points[-1]["cpu_minutes"] / points[-1]["rows_seen"]
+        out |= {"extrapolated_rows_to_gate": round(rows), "extrapolated_cpu_minutes_to_gate": round(rows * per_row, 1)}
+    return out
+
+
+def curve_markdown(results: dict, points: list[tuple[float, dict]]) -> str:
+    fmt = lambda v: "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["# Verifier learning curve (validation split)", "",
+             f"Recipe: the implicit PRM on the exact step labels (h), lr {results['lr']}, beta {results['beta']}; "
+             f"policy greedy {results['validation_greedy_accuracy']:.1%}; one run per share of the "
+             f"{results['mixed_questions']} questions with a right and a wrong solution, measured at steps "
+             f"{results['checkpoints']} (one cosine schedule over the whole run).", "",
+             "| share | " + " | ".join(CURVE_COLUMNS) + " |", "|---" * (len(CURVE_COLUMNS) + 1) + "|"]
+    lines += [f"| {share:g} | " + " | ".join(fmt(row[c]) for c in CURVE_COLUMNS) + " |" for share, row in points]
+    if "candidate_auroc_per_doubling_of_rows" in results:
+        lines += ["", f"Candidate AUROC per doubling of rows seen (least squares, full data): "
+                  f"{results['candidate_auroc_per_doubling_of_rows']:+.3f}."]
+    if "extrapolated_rows_to_gate" in results:
+        lines.append(f"Extrapolated to the gate (0.75): {results['extrapolated_rows_to_gate']:,} rows seen, "
+                     f"{results['extrapolated_cpu_minutes_to_gate']} CPU-minutes (an extrapolation, not a run).")
+    return "\n".join(lines) + "\n"
 
 
 def _first_rows(groups: list[list[Solution]], n: int) -> list[list[Solution]]:

@@ -12,6 +12,7 @@ from glore_ray.core.report import (
     build_report,
     paired_bootstrap,
     refinement_table,
+    rerank_by,
     reward_model_metrics,
     wilson_interval,
     write_report,
@@ -178,3 +179,25 @@ def test_the_rerank_row_says_what_share_of_the_oracle_it_took_and_how_often_it_k
     # greedy 1/3, rerank 2/3, oracle 3/3: half the oracle's gain.
     assert row["rerank_capture"] == pytest.approx(0.5)
     assert (row["kept_draft"], row["kept_wrong_draft"]) == (2, 1)
+
+
+def test_rerank_by_replays_the_choice_under_each_reward_model_with_ties_to_the_draft() -> None:
+    def scored(text: str, correct: bool, orm: float, prm: float) -> dict:
+        return {"text": text, "correct": correct, "first_wrong": None if correct else 0, "orm": [orm], "prm": [prm]}
+
+    # q1: a wrong draft; the PRM prefers the right global refinement, the ORM the draft.
+    q1 = record(False, False, True, False, False, False, [scored("d1", False, 0.9, 0.2)])
+    q1["candidates"] = {"global": scored("g1", True, 0.5, 0.8), "local": scored("l1", False, 0.1, 0.1)}
+    # q2: a right draft and a wrong local refinement the ORM ties with it (within SCORE_TIE): the draft stays.
+    q2 = record(True, True, False, False, False, True, [scored("d2", True, 0.7, 0.6)])
+    q2["candidates"] = {"local": scored("l2", False, 0.7 + 1e-7, 0.9)}
+    records = [q1, q2]
+    by = rerank_by(records, refinement_table(records))
+    assert set(by) == {"orm", "prm"}
+    # greedy 1/2, oracle 2/2. ORM: keeps both drafts (1/2, capture 0); PRM: takes g1 (right) and l2 (wrong).
+    assert (by["orm"]["accuracy"], by["orm"]["rerank_capture"], by["orm"]["kept_draft"]) == (0.5, 0.0, 2)
+    assert (by["prm"]["accuracy"], by["prm"]["rerank_capture"], by["prm"]["kept_draft"]) == (0.5, 0.0, 0)
+    q2["candidates"]["local"]["prm"] = [0.5]
+    by = rerank_by(records, refinement_table(records))
+    assert (by["prm"]["accuracy"], by["prm"]["rerank_capture"], by["prm"]["kept_draft"]) == (1.0, 1.0, 1)
+    assert by["prm"]["paired_diff_vs_greedy"]["mean"] == pytest.approx(0.5)

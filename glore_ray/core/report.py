@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from glore_ray.core.ensemble import SCORE_TIE
 from glore_ray.core.grading import good_steps
 
 METHODS = ("greedy", "best_of_k", "best_of_k_with_greedy", "global", "local", "local_orm", "local_oracle_where",
@@ -119,6 +120,30 @@ def rerank_choice(records: Sequence[dict], table: dict) -> dict:
             "kept_draft": len(kept),
             "kept_wrong_draft": sum(not r["correct"]["draft"] and bool(r["correct"]["global"] or r["correct"]["local"])
                                     for r in kept)}
+
+
+def rerank_by(records: Sequence[dict], table: dict) -> dict:
+    """The choice among each question's draft and refinements (round one) had each reward model
+    ranked them, from the scores the evaluation recorded: accuracy, paired difference from greedy,
+    `rerank_capture` and `kept_draft` per model. Says which verifier the combination is short of
+    without re-running it. Ties within SCORE_TIE go to the draft, as in the ensemble."""
+    greedy, oracle = table["greedy"]["accuracy"], table["rerank_oracle"]["accuracy"]
+    out = {}
+    for model in REWARD_MODELS:
+        if not all(r["solutions"][0].get(model) for r in records):
+            continue
+        chosen = []
+        for r in records:
+            candidates = [c for c in _candidates(r) if c.get(model)]
+            best = max(c[model][-1] for c in candidates)
+            chosen.append(next(c for c in candidates if c[model][-1] >= best - SCORE_TIE))
+        right = [c["correct"] for c in chosen]
+        accuracy = sum(right) / len(right)
+        out[model] = {"accuracy": accuracy,
+                      "paired_diff_vs_greedy": paired_bootstrap(right, [r["correct"]["draft"] for r in records]),
+                      "rerank_capture": (accuracy - greedy) / (oracle - greedy) if oracle > greedy else None,
+                      "kept_draft": sum(c is r["solutions"][0] for c, r in zip(chosen, records, strict=True))}
+    return out
 
 
 def iteration_gap(records: Sequence[dict], k: int, policy: dict) -> dict:
@@ -305,7 +330,8 @@ def build_report(records: Sequence[dict], k: int, settings: dict, run_name: str,
         "policy": policy,
         "reward_models": {m: reward_model_metrics(records, m) for m in REWARD_MODELS
                           if any(m in s for r in records for s in r["solutions"])},
-        "refinement": refinement_table(records),
+        "refinement": (table := refinement_table(records)),
+        "rerank_by": rerank_by(records, table) if records and "rerank_oracle" in table else {},
         "iteration": iteration_gap(records, k, policy),
         "ensemble": {"refined": sum(r["decision"]["refined"] for r in records),
                      "local_located": sum(r["decision"]["first_bad_step"] is not None for r in records),
@@ -367,6 +393,15 @@ def tables(report: dict) -> str:
         lines += ["", f"The {ranker} rerank took {_fmt(choice['rerank_capture'])} of the oracle's gain over greedy; it "
                   f"kept the draft in {choice['kept_draft']} of {report['n_test']} questions, {choice['kept_wrong_draft']} "
                   "of them with a wrong draft and a right refinement."]
+    if report.get("rerank_by"):
+        lines += ["", "The same choice ranked by each reward model (round one's candidates; accuracy %, vs greedy "
+                  "with its paired 95% interval, share of the oracle's gain taken, drafts kept): "
+                  + "; ".join(f"{RANKERS['reranker'] if m == 'reranker' else m.upper()} {_pct(r['accuracy'])}, "
+                              f"{_signed_pct(r['paired_diff_vs_greedy']['mean'])} "
+                              f"({_signed_pct(r['paired_diff_vs_greedy']['low'])} to "
+                              f"{_signed_pct(r['paired_diff_vs_greedy']['high'])}), capture "
+                              f"{_fmt(r['rerank_capture'])}, kept {r['kept_draft']}"
+                              for m, r in report["rerank_by"].items())]
     rounds = {name: r for name, r in report.get("iteration", {}).items() if name.startswith("round_")}
     if len(rounds) > 1:
         lines += ["", f"Iterated refinement ({report['iteration']['greedy_to_pass_at_k']}): share of that gap each "
