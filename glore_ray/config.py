@@ -7,6 +7,7 @@ Every error names the offending key, so a typo in a 200-line cluster config is a
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -311,6 +312,11 @@ class EvalConfig:
     orm_threshold: float = 0.5
     step_threshold: float = 0.5
     """The first step whose value is below this is where the local refiner starts."""
+    global_offset: float = 0.0
+    """Added to the global refinement's ORM logit in the rerank (the draft's is 0): the ranker
+    calibrated per candidate source, fit on validation (bench/rerank_calibration.py)."""
+    local_offset: float = 0.0
+    """The same for the local refinement."""
     max_rounds: int = 1
     """Iterated refinement (beyond the paper): after the first round, a question whose chosen
     candidate the ORM (or the reranker) scores below `orm_threshold` is refined again from that
@@ -327,7 +333,13 @@ class EvalConfig:
         _check(self.temperature > 0, f"{key}.temperature", "must be > 0 (greedy is always measured)")
         for name in ("orm_threshold", "step_threshold"):
             _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")
+        _check_offsets(self, key)
         self.pool.validate(f"{key}.pool")
+
+
+def _check_offsets(section, key: str) -> None:
+    for name in ("global_offset", "local_offset"):
+        _check(math.isfinite(getattr(section, name)), f"{key}.{name}", "must be a finite number")
 
 
 @dataclass
@@ -390,6 +402,10 @@ class ServeConfig:
     a request's own settings override these three."""
     orm_threshold: float = 0.5
     step_threshold: float = 0.5
+    global_offset: float = 0.0
+    """Per candidate source offsets of the rerank, as `eval`'s (set them to the values the run's
+    evaluation used)."""
+    local_offset: float = 0.0
     ingress: ModelDeploymentConfig = field(default_factory=lambda: ModelDeploymentConfig(batch_wait_timeout_s=0.05))
     """The FastAPI deployment running the ensemble: it batches whole requests (one ensemble call,
     so one call per model and step, for a batch of questions)."""
@@ -404,6 +420,7 @@ class ServeConfig:
         _check(self.model_timeout_s > 0, f"{key}.model_timeout_s", "must be > 0")
         _check(self.max_question_chars > 0, f"{key}.max_question_chars", "must be > 0")
         _check(self.max_draft_chars > 0, f"{key}.max_draft_chars", "must be > 0")
+        _check_offsets(self, key)
         for name in ("orm_threshold", "step_threshold"):
             _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")
         for name in ("ingress", *MODELS):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from glore_ray.core.generation import Completion, Generation, Sampling
-from glore_ray.core.ensemble import EnsembleSettings, RefinementEnsemble
+from glore_ray.core.ensemble import EnsembleSettings, RefinementEnsemble, rerank
 from glore_ray.core.prompts import BAD_MARK
 
 Q1, Q2 = "Ava has 3 boxes of 4 apples. She eats 2. How many are left?", "Ben has 5 cards. He finds 3. How many?"
@@ -191,6 +191,18 @@ def test_scores_within_float_noise_are_a_tie_the_draft_wins(margin, chosen) -> N
     e.orm = ScriptedScorer(orm)
     (decision,) = e.solve([Q1])
     assert decision.chosen == chosen
+
+
+@pytest.mark.parametrize("global_offset, local_offset, chosen", [
+    (0.0, 0.0, "local"),      # raw scores: local 0.6 > global 0.55 > draft 0.5
+    (-1.0, -1.0, "draft"),    # both refinements pulled below the draft (logit 0)
+    (0.5, -1.0, "global"),    # logit(0.55) + 0.5 = 0.70 > logit(0.6) - 1 = -0.59
+])
+def test_per_source_offsets_shift_the_rerank_in_logit_space(global_offset, local_offset, chosen) -> None:
+    settings = EnsembleSettings(global_offset=global_offset, local_offset=local_offset)
+    assert rerank({"draft": 0.5, "global": 0.55, "local": 0.6}, settings) == chosen
+    # An offset never changes which candidate wins among equal raw scores with no offset: the draft.
+    assert rerank({"draft": 0.5, "global": 0.5}, EnsembleSettings(local_offset=3.0)) == "draft"
 
 
 def test_iterated_refinement_refines_again_only_what_the_orm_still_doubts() -> None:

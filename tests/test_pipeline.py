@@ -47,6 +47,9 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -
     assert report["n_test"] == 8 and report["k"] == 3
     assert list(report["reward_models"]) == ["orm", "sorm", "prm", "reranker"]
     assert report["settings"]["ranked_by"] == "reranker"
+    assert (report["settings"]["global_offset"], report["settings"]["local_offset"]) == (0.0, 0.0)
+    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["kept_draft"] <= 8  # the choice replayed under each model
+               for r in report["rerank_by"].values())
     reranker = _manifest(out, "reranker")["counts"]
     assert reranker["rows"] > 0 and len(reranker["weights"]) == 3
     # The reranker is fitted on held-out questions' ORM rows; the three reward models train on the

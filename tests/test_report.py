@@ -201,3 +201,21 @@ def test_rerank_by_replays_the_choice_under_each_reward_model_with_ties_to_the_d
     by = rerank_by(records, refinement_table(records))
     assert (by["prm"]["accuracy"], by["prm"]["rerank_capture"], by["prm"]["kept_draft"]) == (1.0, 1.0, 1)
     assert by["prm"]["paired_diff_vs_greedy"]["mean"] == pytest.approx(0.5)
+
+
+def test_rerank_calibration_finds_the_smallest_offset_that_undoes_a_sources_bias() -> None:
+    from bench.rerank_calibration import calibrate
+
+    def question(draft_right: bool) -> dict:
+        # The global refinement always outscores the draft (0.5): 0.9 when it is right, 0.7 when wrong.
+        return {"solutions": [{"correct": draft_right, "prm": [0.5]}],
+                "candidates": {"global": {"correct": not draft_right, "prm": [0.7 if draft_right else 0.9]}},
+                "correct": {"draft": draft_right, "global": not draft_right, "local": False}}
+
+    out = calibrate([question(i % 4 != 0) for i in range(40)])
+    assert (out["greedy_accuracy"], out["rerank_oracle_accuracy"]) == (0.75, 1.0)
+    assert out["prm_uncalibrated_accuracy"] == 0.25  # always the refinement
+    # logit(0.7) = 0.85 and logit(0.9) = 2.20: -1.0 is the smallest offset between them on the grid.
+    assert (out["prm_global_offset"], out["prm_local_offset"], out["prm_fit_accuracy"]) == (-1.0, 0.0, 1.0)
+    assert out["prm_cv_accuracy"] == 1.0 and out["prm_kept_draft"] == 30
+    assert "orm_fit_accuracy" not in out  # a model that scored nothing is left out

@@ -11,9 +11,10 @@ from glore_ray.serve.api import RequestError, SolveRequest, authorized, ensemble
 
 
 def test_request_settings_override_the_server_defaults() -> None:
-    cfg = ServeConfig(always_refine=False, orm_threshold=0.4)
+    cfg = ServeConfig(always_refine=False, orm_threshold=0.4, global_offset=-1.5, local_offset=0.25)
     plain = ensemble_settings(SolveRequest(question="Ava has 3 apples."), cfg, max_tokens=64)
     assert (plain.always_refine, plain.orm_threshold, plain.where, plain.max_tokens) == (False, 0.4, "sorm", 64)
+    assert (plain.global_offset, plain.local_offset) == (-1.5, 0.25)  # the run's calibration, not a request's
     request = SolveRequest.model_validate({"question": "q", "settings": {"always_refine": True, "where": "orm",
                                                                         "max_tokens": 16}})
     s = ensemble_settings(request, cfg, max_tokens=64)

@@ -14,6 +14,7 @@ app with handles to model deployments. Imports neither.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,15 @@ class EnsembleSettings:
     sample, since greedy refiners given the same draft again propose the same rewrites."""
     seed: int = 0
     """The refiners' sampling seed (with refine_temperature > 0)."""
+    global_offset: float = 0.0
+    """Added to the global refinement's ORM logit in the rerank (the draft's is 0): calibrates the
+    ranker per candidate source, since a likelihood term favours the policy's own draft and an
+    implicit PRM the refiners' rewrites (fit on validation: bench/rerank_calibration.py)."""
+    local_offset: float = 0.0
+    """The same for the local refinement."""
+
+    def offset(self, candidate: str) -> float:
+        return {"draft": 0.0, "global": self.global_offset, "local": self.local_offset}[candidate]
 
 
 @dataclass
@@ -74,6 +84,23 @@ class Decision:
         row = asdict(self)
         row["global"] = row.pop("global_")
         return row
+
+
+def rerank(scores: Mapping[str, float], settings: EnsembleSettings) -> str:
+    """The candidate with the highest ORM score after its source's offset (in logit space).
+    Scores within SCORE_TIE of the best are a tie, which the earlier candidate (the draft first)
+    wins: a score moves in its last digits with the batch it was computed in, and that must not
+    change the answer."""
+    adjusted = {n: v if settings.offset(n) == 0 else 1 / (1 + math.exp(-(logit(v) + settings.offset(n))))
+                for n, v in scores.items()}
+    best = max(adjusted.values())
+    return next(n for n in CANDIDATES if n in adjusted and adjusted[n] >= best - SCORE_TIE)
+
+
+def logit(p: float, eps: float = 1e-6) -> float:
+    """log(p / (1 - p)), p clipped to [eps, 1 - eps]."""
+    p = min(max(p, eps), 1 - eps)
+    return math.log(p / (1 - p))
 
 
 def _score(scorer: StepScorer, questions: Sequence[str], texts: Sequence[str]) -> list[float]:
@@ -182,13 +209,8 @@ class RefinementEnsemble:
             out[i] = "\n".join(split_steps(drafts[i])[:bad_steps[i]] + [text.strip()])
         return out
 
-    @staticmethod
-    def _choose(decisions: list[Decision]) -> list[Decision]:
+    def _choose(self, decisions: list[Decision]) -> list[Decision]:
         for d in decisions:
-            # Highest ORM score wins. Scores within SCORE_TIE of the best are a tie, which the earlier
-            # candidate (the draft first) wins: a score moves in its last digits with the batch it
-            # was computed in, and that must not change the answer.
-            best = max(d.orm_scores.values())
-            d.chosen = next(n for n in CANDIDATES if n in d.orm_scores and d.orm_scores[n] >= best - SCORE_TIE)
+            d.chosen = rerank(d.orm_scores, self.settings)
             d.answer = _answer(d.candidate(d.chosen))
         return decisions

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from glore_ray.core.ensemble import SCORE_TIE
+from glore_ray.core.ensemble import EnsembleSettings, rerank
 from glore_ray.core.grading import good_steps
 
 METHODS = ("greedy", "best_of_k", "best_of_k_with_greedy", "global", "local", "local_orm", "local_oracle_where",
@@ -122,27 +122,34 @@ def rerank_choice(records: Sequence[dict], table: dict) -> dict:
                                     for r in kept)}
 
 
-def rerank_by(records: Sequence[dict], table: dict) -> dict:
+def replay_choice(record: dict, model: str, settings: EnsembleSettings = EnsembleSettings()) -> tuple[str, bool] | None:
+    """The ensemble's round-one choice (candidate name, whether it is right) had `model` ranked the
+    draft and its refinements under `settings`' offsets, from the scores the evaluation recorded;
+    None where it did not score the draft."""
+    draft = record["solutions"][0]
+    if not draft.get(model):
+        return None
+    candidates = {"draft": draft} | {n: c for n, c in record.get("candidates", {}).items() if c.get(model)}
+    chosen = rerank({n: c[model][-1] for n, c in candidates.items()}, settings)
+    return chosen, candidates[chosen]["correct"]
+
+
+def rerank_by(records: Sequence[dict], table: dict, settings: EnsembleSettings = EnsembleSettings()) -> dict:
     """The choice among each question's draft and refinements (round one) had each reward model
-    ranked them, from the scores the evaluation recorded: accuracy, paired difference from greedy,
-    `rerank_capture` and `kept_draft` per model. Says which verifier the combination is short of
-    without re-running it. Ties within SCORE_TIE go to the draft, as in the ensemble."""
+    ranked them (`replay_choice`): accuracy, paired difference from greedy, `rerank_capture` and
+    `kept_draft` per model. Says which verifier the combination is short of without a re-run."""
     greedy, oracle = table["greedy"]["accuracy"], table["rerank_oracle"]["accuracy"]
     out = {}
     for model in REWARD_MODELS:
-        if not all(r["solutions"][0].get(model) for r in records):
+        choices = [replay_choice(r, model, settings) for r in records]
+        if None in choices:
             continue
-        chosen = []
-        for r in records:
-            candidates = [c for c in _candidates(r) if c.get(model)]
-            best = max(c[model][-1] for c in candidates)
-            chosen.append(next(c for c in candidates if c[model][-1] >= best - SCORE_TIE))
-        right = [c["correct"] for c in chosen]
+        right = [ok for _, ok in choices]
         accuracy = sum(right) / len(right)
         out[model] = {"accuracy": accuracy,
                       "paired_diff_vs_greedy": paired_bootstrap(right, [r["correct"]["draft"] for r in records]),
                       "rerank_capture": (accuracy - greedy) / (oracle - greedy) if oracle > greedy else None,
-                      "kept_draft": sum(c is r["solutions"][0] for c, r in zip(chosen, records, strict=True))}
+                      "kept_draft": sum(name == "draft" for name, _ in choices)}
     return out
 
 

@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from glore_ray.core.ensemble import logit
 from glore_ray.core.prompts import solve_prompt
 
 
@@ -131,11 +132,6 @@ class PolicyLikelihood(_SolutionReader):
                 ends = (batch["labels"][row] != IGNORE).nonzero()[:, 0] - 1 - first  # each step's newline
                 out[i] = [(cumulative[e] / (e + 1)).item() for e in ends.tolist()]
         return out
-
-
-def logit(p: float, eps: float = 1e-6) -> float:
-    p = min(max(p, eps), 1 - eps)
-    return math.log(p / (1 - p))
 
 
 def fit_logistic(features: Sequence[Sequence[float]], labels: Sequence[bool], steps: int = 2000) -> list[float]:

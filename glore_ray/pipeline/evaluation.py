@@ -193,7 +193,8 @@ def evaluate_batch(models: dict[str, RemoteModel], problems: Sequence[Problem], 
                        for text in solutions])
 
     settings = EnsembleSettings(orm_threshold=ev.orm_threshold, always_refine=ev.always_refine,
-                                step_threshold=ev.step_threshold, where="sorm", max_tokens=max_tokens)
+                                step_threshold=ev.step_threshold, where="sorm", max_tokens=max_tokens,
+                                global_offset=ev.global_offset, local_offset=ev.local_offset)
     ranked_by = ranker(models)
     ensemble = RefinementEnsemble.of(models | {"orm": models[ranked_by]}, settings)
     decisions = ensemble.solve(questions, drafts)
@@ -265,7 +266,8 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
             stop_model_servers(model_set)
     if quarantine:
         raise ValueError(f"{test}: {quarantine.summary()} in a file the data stage wrote")
-    settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold", "max_rounds")}
+    settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold", "global_offset",
+                                                  "local_offset", "max_rounds")}
     settings["ranked_by"] = ranker(models)
     report = build_report(records, cfg.eval.k, settings, cfg.run_name, cfg.eval.split)
     files = write_report(report, report_dir)

@@ -102,7 +102,8 @@ def ensemble_settings(request: SolveRequest, cfg: ServeConfig, max_tokens: int) 
     if s.max_tokens is not None and s.max_tokens > max_tokens:
         raise RequestError(f"settings.max_tokens: {s.max_tokens} exceeds the server's {max_tokens}")
     defaults = EnsembleSettings(orm_threshold=cfg.orm_threshold, always_refine=cfg.always_refine,
-                                step_threshold=cfg.step_threshold, max_tokens=max_tokens)
+                                step_threshold=cfg.step_threshold, max_tokens=max_tokens,
+                                global_offset=cfg.global_offset, local_offset=cfg.local_offset)
     overrides = {k: v for k, v in s.model_dump().items() if v is not None}
     return EnsembleSettings(**(vars(defaults) | overrides))
 

@@ -1,0 +1,88 @@
+"""The rerank calibrated per candidate source, fit on a VALIDATION evaluation (issue 26, part 2).
+
+    .venv/bin/python bench/rerank_calibration.py RUN_DIR [--name rerank_calibration]
+
+RUN_DIR is a pipeline run whose evaluation ran with `eval.split=validation`: its
+`evaluate/decisions.jsonl` holds each question's draft and refinements with every reward model's
+scores. For each reward model, a grid search over the offsets added to the global and the local
+refinement's logit (`eval.global_offset`, `eval.local_offset`; the draft's is 0) for the most
+right choices, ties to the smaller offsets; and, as the honest estimate of what the fit buys, the
+same search on one half of the questions scored on the other (2-fold, both ways). No model runs:
+the choice is replayed from the recorded scores (`report.replay_choice`). Writes
+bench/results/<name>.json (flat keys `<model>_<column>`). Refuses a test-split run: offsets chosen
+on test would be read from the numbers they are quoted with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.results_table import publish  # noqa: E402
+from glore_ray.core.ensemble import EnsembleSettings  # noqa: E402
+from glore_ray.core.report import REWARD_MODELS, replay_choice  # noqa: E402
+
+GRID = [x / 4 for x in range(-16, 17)]  # offsets in logit units, -4 .. 4
+
+
+def accuracy(records: list[dict], model: str, settings: EnsembleSettings) -> float:
+    return sum(replay_choice(r, model, settings)[1] for r in records) / len(records)
+
+
+def best_offsets(records: list[dict], model: str) -> tuple[float, float, float]:
+    """(global_offset, local_offset, accuracy) with the most right choices on `records`; among
+    equals, the smallest offsets (0, 0 first: no calibration unless it pays)."""
+    grid = sorted(((g, loc) for g in GRID for loc in GRID), key=lambda o: (abs(o[0]) + abs(o[1]), o))
+    best, best_accuracy = grid[0], -1.0
+    for g, loc in grid:
+        value = accuracy(records, model, EnsembleSettings(global_offset=g, local_offset=loc))
+        if value > best_accuracy:
+            best, best_accuracy = (g, loc), value
+    return *best, best_accuracy
+
+
+def calibrate(records: list[dict]) -> dict:
+    """Per reward model scored on every draft: its rerank's accuracy uncalibrated, the fitted
+    offsets and their accuracy in-sample and 2-fold cross-validated, and the drafts kept."""
+    halves = records[0::2], records[1::2]
+    out: dict = {"questions": len(records),
+                 "greedy_accuracy": sum(r["correct"]["draft"] for r in records) / len(records),
+                 "rerank_oracle_accuracy": sum(bool(r["correct"]["draft"] or r["correct"]["global"]
+                                                    or r["correct"]["local"]) for r in records) / len(records)}
+    for model in REWARD_MODELS:
+        if any(replay_choice(r, model) is None for r in records):
+            continue
+        g, loc, fit = best_offsets(records, model)
+        held = 0
+        for train, test in (halves, halves[::-1]):
+            tg, tl, _ = best_offsets(train, model)
+            held += accuracy(test, model, EnsembleSettings(global_offset=tg, local_offset=tl)) * len(test)
+        fitted = EnsembleSettings(global_offset=g, local_offset=loc)
+        out |= {f"{model}_uncalibrated_accuracy": accuracy(records, model, EnsembleSettings()),
+                f"{model}_global_offset": g, f"{model}_local_offset": loc, f"{model}_fit_accuracy": fit,
+                f"{model}_cv_accuracy": held / len(records),
+                f"{model}_kept_draft": sum(replay_choice(r, model, fitted)[0] == "draft" for r in records)}
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir")
+    parser.add_argument("--name", default="rerank_calibration")
+    args = parser.parse_args()
+    run = Path(args.run_dir)
+    split = json.loads((run / "report.json").read_text())["split"]
+    if split != "validation":
+        sys.exit(f"{run / 'report.json'}: split {split!r}; calibrate on a run with eval.split=validation")
+    records = [json.loads(line) for line in (run / "evaluate" / "decisions.jsonl").read_text().splitlines()]
+    ranked_by = json.loads((run / "report.json").read_text())["settings"].get("ranked_by", "orm")
+    publish(args.name, {"run": str(run), "split": split, "ranked_by": ranked_by, **calibrate(records)})
+
+
+if __name__ == "__main__":
+    main()
