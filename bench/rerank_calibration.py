@@ -76,12 +76,12 @@ def main() -> None:
     parser.add_argument("--name", default="rerank_calibration")
     args = parser.parse_args()
     run = Path(args.run_dir)
-    split = json.loads((run / "report.json").read_text())["split"]
-    if split != "validation":
-        sys.exit(f"{run / 'report.json'}: split {split!r}; calibrate on a run with eval.split=validation")
+    report = json.loads((run / "report.json").read_text())
+    if report["split"] != "validation":
+        sys.exit(f"{run / 'report.json'}: split {report['split']!r}; calibrate on a run with eval.split=validation")
     records = [json.loads(line) for line in (run / "evaluate" / "decisions.jsonl").read_text().splitlines()]
-    ranked_by = json.loads((run / "report.json").read_text())["settings"].get("ranked_by", "orm")
-    publish(args.name, {"run": str(run), "split": split, "ranked_by": ranked_by, **calibrate(records)})
+    publish(args.name, {"run": str(run), "split": report["split"],
+                        "ranked_by": report["settings"].get("ranked_by", "orm"), **calibrate(records)})
 
 
 if __name__ == "__main__":
