@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.labels.mode = args.mode
         _run_stage(registry.labels_stage(cfg, args.kind, args.data, args.model), args.out, args.verbose)
     elif args.verb == "pairs":
-        _run_stage(registry.pairs_stage(args.data, f"{args.sorm}/data"), args.out, args.verbose)
+        _run_stage(registry.pairs_stage(cfg, args.data, f"{args.sorm}/data"), args.out, args.verbose)
     elif args.verb == "sample":
         from glore_ray.pipeline.policy_eval import evaluate_policy
 

@@ -311,7 +311,10 @@ class EvalConfig:
     `orm_threshold`."""
     orm_threshold: float = 0.5
     step_threshold: float = 0.5
-    """The first step whose value is below this is where the local refiner starts."""
+    """The first step whose SORM value is below this is where the local refiner starts (the
+    value's scale is the head's: choose it on validation, bench/rerank_calibration.py)."""
+    orm_step_threshold: float = 0.5
+    """The same for the "where: ORM" baseline's step values."""
     global_offset: float = 0.0
     """Added to the global refinement's ORM logit in the rerank (the draft's is 0): the ranker
     calibrated per candidate source, fit on validation (bench/rerank_calibration.py)."""
@@ -331,7 +334,7 @@ class EvalConfig:
         _check(self.k >= 1, f"{key}.k", "must be >= 1")
         _check(self.max_rounds >= 1, f"{key}.max_rounds", "must be >= 1")
         _check(self.temperature > 0, f"{key}.temperature", "must be > 0 (greedy is always measured)")
-        for name in ("orm_threshold", "step_threshold"):
+        for name in ("orm_threshold", "step_threshold", "orm_step_threshold"):
             _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")
         _check_offsets(self, key)
         self.pool.validate(f"{key}.pool")
@@ -560,6 +563,24 @@ class RerankerConfig:
 
 
 @dataclass
+class PairsConfig:
+    """The refiners' training pairs: a wrong rollout and a right one of the same question (global),
+    a wrong rollout's bad continuation and a good one from its first negative step (local)."""
+
+    identity_share: float = 0.0
+    """Share of the right rollouts (by a stable hash of their id) also paired with themselves, for
+    the global refiner as written and for the local one marked at one of their steps: with
+    `eval.always_refine` the refiners rewrite right drafts too, and should keep them right."""
+    reference_targets: bool = False
+    """Pair the wrong rollouts of a question with no right rollout with its reference solution
+    (where the data has one): the greedy drafts the global refiner rewrites are mostly wrong on
+    exactly those questions, which policy-only pairs never show it."""
+
+    def validate(self, key: str) -> None:
+        _check(0 <= self.identity_share <= 1, f"{key}.identity_share", "must be in [0, 1]")
+
+
+@dataclass
 class GloreConfig:
     """The whole job."""
 
@@ -579,6 +600,7 @@ class GloreConfig:
     labels: LabelConfig = field(default_factory=LabelConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     reranker: RerankerConfig = field(default_factory=RerankerConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
     def training(self, objective: str) -> TrainConfig:

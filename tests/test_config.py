@@ -79,6 +79,8 @@ def test_dotted_overrides_are_typed_by_the_schema() -> None:
     # A round's own schedule, not the policy's 30 warm-up steps in a 3-step round.
     ("expert_iteration.steps=3", "expert_iteration.warmup_steps: must be in \\[0, steps\\)"),
     ("eval.step_threshold=2", "eval.step_threshold: must be in \\[0, 1\\]"),
+    ("eval.orm_step_threshold=-0.1", "eval.orm_step_threshold: must be in \\[0, 1\\]"),
+    ("pairs.identity_share=1.5", "pairs.identity_share: must be in \\[0, 1\\]"),
     ("eval.global_offset=.nan", "eval.global_offset: must be a finite number"),
     ("serve.local_offset=.inf", "serve.local_offset: must be a finite number"),
     ("eval.pool.cpus_per_replica=0", "eval.pool.cpus_per_replica: must be > 0"),

@@ -226,6 +226,33 @@ def test_global_pairs_pair_each_wrong_rollout_with_a_right_one() -> None:
     assert global_pairs(Question("q", Q, (), "10", [WRONG])) == []
 
 
+def test_reference_targets_pair_a_question_the_policy_never_solves_with_its_reference_solution() -> None:
+    question = Question("q", Q, ("3 * 4 = 12 apples.", "12 - 2 = 10 apples."), "10", [WRONG])
+    assert global_pairs(question, reference_targets=True) == [
+        {"id": "q/r1/global-reference", "question": Q, "draft": WRONG.text, "target": RIGHT.text}]
+    # A question the policy solves keeps the policy's own right rollout; one without a reference makes none.
+    solved = Question("q", Q, question.steps, "10", [RIGHT, WRONG])
+    assert global_pairs(solved, reference_targets=True) == global_pairs(solved)
+    assert global_pairs(Question("q", Q, (), "10", [WRONG]), reference_targets=True) == []
+
+
+def test_identity_pairs_keep_a_share_of_right_rollouts_as_written() -> None:
+    question = Question("q", Q, (), "10", [RIGHT, WRONG])
+    pairs = global_pairs(question, identity_share=1.0)
+    assert pairs[-1] == {"id": "q/r0/global-identity", "question": Q, "draft": RIGHT.text, "target": RIGHT.text}
+    assert global_pairs(question, identity_share=0.0) == global_pairs(question)  # the default: none
+    right = sorm_row(question, LabelledRollout(RIGHT, [True, True]))
+    pair = local_pair(right, identity_share=1.0)
+    # Marked at one of its reasoning steps, continued as written: the answer line is never marked.
+    f = pair["bad_step"]
+    assert pair["draft_steps"] == RIGHT.steps and 0 <= f < len(RIGHT.steps)
+    assert "\n".join(RIGHT.steps[:f] + [pair["target"]]) == RIGHT.text
+    assert local_pair(right) is None
+    # A wrong rollout without an answer line can have every step labelled good: it is not right.
+    unfinished = Rollout("q/r2", RIGHT.steps, "\n".join(RIGHT.steps), False)
+    assert local_pair(sorm_row(question, LabelledRollout(unfinished, [True, True])), identity_share=1.0) is None
+
+
 def test_rollouts_are_graded_and_deduplicated() -> None:
     problem = Problem("p1", Q, ("3 * 4 = 12 apples.", "12 - 2 = 10 apples."), "10")
     texts = [RIGHT.text, RIGHT.text + "\n", WRONG.text, "no steps"]

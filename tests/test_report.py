@@ -219,3 +219,22 @@ def test_rerank_calibration_finds_the_smallest_offset_that_undoes_a_sources_bias
     assert (out["prm_global_offset"], out["prm_local_offset"], out["prm_fit_accuracy"]) == (-1.0, 0.0, 1.0)
     assert out["prm_cv_accuracy"] == 1.0 and out["prm_kept_draft"] == 30
     assert "orm_fit_accuracy" not in out  # a model that scored nothing is left out
+
+
+def test_where_calibration_picks_the_step_threshold_that_finds_the_first_wrong_step() -> None:
+    from bench.rerank_calibration import calibrate_where
+
+    def question(i: int) -> dict:
+        # Every reasoning step of a right draft reads 0.3 (a value head's 0.5 flags them all); a
+        # wrong draft's first wrong step (1) reads 0.05. The answer line's value is never a step.
+        right = i % 4 < 2
+        values = [0.3, 0.3, 0.01] if right else [0.3, 0.05, 0.3, 0.9]
+        text = "a = 1\nb = 2\n#### 2" if right else "a = 1\nb = 3\nc = 4\n#### 4"
+        return {"step_truth": True, "solutions": [{"text": text, "correct": right, "first_wrong": None if right else 1,
+                                                   "sorm": values}]}
+
+    out = calibrate_where([question(i) for i in range(20)])
+    assert out["sorm_first_error_f1_at_0.5"] == 0.0
+    # Any threshold in (0.05, 0.3] is perfect on the grid; the nearest 0.5 is 0.3.
+    assert (out["sorm_step_threshold"], out["sorm_fit_first_error_f1"], out["sorm_cv_first_error_f1"]) == (0.3, 1.0, 1.0)
+    assert "orm_step_threshold" not in out  # a model with no step values is left out

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from glore_ray.config import GloreConfig, LabelConfig, RolloutConfig, SamplingConfig
+from glore_ray.config import GloreConfig, LabelConfig, PairsConfig, RolloutConfig, SamplingConfig
 from glore_ray.core.generation import Completion, Generation
 from glore_ray.core.grading import render_solution
 from glore_ray.core.labels import is_heldout
@@ -148,10 +148,18 @@ def test_orm_and_sorm_labels_and_the_pairs_they_make(ray_module, tiny_model_dir,
     assert both and all(mass[(i, True)] == pytest.approx(mass[(i, False)]) for i in both)
     assert orm["step_accuracy"] < 1.0  # the ORM marks the right steps of a wrong rollout negative
 
-    pairs = run_pairs(rollouts, str(tmp_path / "sorm" / "data"), str(tmp_path / "pairs"))
-    assert pairs["global_pairs"] == len(problems)
-    local = {r["id"].split("/")[0]: r for r in read_rows(tmp_path / "pairs" / "local")}
-    assert local and pairs["local_pairs"] == len(local)
+    pairs = run_pairs(PairsConfig(identity_share=1.0, reference_targets=True), rollouts,
+                      str(tmp_path / "sorm" / "data"), str(tmp_path / "pairs"))
+    # Every right rollout is also paired with itself: one per problem, for each refiner; every
+    # problem has a right rollout, so no reference solution is needed.
+    assert pairs["global_identity_pairs"] == pairs["local_identity_pairs"] == len(problems)
+    assert pairs["global_reference_pairs"] == 0
+    assert pairs["global_pairs"] == 2 * len(problems)
+    identities = [r for r in read_rows(tmp_path / "pairs" / "global") if r["id"].endswith("-identity")]
+    assert all(r["draft"] == r["target"] for r in identities)
+    local = {r["id"].split("/")[0]: r for r in read_rows(tmp_path / "pairs" / "local")
+             if not r["id"].endswith("-identity")}
+    assert local and pairs["local_pairs"] == len(local) + len(problems)
     for j, p in enumerate(problems):
         bad_at = j % len(p.steps)
         if p.id not in local:

@@ -37,6 +37,7 @@ from glore_ray.core.grading import (
     answers_match,
     extract_answer,
     parse_number,
+    render_solution,
     split_steps,
 )
 from glore_ray.core.problems import Problem
@@ -352,15 +353,24 @@ def row_weights(labels: Sequence[bool], weights: Mapping[tuple[int, bool], float
     return [weights[(i, bool(label))] for i, label in enumerate(labels)]
 
 
-def local_pair(row: Mapping) -> dict | None:
+def local_pair(row: Mapping, identity_share: float = 0.0) -> dict | None:
     """The local refiner's row from a SORM label row (TRL's layout: `prompt`, `completions` the
     rollout's steps, `labels`, and the two continuations), or None without both continuations:
-    draft = P_f + a bad continuation, [BAD] before step f; target = a good continuation of P_{f-1}."""
+    draft = P_f + a bad continuation, [BAD] before step f; target = a good continuation of P_{f-1}.
+    A right rollout in the `identity_share` (`identity_pair`) is marked at one of its steps and
+    continued as written."""
     steps, labels = list(row["completions"]), list(row["labels"])
+    reasoning = [step for step in steps if answer_line(step) is None]
+    if all(labels) and len(reasoning) < len(steps):  # a right rollout: its answer line is labelled good
+        if not reasoning or not is_heldout(row["id"], identity_share):
+            return None
+        # The mark falls on a step chosen by a stable hash: a false alarm can flag any step.
+        f = zlib.crc32(f"{row['id']}/mark".encode()) % len(reasoning)
+        return identity_pair(row["id"], row["prompt"], reasoning, f, "\n".join(steps[f:]))
     f = first_negative(labels)
     if row["pos_continuation"] is None or row["neg_continuation"] is None:
         return None
-    if f >= sum(answer_line(step) is None for step in steps):
+    if f >= len(reasoning):
         # Every reasoning step is labelled good (a wrong rollout whose prefixes all still succeed):
         # there is no step to rewrite from, as in the ensemble, which never rewrites the answer line.
         return None
@@ -369,11 +379,26 @@ def local_pair(row: Mapping) -> dict | None:
             "target": row["pos_continuation"]}
 
 
-def global_pairs(question: Question) -> list[dict]:
-    """Each incorrect rollout paired with a correct one of the same question (cycling through them)."""
-    correct = [r for r in question.rollouts if r.correct]
+def identity_pair(rollout_id: str, question: str, steps: list[str], bad_step: int, target: str) -> dict:
+    """A right draft marked at `bad_step` whose target is its own remainder: with always_refine the
+    ensemble rewrites right drafts too (a false alarm of "where"), and the refiner should keep them."""
+    return {"id": f"{rollout_id}/local-identity", "question": question, "draft_steps": steps,
+            "bad_step": bad_step, "target": target}
+
+
+def global_pairs(question: Question, identity_share: float = 0.0, reference_targets: bool = False) -> list[dict]:
+    """Each incorrect rollout paired with a correct one of the same question (cycling through them);
+    with `reference_targets`, a question with no correct rollout pairs them with its reference
+    solution (where the data has one). Each correct rollout in the `identity_share` (by a stable
+    hash of its id) is also paired with itself: refining a right draft should keep it right."""
+    correct = [r.text for r in question.rollouts if r.correct]
+    identity = [{"id": f"{r.id}/global-identity", "question": question.question, "draft": r.text, "target": r.text}
+                for r in question.rollouts if r.correct and is_heldout(r.id, identity_share)]
+    kind = "global"
+    if not correct and reference_targets and question.steps:
+        correct, kind = [render_solution(question.steps, question.answer)], "global-reference"
     if not correct:
         return []
     wrong = [r for r in question.rollouts if not r.correct]
-    return [{"id": f"{r.id}/global", "question": question.question, "draft": r.text,
-             "target": correct[j % len(correct)].text} for j, r in enumerate(wrong)]
+    return [{"id": f"{r.id}/{kind}", "question": question.question, "draft": r.text,
+             "target": correct[j % len(correct)]} for j, r in enumerate(wrong)] + identity

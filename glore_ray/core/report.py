@@ -199,8 +199,8 @@ def within_question_auroc(groups: Iterable[Sequence[tuple[float, bool]]]) -> tup
     return (concordant / pairs if pairs else None), pairs
 
 
-def _first_flagged(values: Sequence[float]) -> int | None:
-    return next((i for i, v in enumerate(values) if v < 0.5), None)
+def _first_flagged(values: Sequence[float], threshold: float) -> int | None:
+    return next((i for i, v in enumerate(values) if v < threshold), None)
 
 
 def _harmonic_mean(*tallies: Sequence[int]) -> float | None:
@@ -211,13 +211,13 @@ def _harmonic_mean(*tallies: Sequence[int]) -> float | None:
     return 0.0 if 0.0 in accuracies else len(accuracies) / sum(1 / a for a in accuracies)
 
 
-def first_error_f1(solutions: Iterable[tuple[Sequence[float], int | None]]) -> float | None:
+def first_error_f1(solutions: Iterable[tuple[Sequence[float], int | None]], threshold: float = 0.5) -> float | None:
     """ProcessBench's first-error F1 over (step values, exact first wrong step) pairs: the harmonic
-    mean of the accuracy on erroneous solutions (the first value below 0.5 is at the first wrong
-    step) and on error-free ones (no value below 0.5). None unless both kinds were seen."""
+    mean of the accuracy on erroneous solutions (the first value below `threshold` is at the first
+    wrong step) and on error-free ones (no value below it). None unless both kinds were seen."""
     erroneous, error_free = [0, 0], [0, 0]  # right, seen
     for values, first_wrong in solutions:
-        flagged = _first_flagged(values)
+        flagged = _first_flagged(values, threshold)
         tally = error_free if first_wrong is None else erroneous
         tally[0] += flagged == first_wrong
         tally[1] += 1

@@ -200,7 +200,7 @@ def evaluate_batch(models: dict[str, RemoteModel], problems: Sequence[Problem], 
     decisions = ensemble.solve(questions, drafts)
     # The same refinement with the local refiner started elsewhere: at the ORM's first low step, and
     # at the exact first wrong step (model organism). Only refined drafts are rewritten.
-    orm_where = [first_bad_step(s[0]["orm"], d.draft, ev.step_threshold) if d.refined else None
+    orm_where = [first_bad_step(s[0]["orm"], d.draft, ev.orm_step_threshold) if d.refined else None
                  for s, d in zip(scored, decisions, strict=True)]
     oracle_where = [_oracle_bad_step(d.draft, s[0]["first_wrong"]) if d.refined else None
                     for s, d in zip(scored, decisions, strict=True)]
@@ -266,7 +266,7 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
             stop_model_servers(model_set)
     if quarantine:
         raise ValueError(f"{test}: {quarantine.summary()} in a file the data stage wrote")
-    settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold", "global_offset",
+    settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold", "orm_step_threshold", "global_offset",
                                                   "local_offset", "max_rounds")}
     settings["ranked_by"] = ranker(models)
     report = build_report(records, cfg.eval.k, settings, cfg.run_name, cfg.eval.split)

@@ -112,12 +112,12 @@ def _questions(cfg: GloreConfig) -> int:
     return cfg.data.organism.n_train if cfg.data.source == "organism" else 0
 
 
-def pairs_stage(rollouts: str, sorm_rows: str) -> Stage:
+def pairs_stage(cfg: GloreConfig, rollouts: str, sorm_rows: str) -> Stage:
     """Global pairs from the rollouts, local pairs from labelled SORM rows and their continuations."""
     from glore_ray.pipeline import stages
 
-    return Stage("pairs", {"rollouts": f"{rollouts}/data", "sorm": sorm_rows}, {},
-                 lambda d, k: stages.run_pairs(rollouts, sorm_rows, d))
+    return Stage("pairs", {"rollouts": f"{rollouts}/data", "sorm": sorm_rows}, _sections(cfg, "pairs"),
+                 lambda d, k: stages.run_pairs(cfg.pairs, rollouts, sorm_rows, d))
 
 
 def build_stages(cfg: GloreConfig, out: str) -> list[Stage]:
@@ -170,7 +170,7 @@ def build_stages(cfg: GloreConfig, out: str) -> list[Stage]:
                               lambda d, k: stages.fit_reranker_stage(cfg, f"{orm_labels}/heldout", orm, policy, d),
                               work=("reranker_rows", cfg.reranker.fit_rows)))
     pipeline += [
-        pairs_stage(rollouts, f"{sorm_labels}/data"),
+        pairs_stage(cfg, rollouts, f"{sorm_labels}/data"),
         train_stage("global_refiner", "global_refiner", cfg.global_refiner, f"{pairs}/global", policy, run_name),
         train_stage("local_refiner", "local_refiner", cfg.local_refiner, f"{pairs}/local", policy, run_name),
     ]

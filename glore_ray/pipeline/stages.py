@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 
 from glore_ray.capacity import request, require
-from glore_ray.config import EngineConfig, EnginePoolConfig, GloreConfig, LabelConfig
+from glore_ray.config import EngineConfig, EnginePoolConfig, GloreConfig, LabelConfig, PairsConfig
 from glore_ray.core.problems import Problem, Quarantine, load_problems
 from glore_ray.io import absolute, exists, filesystem_for, output_target, parquet_rows
 from glore_ray.core.generation import Sampling
@@ -414,26 +414,32 @@ def label_counts(path: str) -> dict:
     return out
 
 
-def run_pairs(rollouts: str, sorm_rows: str, out_dir: str) -> dict:
-    """Global pairs from the rollouts, local pairs from labelled SORM rows' continuations."""
+def run_pairs(cfg: PairsConfig, rollouts: str, sorm_rows: str, out_dir: str) -> dict:
+    """Global pairs from the rollouts (and reference targets, `cfg.reference_targets`), local pairs
+    from labelled SORM rows' continuations; and each kind's identity pairs (`cfg.identity_share`)."""
     import ray.data
 
     out_dir = absolute(out_dir)
 
     def global_rows(batch: pa.Table) -> pa.Table:
-        rows = [pair for row in batch.to_pylist() for pair in global_pairs(question_from_row(row))]
+        rows = [pair for row in batch.to_pylist()
+                for pair in global_pairs(question_from_row(row), cfg.identity_share, cfg.reference_targets)]
         return pa.Table.from_pylist(rows, schema=GLOBAL_SCHEMA)
 
     def local_rows(batch: pa.Table) -> pa.Table:
-        rows = [pair for row in batch.to_pylist() if (pair := local_pair(row)) is not None]
+        rows = [pair for row in batch.to_pylist() if (pair := local_pair(row, cfg.identity_share)) is not None]
         return pa.Table.from_pylist(rows, schema=LOCAL_SCHEMA)
 
     write_dataset(ray.data.read_parquet(f"{absolute(rollouts)}/data").map_batches(global_rows, batch_format="pyarrow"),
                   f"{out_dir}/global", GLOBAL_SCHEMA)
     write_dataset(ray.data.read_parquet(absolute(sorm_rows)).map_batches(local_rows, batch_format="pyarrow"),
                   f"{out_dir}/local", LOCAL_SCHEMA)
-    counts = {"global_pairs": ray.data.read_parquet(f"{out_dir}/global").count(),
-              "local_pairs": ray.data.read_parquet(f"{out_dir}/local").count()}
+    counts = {}
+    for kind, variants in (("global", ("identity", "reference")), ("local", ("identity",))):
+        ids = ray.data.read_parquet(f"{out_dir}/{kind}", columns=["id"])
+        counts[f"{kind}_pairs"] = ids.count()
+        for variant in variants:
+            counts[f"{kind}_{variant}_pairs"] = ids.filter(lambda row, end=f"-{variant}": row["id"].endswith(end)).count()
     return counts
 
 
