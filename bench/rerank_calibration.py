@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bench.results_table import publish  # noqa: E402
 from glore_ray.core.ensemble import EnsembleSettings  # noqa: E402
 from glore_ray.core.grading import split_steps  # noqa: E402
-from glore_ray.core.report import REWARD_MODELS, first_error_f1, replay_choice  # noqa: E402
+from glore_ray.core.report import REWARD_MODELS, first_error_f1, oracle_right, replay_choice  # noqa: E402
 
 GRID = [x / 4 for x in range(-16, 17)]  # offsets in logit units, -4 .. 4
 THRESHOLDS = [x / 20 for x in range(1, 20)]  # step thresholds, 0.05 .. 0.95
@@ -93,8 +93,7 @@ def calibrate(records: list[dict]) -> dict:
     halves = records[0::2], records[1::2]
     out: dict = {"questions": len(records),
                  "greedy_accuracy": sum(r["correct"]["draft"] for r in records) / len(records),
-                 "rerank_oracle_accuracy": sum(bool(r["correct"]["draft"] or r["correct"]["global"]
-                                                    or r["correct"]["local"]) for r in records) / len(records)}
+                 "rerank_oracle_accuracy": sum(oracle_right(r["correct"]) for r in records) / len(records)}
     for model in REWARD_MODELS:
         if any(replay_choice(r, model) is None for r in records):
             continue

@@ -320,6 +320,10 @@ class EvalConfig:
     calibrated per candidate source, fit on validation (bench/rerank_calibration.py)."""
     local_offset: float = 0.0
     """The same for the local refinement."""
+    refine_samples: int = 1
+    """Refinements per refiner (beyond the paper): the first greedy, the others sampled at
+    `temperature`; the reranker chooses among the draft and all of them, and the rerank oracle is
+    over all of them."""
     max_rounds: int = 1
     """Iterated refinement (beyond the paper): after the first round, a question whose chosen
     candidate the ORM (or the reranker) scores below `orm_threshold` is refined again from that
@@ -333,6 +337,7 @@ class EvalConfig:
         _check(self.n_problems > 0, f"{key}.n_problems", "must be > 0")
         _check(self.k >= 1, f"{key}.k", "must be >= 1")
         _check(self.max_rounds >= 1, f"{key}.max_rounds", "must be >= 1")
+        _check(self.refine_samples >= 1, f"{key}.refine_samples", "must be >= 1")
         _check(self.temperature > 0, f"{key}.temperature", "must be > 0 (greedy is always measured)")
         for name in ("orm_threshold", "step_threshold", "orm_step_threshold"):
             _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")

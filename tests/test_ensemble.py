@@ -257,3 +257,44 @@ def test_the_within_question_fit_ranks_a_questions_solutions_where_the_pooled_fi
     # Still a calibrated probability: the mean predicted P(correct) is the share correct.
     predicted = [1 / (1 + 2.718281828 ** -(within[0] * a + within[1] * b + within[2])) for a, b in features]
     assert sum(predicted) / len(predicted) == pytest.approx(sum(labels) / len(labels), abs=0.03)
+
+
+class SamplingEngine:
+    """Greedy decoding says the first reply; a call for n samples says the next n."""
+
+    name = "sampling"
+
+    def __init__(self, replies: list[str]):
+        self.replies, self.samplings = replies, []
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+        self.samplings.append(sampling)
+        start = 0 if sampling.temperature == 0 else 1
+        return [Generation(p, 5, [Completion(self.replies[start + j], 5, "stop") for j in range(sampling.n)])
+                for p in prompts]
+
+
+def test_refine_samples_makes_every_further_rewrite_a_candidate_of_the_rerank() -> None:
+    # The ORM scores an answer of 10 at 0.9, 9 at 0.1, anything else 0.6 (orm_values).
+    global_refiner = SamplingEngine(["12 - 1 = 11 apples.\n#### 11", "12 - 3 = 9 apples.\n#### 9",
+                                     "12 - 2 = 10 apples.\n#### 10"])
+    local_refiner = SamplingEngine(["12 - 1 = 11 apples.\n#### 11", "12 - 2 = 10 apples.\n#### 10",
+                                    "12 - 4 = 8 apples.\n#### 8"])
+    settings = EnsembleSettings(refine_samples=3, sample_temperature=0.7, seed=5)
+    e = RefinementEnsemble(ScriptedEngine(lambda p: DRAFT1), global_refiner, local_refiner,
+                           ScriptedScorer(orm_values), ScriptedScorer(sorm_values), settings)
+    (d,) = e.solve([Q1])
+    assert list(d.refinements()) == ["global", "global_2", "global_3", "local", "local_2", "local_3"]
+    assert d.global_.endswith("#### 11") and d.candidate("global_3").endswith("#### 10")
+    assert d.candidate("local_2") == "3 * 4 = 12 apples.\n12 - 2 = 10 apples.\n#### 10"  # the draft's prefix kept
+    assert d.orm_scores == {"draft": 0.1, "global": 0.6, "global_2": 0.1, "global_3": 0.9,
+                            "local": 0.6, "local_2": 0.9, "local_3": 0.6}
+    # A tie at 0.9: the global refiner's before the local one's, as the draft before both.
+    assert d.chosen == "global_3" and d.answer == "10"
+    # The first rewrite greedy, the others in one call at the sample temperature, seeded apart.
+    for refiner in (global_refiner, local_refiner):
+        first, more = refiner.samplings
+        assert (first.n, first.temperature) == (1, 0.0)
+        assert (more.n, more.temperature, more.seed) == (2, 0.7, 6)
+    # A source's offset moves all of its samples.
+    assert rerank(d.orm_scores, EnsembleSettings(local_offset=1.0)) == "local_2"

@@ -91,6 +91,13 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -
     decisions = [json.loads(line) for line in (out / "evaluate" / "decisions.jsonl").read_text().splitlines()]
     assert len(decisions) == 8 and all(d["decision"]["refined"] for d in decisions)  # always_refine
     assert all(len(d["solutions"]) == 1 + 3 for d in decisions)
+    # eval.refine_samples 2: every global rewrite has a sampled second, graded and scored beside it.
+    assert report["settings"]["refine_samples"] == 2
+    for d in decisions:
+        assert set(d["decision"]["samples"]) == {"global_2"} | ({"local_2"} if d["decision"]["local"] else set())
+        scored = {name for name, c in d["candidates"].items() if "orm" in c}
+        assert scored <= set(d["decision"]["orm_scores"]) and d["decision"]["chosen"] in d["decision"]["orm_scores"]
+    assert any("global_2" in d["candidates"] for d in decisions)
     md = (out / "report.md").read_text()
     assert "| SORM |" in md and "| ORM+likelihood |" in md and "| global + local + ORM+likelihood rerank |" in md
     for plot in ("calibration.png", "refinement.png"):

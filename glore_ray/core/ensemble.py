@@ -29,6 +29,7 @@ SCORERS = ("orm", "sorm")
 MODELS = GENERATORS + SCORERS
 """The ensemble's five models, by their stage, config section and deployment names."""
 CANDIDATES = ("draft", "global", "local")
+"""The candidates' sources; with `refine_samples` > 1 a refiner's further samples are `global_2`, ..."""
 SCORE_TIE = 1e-5
 """ORM scores closer than this are equal (float noise across batch shapes is ~1e-7)."""
 
@@ -55,9 +56,29 @@ class EnsembleSettings:
     implicit PRM the refiners' rewrites (fit on validation: bench/rerank_calibration.py)."""
     local_offset: float = 0.0
     """The same for the local refinement."""
+    refine_samples: int = 1
+    """Refinements per refiner (beyond the paper): the first decoded as `refine_temperature` says,
+    the others sampled at `sample_temperature`, each a candidate of the rerank (`global_2`, ...,
+    `local_2`, ...): the verifier chooses among more rewrites than the paper's two."""
+    sample_temperature: float = 1.0
 
     def offset(self, candidate: str) -> float:
-        return {"draft": 0.0, "global": self.global_offset, "local": self.local_offset}[candidate]
+        return {"draft": 0.0, "global": self.global_offset, "local": self.local_offset}[source(candidate)]
+
+
+def candidate_name(source: str, sample: int) -> str:
+    """A refiner's first refinement is named by its source (`global`), its further samples `global_2`, ..."""
+    return source if sample == 1 else f"{source}_{sample}"
+
+
+def source(candidate: str) -> str:
+    return candidate.partition("_")[0]
+
+
+def _order(candidate: str) -> tuple[int, int]:
+    """The draft first, then the global refinements, then the local ones, each in sample order."""
+    name, _, sample = candidate.partition("_")
+    return CANDIDATES.index(name), int(sample or 1)
 
 
 @dataclass
@@ -72,13 +93,29 @@ class Decision:
     local: str | None = None
     first_bad_step: int | None = None
     """0-based step the local refiner rewrote from; None when no step fell below the threshold."""
+    samples: dict[str, str] = field(default_factory=dict)
+    """The refiners' further samples by candidate name (`refine_samples` > 1)."""
     step_values: list[float] = field(default_factory=list)
     orm_scores: dict[str, float] = field(default_factory=dict)
     chosen: str = "draft"
     answer: str | None = None
 
     def candidate(self, name: str) -> str | None:
-        return {"draft": self.draft, "global": self.global_, "local": self.local}[name]
+        if name in CANDIDATES:
+            return {"draft": self.draft, "global": self.global_, "local": self.local}[name]
+        return self.samples.get(name)
+
+    def refinements(self) -> dict[str, str]:
+        """Every refinement by candidate name, in the rerank's order."""
+        named = {"global": self.global_, "local": self.local} | self.samples
+        return {n: named[n] for n in sorted(named, key=_order) if named[n] is not None}
+
+    def add_refinements(self, source: str, texts: Sequence[str]) -> None:
+        for sample, text in enumerate(texts, start=1):
+            if sample == 1:
+                setattr(self, "global_" if source == "global" else "local", text)
+            else:
+                self.samples[candidate_name(source, sample)] = text
 
     def to_row(self) -> dict:
         row = asdict(self)
@@ -88,13 +125,13 @@ class Decision:
 
 def rerank(scores: Mapping[str, float], settings: EnsembleSettings) -> str:
     """The candidate with the highest ORM score after its source's offset (in logit space).
-    Scores within SCORE_TIE of the best are a tie, which the earlier candidate (the draft first)
-    wins: a score moves in its last digits with the batch it was computed in, and that must not
-    change the answer."""
+    Scores within SCORE_TIE of the best are a tie, which the earlier candidate (`_order`: the draft
+    first) wins: a score moves in its last digits with the batch it was computed in, and that must
+    not change the answer."""
     adjusted = {n: v if settings.offset(n) == 0 else 1 / (1 + math.exp(-(logit(v) + settings.offset(n))))
                 for n, v in scores.items()}
     best = max(adjusted.values())
-    return next(n for n in CANDIDATES if n in adjusted and adjusted[n] >= best - SCORE_TIE)
+    return min((n for n, v in adjusted.items() if v >= best - SCORE_TIE), key=_order)
 
 
 def logit(p: float, eps: float = 1e-6) -> float:
@@ -182,32 +219,49 @@ class RefinementEnsemble:
             d.first_bad_step = first_bad_step(v, d.draft, s.step_threshold)
 
         globals_, locals_ = _at_once(
-            lambda: _decode(self.global_refiner, [global_refine_prompt(d.question, d.draft) for d in todo],
-                            s.max_tokens, s.refine_temperature, s.seed),
-            lambda: self.refine_locally([d.question for d in todo], [d.draft for d in todo],
-                                        [d.first_bad_step for d in todo]))
-        for d, global_, local in zip(todo, globals_, locals_, strict=True):
-            d.global_, d.local = global_, local
+            lambda: self._refine(self.global_refiner, [global_refine_prompt(d.question, d.draft) for d in todo]),
+            lambda: self.local_refinements([d.question for d in todo], [d.draft for d in todo],
+                                           [d.first_bad_step for d in todo], s.refine_samples))
+        for d, global_texts, local_texts in zip(todo, globals_, locals_, strict=True):
+            d.add_refinements("global", global_texts)
+            d.add_refinements("local", local_texts)
 
-        # Both refinements' scores in one ORM call.
-        have = [(d, name) for name in ("global", "local") for d in todo if d.candidate(name) is not None]
-        scores = _score(self.orm, [d.question for d, _ in have], [d.candidate(name) for d, name in have])
-        for (d, name), score in zip(have, scores, strict=True):
+        # Every refinement's score in one ORM call.
+        have = [(d, name, text) for d in todo for name, text in d.refinements().items()]
+        scores = _score(self.orm, [d.question for d, _, _ in have], [text for _, _, text in have])
+        for (d, name, _), score in zip(have, scores, strict=True):
             d.orm_scores[name] = score
         return self._choose(decisions)
 
+    def _refine(self, engine: Engine, prompts: list[str], n: int | None = None) -> list[list[str]]:
+        """`n` (default `refine_samples`) rewrites per prompt: the first decoded as `refine_temperature`
+        says, the others sampled at `sample_temperature` in one call."""
+        s = self.settings
+        n = s.refine_samples if n is None else n
+        first = _decode(engine, prompts, s.max_tokens, s.refine_temperature, s.seed)
+        if n == 1 or not prompts:
+            return [[text] for text in first]
+        # Seeded apart from the first: in a later round the first is sampled at the same seed.
+        more = engine.generate(prompts, Sampling(n=n - 1, temperature=s.sample_temperature, max_tokens=s.max_tokens,
+                                                 seed=s.seed + 1))
+        return [[text, *(c.text for c in g.completions)] for text, g in zip(first, more, strict=True)]
+
+    def local_refinements(self, questions: Sequence[str], drafts: Sequence[str], bad_steps: Sequence[int | None],
+                          n: int = 1) -> list[list[str]]:
+        """The local refiner's `n` rewrites of each draft from its bad step on (none where there is
+        none): the draft's steps before the mark, then the refiner's continuation."""
+        todo = [i for i, bad in enumerate(bad_steps) if bad is not None]
+        prompts = [local_refine_prompt(questions[i], split_steps(drafts[i]), bad_steps[i]) for i in todo]
+        out: list[list[str]] = [[] for _ in drafts]
+        for i, texts in zip(todo, self._refine(self.local_refiner, prompts, n), strict=True):
+            kept = split_steps(drafts[i])[:bad_steps[i]]
+            out[i] = ["\n".join(kept + [text.strip()]) for text in texts]
+        return out
+
     def refine_locally(self, questions: Sequence[str], drafts: Sequence[str],
                        bad_steps: Sequence[int | None]) -> list[str | None]:
-        """The local refiner's rewrite of each draft from its bad step on (None where there is none):
-        the draft's steps before the mark, then the refiner's continuation."""
-        todo = [i for i, bad in enumerate(bad_steps) if bad is not None]
-        s = self.settings
-        texts = _decode(self.local_refiner, [local_refine_prompt(questions[i], split_steps(drafts[i]), bad_steps[i])
-                                             for i in todo], s.max_tokens, s.refine_temperature, s.seed)
-        out: list[str | None] = [None] * len(drafts)
-        for i, text in zip(todo, texts, strict=True):
-            out[i] = "\n".join(split_steps(drafts[i])[:bad_steps[i]] + [text.strip()])
-        return out
+        """The local refiner's first rewrite of each draft (None where there is no bad step)."""
+        return [texts[0] if texts else None for texts in self.local_refinements(questions, drafts, bad_steps)]
 
     def _choose(self, decisions: list[Decision]) -> list[Decision]:
         for d in decisions:

@@ -27,7 +27,7 @@ METHOD_TITLES = {
     "local_orm": "local refinement only (where: ORM)",
     "local_oracle_where": "local refinement only (where: the exact first wrong step)",
     "global_local_rerank": "global + local + {ranker} rerank",
-    "rerank_oracle": "rerank oracle (any of draft, global, local)",
+    "rerank_oracle": "rerank oracle (any of draft and refinements)",
 }
 ROUND_TITLE = "iterated: round {r} (refine again below the {ranker} threshold)"
 REWARD_MODELS = ("orm", "sorm", "prm", "reranker")
@@ -57,6 +57,12 @@ def step_truth(first_wrong: int | None, correct: bool, n_steps: int, exact: bool
     return [correct] * n_steps
 
 
+def oracle_right(correct: dict) -> bool:
+    """Whether the draft or any refinement the ensemble ranked is right (records written before
+    `refine_samples` hold the two refinements only)."""
+    return bool(correct["draft"] or correct.get("any_refinement", correct["global"] or correct["local"]))
+
+
 def method_outcomes(record: dict) -> dict[str, bool | None]:
     """Whether each method's answer to one question is right (None: not measured for it, such as
     the exact-where row without exact truth)."""
@@ -64,7 +70,7 @@ def method_outcomes(record: dict) -> dict[str, bool | None]:
     return {"greedy": c["draft"], "best_of_k": c["best_of_k"], "best_of_k_with_greedy": c.get("best_of_k_with_greedy"),
             "global": c["global"], "local": c["local"], "local_orm": c["local_orm"],
             "local_oracle_where": c.get("local_oracle_where"), "global_local_rerank": c["chosen"],
-            "rerank_oracle": c["draft"] or c["global"] or c["local"],
+            "rerank_oracle": oracle_right(c),
             **{f"round_{r}": ok for r, ok in enumerate(c.get("rounds", [])[1:], start=2)}}
 
 
@@ -118,8 +124,7 @@ def rerank_choice(records: Sequence[dict], table: dict) -> dict:
     kept = [r for r in records if r["decision"]["chosen"] == "draft"]
     return {"rerank_capture": (rerank - greedy) / (oracle - greedy) if oracle > greedy else None,
             "kept_draft": len(kept),
-            "kept_wrong_draft": sum(not r["correct"]["draft"] and bool(r["correct"]["global"] or r["correct"]["local"])
-                                    for r in kept)}
+            "kept_wrong_draft": sum(not r["correct"]["draft"] and oracle_right(r["correct"]) for r in kept)}
 
 
 def replay_choice(record: dict, model: str, settings: EnsembleSettings = EnsembleSettings()) -> tuple[str, bool] | None:

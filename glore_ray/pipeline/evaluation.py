@@ -157,8 +157,8 @@ def score_candidates(models: dict[str, RemoteModel], problems: Sequence[Problem]
                      decisions: Sequence[Decision]) -> list[dict[str, dict]]:
     """Each question's refinements (the candidates the ensemble ranks beside the draft), graded and
     read by every reward model: the population the report's candidate metrics are measured on."""
-    todo = [(i, name, text) for i, d in enumerate(decisions) for name in ("global", "local")
-            if (text := d.candidate(name)) is not None and scored_steps(text)]
+    todo = [(i, name, text) for i, d in enumerate(decisions) for name, text in d.refinements().items()
+            if scored_steps(text)]
     questions = [problems[i].question for i, _, _ in todo]
     steps = [scored_steps(text) for _, _, text in todo]
     values = {m: models[m].score(questions, steps) if todo else [] for m in EVAL_SCORERS if m in models}
@@ -194,7 +194,8 @@ def evaluate_batch(models: dict[str, RemoteModel], problems: Sequence[Problem], 
 
     settings = EnsembleSettings(orm_threshold=ev.orm_threshold, always_refine=ev.always_refine,
                                 step_threshold=ev.step_threshold, where="sorm", max_tokens=max_tokens,
-                                global_offset=ev.global_offset, local_offset=ev.local_offset)
+                                global_offset=ev.global_offset, local_offset=ev.local_offset,
+                                refine_samples=ev.refine_samples, sample_temperature=ev.temperature)
     ranked_by = ranker(models)
     ensemble = RefinementEnsemble.of(models | {"orm": models[ranked_by]}, settings)
     decisions = ensemble.solve(questions, drafts)
@@ -224,6 +225,7 @@ def evaluate_batch(models: dict[str, RemoteModel], problems: Sequence[Problem], 
                    "best_of_k": samples[_orm_best([s[ranked_by] for s in samples])]["correct"],
                    "best_of_k_with_greedy": with_greedy[_orm_best([s[ranked_by] for s in with_greedy])]["correct"],
                    "global": right(decision.global_), "local": right(decision.local),
+                   "any_refinement": any(right(text) for text in decision.refinements().values()),
                    "local_orm": right(local_orm[i]),
                    "local_oracle_where": right(local_oracle[i]) if organism else None,
                    "chosen": right(decision.candidate(decision.chosen)),
@@ -267,7 +269,7 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
     if quarantine:
         raise ValueError(f"{test}: {quarantine.summary()} in a file the data stage wrote")
     settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold", "orm_step_threshold", "global_offset",
-                                                  "local_offset", "max_rounds")}
+                                                  "local_offset", "refine_samples", "max_rounds")}
     settings["ranked_by"] = ranker(models)
     report = build_report(records, cfg.eval.k, settings, cfg.run_name, cfg.eval.split)
     files = write_report(report, report_dir)
