@@ -4,7 +4,8 @@ For a batch of questions: a greedy draft from the policy (or one the caller give
 score of the draft decides **when** to refine (below `orm_threshold`, or always); the step values
 of the SORM (or of the ORM) find **where**: the first step below `step_threshold`, which the local
 refiner rewrites from its `[BAD]` mark; the global refiner rewrites the whole draft (**how**);
-the ORM reranks {draft, global, local} and the best is the answer. Every decision is recorded.
+the ORM reranks the draft and its refinements (several per refiner with `refine_samples`, beyond
+the paper) and the best is the answer. Every decision is recorded.
 Calls that do not depend on each other run at once (the two refiners; with always_refine, the
 ORM's and the SORM's reading of the draft), so a batch waits for the slower model, not for both.
 
