@@ -210,6 +210,13 @@ _REWARD_MODEL = dataclasses.replace(_FINE_TUNE, lr=3e-4)
 0.71 with 3e-4 against 0.65 with 1e-3 on validation (bench/results/verifier_study.md)."""
 
 
+STEP_THRESHOLD = 0.25
+"""The SORM's step threshold for "where", evaluated and served alike: chosen on the demo's
+validation run for the implicit PRM head (the drafts' first-error F1 0.532, 0.0 at a value head's
+0.5, whose scale an implicit PRM's values, sigmoid of a log-ratio that starts at 0, do not share;
+bench/results/rerank_calibration_demo.json)."""
+
+
 @dataclass
 class EngineConfig:
     """The generation engine: vLLM (GPU or CPU build) or transformers `generate`."""
@@ -310,11 +317,12 @@ class EvalConfig:
     """Refine every draft, as the paper's main table does; else only drafts the ORM scores below
     `orm_threshold`."""
     orm_threshold: float = 0.5
-    step_threshold: float = 0.5
+    step_threshold: float = STEP_THRESHOLD
     """The first step whose SORM value is below this is where the local refiner starts (the
     value's scale is the head's: choose it on validation, bench/rerank_calibration.py)."""
-    orm_step_threshold: float = 0.5
-    """The same for the "where: ORM" baseline's step values."""
+    orm_step_threshold: float = 0.15
+    """The same for the "where: ORM" baseline's step values (the demo's validation choice: the
+    drafts' first-error F1 0.625, 0.0 at 0.5; bench/results/rerank_calibration_demo.json)."""
     global_offset: float = 0.0
     """Added to the global refinement's ORM logit in the rerank (the draft's is 0): the ranker
     calibrated per candidate source, fit on validation (bench/rerank_calibration.py)."""
@@ -409,7 +417,7 @@ class ServeConfig:
     """Refine every draft, or (the default online) only those the ORM scores below orm_threshold;
     a request's own settings override these three."""
     orm_threshold: float = 0.5
-    step_threshold: float = 0.5
+    step_threshold: float = STEP_THRESHOLD
     global_offset: float = 0.0
     """Per candidate source offsets of the rerank, as `eval`'s (set them to the values the run's
     evaluation used)."""
