@@ -238,3 +238,18 @@ def test_where_calibration_picks_the_step_threshold_that_finds_the_first_wrong_s
     # Any threshold in (0.05, 0.3] is perfect on the grid; the nearest 0.5 is 0.3.
     assert (out["sorm_step_threshold"], out["sorm_fit_first_error_f1"], out["sorm_cv_first_error_f1"]) == (0.3, 1.0, 1.0)
     assert "orm_step_threshold" not in out  # a model with no step values is left out
+
+
+def test_the_last_screen_says_when_a_short_run_leaves_the_global_refiner_below_greedy() -> None:
+    from glore_ray.config import GloreConfig
+    from glore_ray.pipeline.runner import short_run_notes
+
+    def report(low: float, high: float) -> dict:
+        return {"refinement": {"global": {"broken": 0.75, "paired_diff_vs_greedy": {
+            "mean": (low + high) / 2, "low": low, "high": high}}}}
+
+    (blank, note) = short_run_notes(GloreConfig(), report(-0.40, -0.30))
+    assert blank == "" and "global refiner (60 steps) is -35.0 points" in note and "75%" in note
+    assert "bench/results/organism/report.md" in note
+    assert short_run_notes(GloreConfig(), report(-0.04, 0.01)) == []  # level with greedy within its interval
+    assert short_run_notes(GloreConfig(), {}) == []

@@ -236,6 +236,21 @@ def run_pipeline(cfg: GloreConfig, out_dir: str, from_stage: str | None = None,
     return _finish_report(out, names)
 
 
+def short_run_notes(cfg: GloreConfig, report: dict) -> list[str]:
+    """A line for the global refiner when it is surely below greedy (its paired interval under 0):
+    a short fine-tune learns to change a draft before it learns when not to, and the reader should
+    know that this run did not buy that link, and where one that did is measured."""
+    row = report.get("refinement", {}).get("global")
+    if not row or row["paired_diff_vs_greedy"]["high"] >= 0:
+        return []
+    diff = row["paired_diff_vs_greedy"]
+    return ["", f"note: the global refiner ({cfg.global_refiner.steps} steps) is {100 * diff['mean']:+.1f} points "
+                f"against greedy here ({100 * diff['low']:+.1f} to {100 * diff['high']:+.1f}; it breaks "
+                f"{100 * row['broken']:.0f}% of the right drafts it rewrites): this run's budget does not train it; "
+                f"the organism benchmark's longer run (cluster/configs/organism-benchmark.yaml) brings it level with "
+                f"greedy within its interval: bench/results/organism/report.md"]
+
+
 def closing_lines(cfg: GloreConfig, out: Path) -> str:
     """The end of a finished run: the report's tables, where the plots are, and the commands that
     serve the trained ensemble and ask it the first evaluated question."""
@@ -243,6 +258,7 @@ def closing_lines(cfg: GloreConfig, out: Path) -> str:
     import shlex
 
     md = [line for line in (out / "report.md").read_text().splitlines() if not line.startswith("![")]
+    md += short_run_notes(cfg, json.loads((out / "report.json").read_text()))
     plots = sorted(str(p) for p in out.glob("*.png"))
     with (out / "data" / f"{cfg.eval.split}.jsonl").open() as f:
         question = json.loads(f.readline())["question"]
