@@ -76,7 +76,8 @@ def test_answers_and_decisions_match_the_offline_ensemble(served, miniature_run)
     engines = [HFEngine(models[m], EngineConfig(backend="hf")) for m in ("policy", "global_refiner", "local_refiner")]
     # The miniature run ranks with the likelihood reranker: the served ORM is the reranker.
     offline = RefinementEnsemble(*engines, load_scorer(models["reranker"]), load_scorer(models["sorm"]),
-                                 EnsembleSettings(always_refine=True, max_tokens=cfg.sampling.max_tokens))
+                                 EnsembleSettings(always_refine=True, step_threshold=cfg.serve.step_threshold,
+                                                  max_tokens=cfg.sampling.max_tokens))
     expected = offline.solve(questions)
     for question, want in zip(questions, expected, strict=True):
         status, got = http("POST", f"{url}/v1/solve", {"question": question, "settings": {"always_refine": True}})
@@ -89,7 +90,7 @@ def test_answers_and_decisions_match_the_offline_ensemble(served, miniature_run)
 
     # A caller's own draft, refined only when the ORM scores it below a threshold of 1 (always).
     draft = "Step 1: 2 + 3 = 6\nThe answer is 6"
-    by_threshold = replace(offline, settings=EnsembleSettings(orm_threshold=1.0, max_tokens=cfg.sampling.max_tokens))
+    by_threshold = replace(offline, settings=replace(offline.settings, always_refine=False, orm_threshold=1.0))
     (want,) = by_threshold.solve([questions[0]], [draft])
     status, got = http("POST", f"{url}/v1/solve", {"question": questions[0], "draft": draft,
                                                   "settings": {"orm_threshold": 1.0}})
