@@ -220,7 +220,8 @@ class RefinementEnsemble:
             d.first_bad_step = first_bad_step(v, d.draft, s.step_threshold)
 
         globals_, locals_ = _at_once(
-            lambda: self._refine(self.global_refiner, [global_refine_prompt(d.question, d.draft) for d in todo]),
+            lambda: self._refine(self.global_refiner, [global_refine_prompt(d.question, d.draft) for d in todo],
+                                 s.refine_samples),
             lambda: self.local_refinements([d.question for d in todo], [d.draft for d in todo],
                                            [d.first_bad_step for d in todo], s.refine_samples))
         for d, global_texts, local_texts in zip(todo, globals_, locals_, strict=True):
@@ -234,11 +235,10 @@ class RefinementEnsemble:
             d.orm_scores[name] = score
         return self._choose(decisions)
 
-    def _refine(self, engine: Engine, prompts: list[str], n: int | None = None) -> list[list[str]]:
-        """`n` (default `refine_samples`) rewrites per prompt: the first decoded as `refine_temperature`
-        says, the others sampled at `sample_temperature` in one call."""
+    def _refine(self, engine: Engine, prompts: list[str], n: int) -> list[list[str]]:
+        """`n` rewrites per prompt: the first decoded as `refine_temperature` says, the others sampled
+        at `sample_temperature` in one call."""
         s = self.settings
-        n = s.refine_samples if n is None else n
         first = _decode(engine, prompts, s.max_tokens, s.refine_temperature, s.seed)
         if n == 1 or not prompts:
             return [[text] for text in first]

@@ -357,16 +357,17 @@ def local_pair(row: Mapping, identity_share: float = 0.0) -> dict | None:
     """The local refiner's row from a SORM label row (TRL's layout: `prompt`, `completions` the
     rollout's steps, `labels`, and the two continuations), or None without both continuations:
     draft = P_f + a bad continuation, [BAD] before step f; target = a good continuation of P_{f-1}.
-    A right rollout in the `identity_share` (`identity_pair`) is marked at one of its steps and
-    continued as written."""
+    A right rollout in the `identity_share` is marked at one of its steps and continued as written."""
     steps, labels = list(row["completions"]), list(row["labels"])
     reasoning = [step for step in steps if answer_line(step) is None]
     if all(labels) and len(reasoning) < len(steps):  # a right rollout: its answer line is labelled good
         if not reasoning or not is_heldout(row["id"], identity_share):
             return None
-        # The mark falls on a step chosen by a stable hash: a false alarm can flag any step.
+        # With always_refine the ensemble rewrites right drafts too (a false alarm of "where" can
+        # flag any step): marked at a step chosen by a stable hash, the target is its own remainder.
         f = zlib.crc32(f"{row['id']}/mark".encode()) % len(reasoning)
-        return identity_pair(row["id"], row["prompt"], reasoning, f, "\n".join(steps[f:]))
+        return {"id": f"{row['id']}/local-identity", "question": row["prompt"], "draft_steps": reasoning,
+                "bad_step": f, "target": "\n".join(steps[f:])}
     f = first_negative(labels)
     if row["pos_continuation"] is None or row["neg_continuation"] is None:
         return None
@@ -377,13 +378,6 @@ def local_pair(row: Mapping, identity_share: float = 0.0) -> dict | None:
     return {"id": f"{row['id']}/local", "question": row["prompt"],
             "draft_steps": steps[:f + 1] + split_steps(row["neg_continuation"]), "bad_step": f,
             "target": row["pos_continuation"]}
-
-
-def identity_pair(rollout_id: str, question: str, steps: list[str], bad_step: int, target: str) -> dict:
-    """A right draft marked at `bad_step` whose target is its own remainder: with always_refine the
-    ensemble rewrites right drafts too (a false alarm of "where"), and the refiner should keep them."""
-    return {"id": f"{rollout_id}/local-identity", "question": question, "draft_steps": steps,
-            "bad_step": bad_step, "target": target}
 
 
 def global_pairs(question: Question, identity_share: float = 0.0, reference_targets: bool = False) -> list[dict]:

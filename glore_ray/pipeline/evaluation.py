@@ -268,8 +268,9 @@ def run_evaluation(cfg: GloreConfig, test: str, models: dict[str, str], stage_di
             stop_model_servers(model_set)
     if quarantine:
         raise ValueError(f"{test}: {quarantine.summary()} in a file the data stage wrote")
-    settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold", "orm_step_threshold", "global_offset",
-                                                  "local_offset", "refine_samples", "max_rounds")}
+    settings = {f: getattr(cfg.eval, f) for f in ("always_refine", "orm_threshold", "step_threshold",
+                                                  "orm_step_threshold", "global_offset", "local_offset",
+                                                  "refine_samples", "max_rounds")}
     settings["ranked_by"] = ranker(models)
     report = build_report(records, cfg.eval.k, settings, cfg.run_name, cfg.eval.split)
     files = write_report(report, report_dir)

@@ -434,12 +434,14 @@ def run_pairs(cfg: PairsConfig, rollouts: str, sorm_rows: str, out_dir: str) -> 
                   f"{out_dir}/global", GLOBAL_SCHEMA)
     write_dataset(ray.data.read_parquet(absolute(sorm_rows)).map_batches(local_rows, batch_format="pyarrow"),
                   f"{out_dir}/local", LOCAL_SCHEMA)
+    # Each kind's pairs by the variant their id ends with (`/global`, `/global-identity`, ...), one read each.
     counts = {}
-    for kind, variants in (("global", ("identity", "reference")), ("local", ("identity",))):
-        ids = ray.data.read_parquet(f"{out_dir}/{kind}", columns=["id"])
-        counts[f"{kind}_pairs"] = ids.count()
-        for variant in variants:
-            counts[f"{kind}_{variant}_pairs"] = ids.filter(lambda row, end=f"-{variant}": row["id"].endswith(end)).count()
+    for kind in ("global", "local"):
+        ends = Counter(pair_id.rsplit("/", 1)[1] for batch in ray.data.read_parquet(f"{out_dir}/{kind}", columns=["id"])
+                       .iter_batches(batch_format="pyarrow") for pair_id in batch.column("id").to_pylist())
+        counts[f"{kind}_pairs"] = sum(ends.values())
+        for variant in ("identity", "reference") if kind == "global" else ("identity",):
+            counts[f"{kind}_{variant}_pairs"] = ends[f"{kind}-{variant}"]
     return counts
 
 
