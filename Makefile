@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # DeepSpeed builds its ops just in time on first use instead of at install.
 export DS_BUILD_OPS ?= 0
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,16 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/glore pipeline --config cluster/configs/tiny-cpu.yaml --out runs/demo
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+
+# What CI runs: the linter, then every test.
+test: lint
 	$(BIN)/python -m pytest
+
+# Everyday edits: the tests that start no Ray cluster, engine or training run (under 2 minutes).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not cluster"
 
 clean:
 	rm -rf $(VENV) runs

@@ -43,7 +43,7 @@ def flops_per_token(params: int, layers: int, hidden: int, seq_len: float) -> fl
 
 def batches(examples: list, pad_id: int, batch_size: int):
     """Collated batches of `examples`, cycling over them."""
-    from glore_ray.training.examples import collate
+    from glore_ray.models.encoding import collate
 
     for start in itertools.cycle(range(0, len(examples) - batch_size + 1, batch_size)):
         yield collate(examples[start:start + batch_size], pad_id)

@@ -33,9 +33,10 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig, load_config  # noqa: E402
-from glore_ray.io import write_jsonl  # noqa: E402
 from glore_ray.core.organism import generate  # noqa: E402
-from glore_ray.pipeline.stages import rollout_sampling, run_labels, run_rollouts  # noqa: E402
+from glore_ray.io import write_jsonl  # noqa: E402
+from glore_ray.pipeline.registry import labels_stage, rollouts_stage  # noqa: E402
+from glore_ray.pipeline.rollouts import rollout_sampling  # noqa: E402
 
 
 def trained_policy(path: Path, cfg: GloreConfig) -> str:
@@ -44,9 +45,9 @@ def trained_policy(path: Path, cfg: GloreConfig) -> str:
 
     if not (path / "config.json").is_file():
         work = path.parent / "policy-work"
-        write_split(cfg, "train", str(work / "train.jsonl"))
-        init = build_tiny_policy(cfg, str(work / "train.jsonl"), str(work / "init"))
-        problems = read_problems(cfg, str(work / "train.jsonl"), str(work / "quarantine.jsonl"))
+        write_split(cfg.data, "train", str(work / "train.jsonl"))
+        init = build_tiny_policy(cfg.model, cfg.policy.seed, str(work / "train.jsonl"), str(work / "init"))
+        problems = read_problems(str(work / "train.jsonl"), str(work / "quarantine.jsonl"))
         train_policy_local(cfg.policy, problems, init, str(path))
     return str(path)
 
@@ -76,7 +77,7 @@ def bare_engine_process(policy: str, questions: str) -> None:
 
     cfg = load_config(None, SETTINGS)
     prompts = [solve_prompt(p.question) for p in load_problems(questions)]
-    sampling = rollout_sampling(cfg)
+    sampling = rollout_sampling(cfg.rollouts, cfg.sampling)
     greedy = replace(sampling, n=1, temperature=0.0)
     generations = VLLMEngine(policy, cfg.engine).generate(prompts * 2, [sampling] * len(prompts) + [greedy] * len(prompts))
     print(sum(c.n_tokens for g in generations for c in g.completions))
@@ -108,19 +109,19 @@ def main() -> None:
         results |= bare_engine(policy, str(work / "q.jsonl"))
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(work / "ray"))
         t0 = time.perf_counter()
-        rollouts = run_rollouts(cfg, "rollouts", str(work / "q.jsonl"), policy, str(work / "rollouts"))
+        rollouts = rollouts_stage("rollouts", cfg, str(work / "q.jsonl"), policy).call(str(work / "rollouts"))
         results |= {"rollout_stage_wall_s": round(time.perf_counter() - t0, 1),
                     "rollout_stage_generated_tokens": rollouts["generated_tokens"],
                     "rollout_samples": rollouts["samples"], "rollout_unique": rollouts["unique"],
                     "rollout_correct_unique": rollouts["correct_unique"]}
-        orm = run_labels(cfg, "orm", str(work / "rollouts"), None, str(work / "orm"))
+        orm = labels_stage(cfg, "orm", str(work / "rollouts")).call(str(work / "orm"))
         labels = {}
         for mode, seed in (("exhaustive", cfg.labels.seed), ("efficient", cfg.labels.seed),
                            ("exhaustive_seed2", cfg.labels.seed + 1)):
             mode_cfg = replace(cfg, labels=replace(cfg.labels, mode=mode.removesuffix("_seed2"), balance=False,
                                                    seed=seed))
             t0 = time.perf_counter()
-            counts = run_labels(mode_cfg, "sorm", str(work / "rollouts"), policy, str(work / mode))
+            counts = labels_stage(mode_cfg, "sorm", str(work / "rollouts"), policy).call(str(work / mode))
             results |= {f"{mode}_wall_s": round(time.perf_counter() - t0, 1),
                         f"{mode}_generated_tokens": counts["generated_tokens"],
                         f"{mode}_continuations": counts["continuations"],

@@ -37,12 +37,12 @@ import pyarrow.parquet as pq  # noqa: E402
 from bench.policy_regime import token_logprobs  # noqa: E402
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig  # noqa: E402
-from glore_ray.io import write_jsonl  # noqa: E402
 from glore_ray.core.grading import scored_steps  # noqa: E402
 from glore_ray.core.organism import generate  # noqa: E402
-from glore_ray.core.report import within_question_auroc  # noqa: E402
+from glore_ray.core.stats import within_question_auroc  # noqa: E402
+from glore_ray.io import write_jsonl  # noqa: E402
 from glore_ray.models.scorers import HFStepScorer, fit_logistic, logit  # noqa: E402
-from glore_ray.pipeline.stages import run_labels, run_rollouts  # noqa: E402
+from glore_ray.pipeline.registry import labels_stage, rollouts_stage  # noqa: E402
 from glore_ray.training.ray_train import fit  # noqa: E402
 
 
@@ -90,10 +90,10 @@ def main() -> None:
         write_jsonl(str(work / "q.jsonl"), (p.to_row() for p in generate(base.data.organism, "train", args.questions)))
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(work / "ray"))
         t0 = time.perf_counter()
-        rollouts = run_rollouts(cfg, "rollouts", str(work / "q.jsonl"), args.policy, str(work / "rollouts"))
+        rollouts = rollouts_stage("rollouts", cfg, str(work / "q.jsonl"), args.policy).call(str(work / "rollouts"))
         results |= {"rollouts_s": round(time.perf_counter() - t0, 1), "rollout_unique": rollouts["unique"],
                     "rollout_correct_unique": rollouts["correct_unique"]}
-        orm_rows = run_labels(cfg, "orm", str(work / "rollouts"), None, str(work / "orm"))
+        orm_rows = labels_stage(cfg, "orm", str(work / "rollouts")).call(str(work / "orm"))
         t0 = time.perf_counter()
         meta = fit("orm", cfg.orm, str(work / "orm" / "data"), args.policy, str(work / "model"), "orm-ranking")
         results |= {"orm_rows": orm_rows["rows"], "orm_train_s": round(time.perf_counter() - t0, 1),

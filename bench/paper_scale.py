@@ -23,7 +23,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import load_config  # noqa: E402
-from glore_ray.core.ensemble import MODELS  # noqa: E402
+from glore_ray.config.ensemble import MODELS  # noqa: E402
+
 ASSUMED = {
     "chars_per_token": 3.5,             # LLaMA's SentencePiece on GSM8K-style English and arithmetic
     "sampled_vs_gold_length": 1.5,      # temperature-1.0 solutions run longer than the gold ones

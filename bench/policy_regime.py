@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import load_config  # noqa: E402
-from glore_ray.core.report import within_question_auroc  # noqa: E402
+from glore_ray.core.stats import within_question_auroc  # noqa: E402
 from glore_ray.pipeline.data_stage import build_tiny_policy, read_problems, write_split  # noqa: E402
 from glore_ray.pipeline.policy_eval import evaluate_policy  # noqa: E402
 from glore_ray.training.local import train_policy_local  # noqa: E402
@@ -89,9 +89,9 @@ def main() -> None:
     base = load_config(None, args.overrides)
     cfg = replace(base, eval=replace(base.eval, k=8, n_problems=args.problems, split="validation"))
     work = Path(args.work)
-    write_split(cfg, "train", str(work / "train.jsonl"))
-    write_split(cfg, "validation", str(work / "validation.jsonl"))
-    init = build_tiny_policy(cfg, str(work / "train.jsonl"), str(work / "init"))
+    write_split(cfg.data, "train", str(work / "train.jsonl"))
+    write_split(cfg.data, "validation", str(work / "validation.jsonl"))
+    init = build_tiny_policy(cfg.model, cfg.policy.seed, str(work / "train.jsonl"), str(work / "init"))
     results: dict = {"split": "validation", "problems": args.problems, "k": 8}
     if args.overrides:
         results[f"{args.tag}_settings"] = ", ".join(args.overrides)
@@ -99,7 +99,7 @@ def main() -> None:
         name = f"{args.tag}_{steps}x{batch}" if args.tag else f"{steps}x{batch}"
         run_cfg = replace(cfg, policy=replace(cfg.policy, steps=steps, batch_size=batch, log_every=100))
         t0 = time.perf_counter()
-        problems = read_problems(run_cfg, str(work / "train.jsonl"), str(work / "quarantine.jsonl"))
+        problems = read_problems(str(work / "train.jsonl"), str(work / "quarantine.jsonl"))
         model = train_policy_local(run_cfg.policy, problems, init, str(work / name))
         train_s = time.perf_counter() - t0
         summary = evaluate_policy(run_cfg, str(work / "validation.jsonl"), model, str(work / f"{name}-samples"))

@@ -33,11 +33,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.local_cluster import free_port  # noqa: E402
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig, load_config  # noqa: E402
-from glore_ray.core.ensemble import MODELS  # noqa: E402
+from glore_ray.config.ensemble import MODELS  # noqa: E402
 from glore_ray.models.engines import vllm_available  # noqa: E402
+from glore_ray.testing.local_cluster import free_port  # noqa: E402
 
 BATCH_SIZE_ON = 16
 

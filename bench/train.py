@@ -31,16 +31,18 @@ import torch  # noqa: E402
 
 from bench.results_table import publish  # noqa: E402
 from glore_ray.config import GloreConfig, TrainConfig  # noqa: E402
-from glore_ray.training.objectives import encode_row  # noqa: E402
 from glore_ray.core.organism import generate  # noqa: E402
 from glore_ray.core.prompts import solve_prompt  # noqa: E402
-from glore_ray.training.examples import collate  # noqa: E402
+from glore_ray.models.encoding import collate  # noqa: E402
 from glore_ray.models.tiny import build_model, load_model_folder, save_model_folder, train_tokenizer  # noqa: E402
+from glore_ray.testing.training_rows import rows  # noqa: E402
 from glore_ray.training.loop import train_steps  # noqa: E402
-from glore_ray.training.objectives import objective  # noqa: E402
-from glore_ray.training.strategy import TorchStrategy  # noqa: E402
+from glore_ray.training.objectives import (
+    encode_row,  # noqa: E402
+    objective,  # noqa: E402
+)
 from glore_ray.training.ray_train import fit  # noqa: E402
-from tests.training_rows import rows  # noqa: E402
+from glore_ray.training.strategy import TorchStrategy  # noqa: E402
 
 
 def bare_tokens_per_s(model_dir: str, data: list[dict], cfg: TrainConfig) -> float:

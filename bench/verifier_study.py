@@ -50,22 +50,22 @@ import torch  # noqa: E402
 
 from bench.results_table import RESULTS, publish  # noqa: E402
 from glore_ray.config import GloreConfig, TrainConfig, load_config  # noqa: E402
+from glore_ray.config.ensemble import REPORT_STEP_THRESHOLD  # noqa: E402
 from glore_ray.core.generation import Sampling  # noqa: E402
 from glore_ray.core.grading import good_steps, scored_steps  # noqa: E402
 from glore_ray.core.labels import balance_weights, step_label_counts  # noqa: E402
 from glore_ray.core.organism import check_solution  # noqa: E402
 from glore_ray.core.prompts import solve_prompt  # noqa: E402
-from glore_ray.core.report import auroc, first_error_f1, within_question_auroc  # noqa: E402
-from glore_ray.training.examples import (  # noqa: E402
+from glore_ray.core.stats import auroc, first_error_f1, within_question_auroc  # noqa: E402
+from glore_ray.models.encoding import (  # noqa: E402
     collate,
     encode_step_example,
     implicit_values,
-    last_labelled,
-    step_reward_loss,
     step_scores,
     token_logprobs,
 )
 from glore_ray.training.loop import lr_at  # noqa: E402
+from glore_ray.training.losses import last_labelled, step_reward_loss  # noqa: E402
 from glore_ray.training.objectives import objective  # noqa: E402
 
 THREADS = 2
@@ -98,9 +98,9 @@ def prepare(cfg: GloreConfig, work: Path) -> str:
     if (policy / "config.json").is_file():
         return str(policy)
     for split in ("train", "validation"):
-        write_split(cfg, split, str(work / f"{split}.jsonl"))
-    init = build_tiny_policy(cfg, str(work / "train.jsonl"), str(work / "init"))
-    problems = read_problems(cfg, str(work / "train.jsonl"), str(work / "quarantine.jsonl"))
+        write_split(cfg.data, split, str(work / f"{split}.jsonl"))
+    init = build_tiny_policy(cfg.model, cfg.policy.seed, str(work / "train.jsonl"), str(work / "init"))
+    problems = read_problems(str(work / "train.jsonl"), str(work / "quarantine.jsonl"))
     t0 = time.perf_counter()
     train_policy_local(replace(cfg.policy, log_every=100), problems, init, str(policy))
     (work / "policy_train_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
@@ -299,7 +299,7 @@ def metrics(solutions: list[Solution], values: list[list[float]]) -> dict:
             "rescue_pairs": rescue_pairs,
             "draft_auroc": auroc([v[-1] for _, v in drafts], [s.correct for s, _ in drafts]),
             # Only a model with a value per step locates an error (the baselines and the probe give one).
-            "draft_first_error_f1": first_error_f1([(v, s.first_wrong) for s, v in drafts])
+            "draft_first_error_f1": first_error_f1([(v, s.first_wrong) for s, v in drafts], REPORT_STEP_THRESHOLD)
             if all(len(v) == len(s.steps) for s, v in drafts) else None,
             "by_error_kind": by_error_kind(groups, finals)}
 

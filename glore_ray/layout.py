@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from glore_ray.config import GloreConfig
-from glore_ray.core.ensemble import MODELS
+from glore_ray.config.ensemble import MODELS
 
 
 def model_dir(run_dir: str, stage: str) -> str:

@@ -103,7 +103,7 @@ class MiniatureJob:
 
 
 def _submit(head, job_id: str, out: Path, args: list[str], *wait: str) -> subprocess.Popen:
-    from bench.local_cluster import RAY
+    from glore_ray.testing.local_cluster import RAY
 
     return subprocess.Popen(
         [RAY, "job", "submit", f"--address={head.address}", f"--working-dir={REPO}",
@@ -115,7 +115,7 @@ def _submit(head, job_id: str, out: Path, args: list[str], *wait: str) -> subpro
 def _stop_at_the_first_policy_checkpoint(head, out: Path, args: list[str]) -> StoppedJob:
     from ray.job_submission import JobSubmissionClient
 
-    from bench.local_cluster import ray_cli
+    from glore_ray.testing.local_cluster import ray_cli
 
     _submit(head, "glore-miniature-stopped", out, args, "--no-wait").communicate(timeout=120)
     client = JobSubmissionClient(head.address)
@@ -142,8 +142,8 @@ def miniature_job(tmp_path_factory: pytest.TempPathFactory) -> MiniatureJob:
     in between sessions (the job then skips its up-to-date stages and re-runs only the evaluation)."""
     from ray.job_submission import JobSubmissionClient
 
+    from glore_ray.testing.local_cluster import ray_cli
     from tests.miniature import MINIATURE, as_sets
-    from bench.local_cluster import ray_cli
     from tests.ray_head import MetricsScraper, ray_head
 
     kept = os.environ.get("GLORE_MINIATURE_RUN")

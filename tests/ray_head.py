@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.local_cluster import free_port, ray_cli, stop_head
+from glore_ray.testing.local_cluster import free_port, ray_cli, stop_head
 
 SERIES = re.compile(r'^(ray_glore_\w+)\{(.*)\} (\S+)$')
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')

@@ -7,7 +7,7 @@ import importlib
 
 from glore_ray.capacity import fits, node_types_of, request
 from glore_ray.config import load_config
-from glore_ray.core.ensemble import MODELS
+from glore_ray.config.ensemble import MODELS
 from glore_ray.training.memory_plan import LLAMA2_13B, zero3_model_states_gib
 from glore_ray.training.objectives import OBJECTIVES
 from tests.conftest import REPO

@@ -9,20 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from glore_ray.core.grading import extract_answer, is_correct, render_solution, split_steps
 from glore_ray.core.problems import (
-    MAX_RAW_CHARS,
-    BadRecord,
     Problem,
-    Quarantine,
     iter_gsm8k,
     iter_problems_jsonl,
     iter_svamp,
     load_problems,
 )
+from glore_ray.core.quarantine import MAX_RAW_CHARS, BadRecord, Quarantine
 from glore_ray.io import open_text
-from glore_ray.core.grading import extract_answer, is_correct, render_solution, split_steps
 from tests.conftest import SHARED_DATA
-
 
 
 def shared_file(relative: str) -> Path:

@@ -6,11 +6,14 @@ import pytest
 
 from glore_ray.config import EngineConfig, GloreConfig
 from glore_ray.core.generation import Sampling
-from glore_ray.models.engines import HFEngine, VLLMEngine, make_engine, vllm_available
 from glore_ray.core.organism import generate
 from glore_ray.core.prompts import solve_prompt
+from glore_ray.models.engines import HFEngine, VLLMEngine, make_engine, vllm_available
 from glore_ray.models.tiny import load_model_folder, train_tokenizer
 from tests.conftest import SHARED_DATA
+
+pytestmark = pytest.mark.cluster
+
 
 PROMPTS = [solve_prompt(p.question) for p in generate(GloreConfig().data.organism, "test", 3)]
 SAMPLING = Sampling(n=4, temperature=1.0, max_tokens=12, seed=7)

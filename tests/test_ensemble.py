@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from glore_ray.config.ensemble import EnsembleSettings
+from glore_ray.core.ensemble import RefinementEnsemble, iterate, rerank
 from glore_ray.core.generation import Completion, Generation, Sampling
-from glore_ray.core.ensemble import EnsembleSettings, RefinementEnsemble, rerank
 from glore_ray.core.prompts import BAD_MARK
 
 Q1, Q2 = "Ava has 3 boxes of 4 apples. She eats 2. How many are left?", "Ben has 5 cards. He finds 3. How many?"
@@ -137,35 +138,52 @@ def test_policy_likelihood_is_each_steps_running_mean_token_logprob(tiny_model_d
     assert values[1] == pytest.approx([sum(solution[:e]) / e for e in ends], abs=1e-4)
 
 
-def test_a_reranker_folder_scores_as_the_orm_and_the_likelihood_combined(tiny_model_dir, tmp_path) -> None:
+def test_a_reranker_folder_scores_as_the_orm_and_the_likelihood_combined_and_serves_after_a_move(
+        tiny_model_dir, tmp_path) -> None:
     import json
     import math
+    import shutil
 
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from glore_ray.models.scorers import RERANKER_FILE, HFStepScorer, PolicyLikelihood, load_scorer
+    from glore_ray.models.scorers import (
+        RERANKER_FILE,
+        HFStepScorer,
+        PolicyLikelihood,
+        load_scorer,
+        read_reranker_spec,
+        write_reranker_spec,
+    )
 
-    AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(tmp_path / "orm")
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "orm")
+    run = tmp_path / "run"
+    AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(run / "orm")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(run / "orm")
+    shutil.copytree(tiny_model_dir, run / "policy")
     questions, steps = [Q1, Q2], [DRAFT1.splitlines(), ["5 + 3 = 8 cards.", "#### 8"]]
-    orm = HFStepScorer(str(tmp_path / "orm")).score(questions, steps)
-    likelihood = PolicyLikelihood(str(tiny_model_dir)).mean_logprobs(questions, steps)
+    orm = HFStepScorer(str(run / "orm")).score(questions, steps)
+    likelihood = PolicyLikelihood(str(run / "policy")).mean_logprobs(questions, steps)
 
-    def reranker(weights: list[float]) -> list[float]:
-        (tmp_path / "r").mkdir(exist_ok=True)
-        (tmp_path / "r" / RERANKER_FILE).write_text(json.dumps(
-            {"orm": str(tmp_path / "orm"), "policy": str(tiny_model_dir), "weights": weights}))
-        values = load_scorer(str(tmp_path / "r")).score(questions, steps)
+    def reranker(folder=run / "reranker") -> list[float]:
+        values = load_scorer(str(folder)).score(questions, steps)
         assert [len(v) for v in values] == [3, 2]
         return [x for v in values for x in v]
 
-    assert reranker([1.0, 0.0, 0.0]) == pytest.approx([x for v in orm for x in v], abs=1e-5)  # the ORM alone
+    write_reranker_spec(str(run / "reranker"), str(run / "orm"), str(run / "policy"), [1.0, 0.0, 0.0])
+    assert reranker() == pytest.approx([x for v in orm for x in v], abs=1e-5)  # the ORM alone
+    write_reranker_spec(str(run / "reranker"), str(run / "orm"), str(run / "policy"), [0.0, 2.0, 0.5])
     sigmoid = [1 / (1 + math.exp(-2 * lp - 0.5)) for v in likelihood for lp in v]
-    assert reranker([0.0, 2.0, 0.5]) == pytest.approx(sigmoid, abs=1e-5)  # the likelihood alone
-    (tmp_path / "r" / RERANKER_FILE).write_text(json.dumps({"orm": str(tmp_path / "orm")}))
+    assert reranker() == pytest.approx(sigmoid, abs=1e-5)  # the likelihood alone
+
+    # A run directory moved (or copied to another machine's path) serves from where it now is.
+    moved = shutil.move(run, tmp_path / "moved")
+    assert read_reranker_spec(f"{moved}/reranker")[:2] == (f"{moved}/reranker/../orm", f"{moved}/reranker/../policy")
+    assert reranker(f"{moved}/reranker") == pytest.approx(sigmoid, abs=1e-5)
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / RERANKER_FILE).write_text(json.dumps({"orm": "orm"}))
     with pytest.raises(ValueError, match=f"{RERANKER_FILE}: not a reranker spec .*KeyError"):
-        load_scorer(str(tmp_path / "r"))
-    assert isinstance(load_scorer(str(tmp_path / "orm")), HFStepScorer)
+        load_scorer(str(tmp_path / "bad"))
+    assert isinstance(load_scorer(f"{moved}/orm"), HFStepScorer)
 
 
 def test_fit_logistic_recovers_the_direction_and_scale_of_a_logistic_model() -> None:
@@ -208,8 +226,6 @@ def test_per_source_offsets_shift_the_rerank_in_logit_space(global_offset, local
 def test_iterated_refinement_refines_again_only_what_the_orm_still_doubts() -> None:
     from dataclasses import replace
 
-    from glore_ray.pipeline.evaluation import iterate
-
     e = replace(ensemble(EnsembleSettings(always_refine=True, orm_threshold=0.7)),
                 sorm=ScriptedScorer(lambda q, steps: [0.9] * len(steps)))  # no local rewrites
     # The global refiner turns an answer of 11 into 10 (the ORM: 0.9) and anything else into 11 (0.6).
@@ -232,7 +248,7 @@ def test_the_within_question_fit_ranks_a_questions_solutions_where_the_pooled_fi
     leans on a; the within-question fit leans on b and ignores a."""
     import random
 
-    from glore_ray.core.report import within_question_auroc
+    from glore_ray.core.stats import within_question_auroc
     from glore_ray.models.scorers import fit_logistic, fit_within_question
 
     rng = random.Random(0)

@@ -10,10 +10,15 @@ import logging
 
 import pytest
 
-from bench.faults import (ACCELERATOR, TRAINING, autoscaling_from_zero, rollouts_node_loss, serve_node_loss,
-                          training_node_loss)
+from glore_ray.testing.autoscaling import ACCELERATOR, autoscaling_from_zero
+from glore_ray.testing.faults import (
+    TRAINING,
+    rollouts_node_loss,
+    serve_node_loss,
+    training_node_loss,
+)
 
-pytestmark = pytest.mark.timeout(900)  # the Serve test may run the miniature job first
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]  # the Serve test may run the miniature job first
 
 
 def test_a_node_lost_mid_rollouts_costs_a_replica_and_no_question(tiny_model_dir, tmp_path, caplog) -> None:
@@ -38,7 +43,7 @@ def test_a_node_lost_mid_training_resumes_from_its_checkpoint_and_ends_at_steps(
     from glore_ray.pipeline.data_stage import write_sft_rows, write_split
 
     cfg = load_config(None, ["data.organism.n_train=700"])
-    write_split(cfg, "train", str(tmp_path / "train.jsonl"))
+    write_split(cfg.data, "train", str(tmp_path / "train.jsonl"))
     write_sft_rows(str(tmp_path / "train.jsonl"), str(tmp_path / "sft.jsonl"))
     run = training_node_loss(str(tiny_model_dir), str(tmp_path / "sft.jsonl"), tmp_path, lose_node=True)
     assert run["error"] is None, repr(run["error"])
@@ -53,8 +58,8 @@ def test_a_node_lost_under_serve_answers_503_naming_the_model_then_the_same_answ
     """The miniature's Serve app with the policy's replica on a serve node (a spare beside it); the
     node is removed and one client keeps asking: a 503 naming the policy until Serve has replaced
     the replica elsewhere (never another error, never a hang), then the answer from before."""
+    from glore_ray.testing.local_cluster import free_port
     from tests.miniature import MINIATURE
-    from bench.local_cluster import free_port
 
     question = json.loads((miniature_run / "data" / "test.jsonl").read_text().splitlines()[0])["question"]
     run = serve_node_loss(str(miniature_run), MINIATURE, free_port(), question)

@@ -14,7 +14,7 @@ from glore_ray.pipeline.runner import select_stages
 from tests.conftest import REPO
 from tests.ray_head import parse_metrics
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
 TRAINING = {"train_steps", "train_loss", "train_tokens_per_second"}
 GENERATION = {"questions", "samples", "generated_tokens"}

@@ -12,29 +12,25 @@ from fractions import Fraction
 
 import pytest
 
-from glore_ray.core.problems import Problem
 from glore_ray.core.generation import Completion, Generation, Sampling
+from glore_ray.core.grading import step_result, uses_result
 from glore_ray.core.labels import (
     LabelledRollout,
-    Question,
-    Rollout,
     SormLabeller,
     balance_weights,
     continuation_prompt,
-    global_pairs,
     is_heldout,
-    local_pair,
     orm_labels,
     propagate,
     reward_model_row,
     row_weights,
     sorm_row,
     step_label_counts,
-    step_result,
-    uses_result,
 )
+from glore_ray.core.pairs import global_pairs, local_pair
+from glore_ray.core.problems import Problem
 from glore_ray.core.prompts import BAD_MARK, local_refine_prompt
-from glore_ray.core.rollouts import grade_rollouts
+from glore_ray.core.rollouts import Question, Rollout, grade_rollouts
 
 Q = "Ava has 3 boxes of 4 apples. She eats 2 apples. How many apples are left?"
 
@@ -283,12 +279,12 @@ def test_reward_model_rows_end_with_the_answer_line_labelled_by_correctness() ->
 def test_orm_rows_score_the_answer_line() -> None:
     import pyarrow as pa
 
-    from glore_ray.pipeline.stages import _orm_rows
+    from glore_ray.pipeline.labels import orm_rows
 
     same_steps = Rollout("q/r2", RIGHT.steps, "\n".join(RIGHT.steps + ["#### 11"]), False)
     rollouts = [{"id": r.id, "text": r.text, "steps": r.steps, "correct": r.correct, "first_wrong": None}
                 for r in (RIGHT, same_steps)]
-    rows = _orm_rows(pa.Table.from_pylist([{"id": "q", "question": Q, "step_truth": False,
+    rows = orm_rows(pa.Table.from_pylist([{"id": "q", "question": Q, "step_truth": False,
                                             "rollouts": rollouts}])).to_pylist()
     assert [r["completions"][-1] for r in rows] == ["#### 10", "#### 11"]
     assert [r["labels"] for r in rows] == [[True] * 3, [False] * 3]

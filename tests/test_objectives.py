@@ -8,19 +8,12 @@ import pytest
 import torch
 
 from glore_ray.config import GloreConfig
-from glore_ray.training.objectives import OBJECTIVES, encode_row
 from glore_ray.core.organism import generate
 from glore_ray.core.prompts import local_refine_prompt, solve_prompt
-from glore_ray.training.examples import IGNORE
-from glore_ray.training.examples import (
-    collate,
-    encode_step_example,
-    final_labels_only,
-    implicit_values,
-    step_reward_loss,
-    step_scores,
-)
+from glore_ray.models.encoding import IGNORE, collate, encode_step_example, implicit_values, step_scores
 from glore_ray.models.tiny import load_model_folder
+from glore_ray.training.losses import final_labels_only, step_reward_loss
+from glore_ray.training.objectives import OBJECTIVES, encode_row
 
 P = next(iter(generate(GloreConfig().data.organism, "train", 1)))
 ROWS = {
@@ -94,7 +87,7 @@ def test_step_reward_loss_ignores_unlabelled_tokens() -> None:
 def test_a_token_classifier_from_the_policy_learns_step_labels(tiny_model_dir, tokenizer, tmp_path) -> None:
     from transformers import AutoModelForTokenClassification
 
-    from glore_ray.training.examples import collate
+    from glore_ray.models.encoding import collate
 
     torch.manual_seed(0)
     model = AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1)

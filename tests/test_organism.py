@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import random
-from collections import Counter
 import re
+from collections import Counter
 from dataclasses import replace
 
 import pytest
 
 from glore_ray.config import OrganismConfig
-from glore_ray.core.problems import Problem, Quarantine, load_problems
-from glore_ray.io import write_jsonl
 from glore_ray.core.grading import extract_answer, render_solution, split_steps
 from glore_ray.core.organism import StepCheck, check_solution, generate, make_problem, parse_equation
+from glore_ray.core.problems import Problem, load_problems
+from glore_ray.core.quarantine import Quarantine
+from glore_ray.io import write_jsonl
 
 CFG = OrganismConfig()
 PROBLEMS = list(generate(CFG, "train", 600))

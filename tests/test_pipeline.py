@@ -16,7 +16,7 @@ from glore_ray.cli import main
 from tests.miniature import MINIATURE, as_sets
 
 # The first test's set-up runs the miniature pipeline (~4-5 min here) unless an earlier module did.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
 STAGES = ["data", "init_model", "policy", "rollouts", "orm_labels", "sorm_labels", "orm", "sorm", "prm_labels", "prm",
           "reranker", "pairs", "global_refiner", "local_refiner", "evaluate"]

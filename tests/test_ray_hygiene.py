@@ -6,12 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from glore_ray.config import OrganismConfig
-from glore_ray.core.problems import Problem
-from glore_ray.io import write_jsonl
 from glore_ray.core.grading import is_correct
 from glore_ray.core.organism import generate
+from glore_ray.core.problems import Problem
+from glore_ray.io import write_jsonl
+
+pytestmark = pytest.mark.cluster
 
 
 class GoldGrader:
@@ -29,7 +32,7 @@ def test_the_default_engine_pools_leave_a_cpu_for_ray_datas_read_tasks(ray_local
     import ray
 
     from glore_ray.config import GloreConfig
-    from glore_ray.pipeline.stages import _pool_args
+    from glore_ray.pipeline.ray_data import pool_args
 
     assert (ray_local / "session_latest").exists()  # Ray's files stay in pytest's tmp tree
     cpus = ray.cluster_resources()["CPU"]
@@ -41,7 +44,7 @@ def test_the_default_engine_pools_leave_a_cpu_for_ray_datas_read_tasks(ray_local
     path = tmp_path / "problems.jsonl"
     problems = list(generate(OrganismConfig(), "test", 200))
     write_jsonl(str(path), (p.to_row() for p in problems))
-    args = _pool_args(GloreConfig().rollouts.pool, "rollouts.pool") | {"batch_format": "numpy"}
+    args = pool_args(GloreConfig().rollouts.pool, "rollouts.pool") | {"batch_format": "numpy"}
     graded = ray.data.read_json(str(path)).map_batches(GoldGrader, **args).take_all()
     assert sorted(r["id"] for r in graded) == sorted(p.id for p in problems)
     assert all(r["correct"] for r in graded)

@@ -7,16 +7,9 @@ import json
 
 import pytest
 
-from glore_ray.core.report import (
-    auroc,
-    build_report,
-    paired_bootstrap,
-    refinement_table,
-    rerank_by,
-    reward_model_metrics,
-    wilson_interval,
-    write_report,
-)
+from glore_ray.core.report import build_report, refinement_table, rerank_by, reward_model_metrics
+from glore_ray.core.report_markdown import write_report
+from glore_ray.core.stats import auroc, paired_bootstrap, wilson_interval
 
 
 def record(draft: bool, best: bool, global_: bool, local: bool, local_orm: bool, chosen: bool,
@@ -204,7 +197,7 @@ def test_rerank_by_replays_the_choice_under_each_reward_model_with_ties_to_the_d
 
 
 def test_rerank_calibration_finds_the_smallest_offset_that_undoes_a_sources_bias() -> None:
-    from bench.rerank_calibration import calibrate
+    from glore_ray.core.calibration import calibrate
 
     def question(draft_right: bool) -> dict:
         # The global refinement always outscores the draft (0.5): 0.9 when it is right, 0.7 when wrong.
@@ -222,7 +215,7 @@ def test_rerank_calibration_finds_the_smallest_offset_that_undoes_a_sources_bias
 
 
 def test_where_calibration_picks_the_step_threshold_that_finds_the_first_wrong_step() -> None:
-    from bench.rerank_calibration import calibrate_where
+    from glore_ray.core.calibration import calibrate_where
 
     def question(i: int) -> dict:
         # Every reasoning step of a right draft reads 0.3 (a value head's 0.5 flags them all); a
@@ -242,7 +235,7 @@ def test_where_calibration_picks_the_step_threshold_that_finds_the_first_wrong_s
 
 def test_the_last_screen_says_when_a_short_run_leaves_the_global_refiner_below_greedy() -> None:
     from glore_ray.config import GloreConfig
-    from glore_ray.pipeline.runner import short_run_notes
+    from glore_ray.pipeline.closing import short_run_notes
 
     def report(low: float, high: float) -> dict:
         return {"refinement": {"global": {"broken": 0.75, "paired_diff_vs_greedy": {

@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from glore_ray.config import load_config
+from glore_ray.testing.local_cluster import free_port
 from tests.miniature import MINIATURE
-from bench.local_cluster import free_port
 
 # The first test's set-up runs the miniature pipeline (~4-5 min here) unless an earlier module did.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
 TOKEN = "test-token-8f2c"
 
@@ -67,8 +67,9 @@ def _questions(miniature_run, n: int) -> list[str]:
 
 def test_answers_and_decisions_match_the_offline_ensemble(served, miniature_run) -> None:
     from glore_ray.config import EngineConfig
+    from glore_ray.config.ensemble import EnsembleSettings
+    from glore_ray.core.ensemble import RefinementEnsemble
     from glore_ray.models.engines import HFEngine
-    from glore_ray.core.ensemble import EnsembleSettings, RefinementEnsemble
     from glore_ray.models.scorers import load_scorer
 
     url, cfg, models = served

@@ -88,3 +88,29 @@ def test_glore_serve_reads_the_config_the_run_directory_was_made_with(tmp_path, 
     assert main(["serve", "--models", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"policy: {tmp_path}/expert_iteration_1/model" in err and "reranker" not in err
+
+
+def test_each_ingress_app_checks_its_own_token() -> None:
+    """Two ingress replicas in one process (two apps, or a test beside a server) each answer to
+    their own bearer token: the FastAPI app is built per replica, with no module-global state."""
+    from fastapi.responses import JSONResponse
+    from fastapi.testclient import TestClient
+
+    from glore_ray.serve.api import SolveResponse
+    from glore_ray.serve.ingress import build_api
+
+    class Ingress:
+        async def healthz(self) -> JSONResponse:
+            return JSONResponse({"status": "ok"})
+
+        async def solve(self, request) -> SolveResponse:
+            raise AssertionError("not reached without the token")
+
+    first, second = TestClient(build_api(Ingress(), "first")), TestClient(build_api(Ingress(), "second"))
+    body = {"question": "Ava has 3 apples."}
+    assert first.post("/v1/solve", json=body, headers={"Authorization": "Bearer second"}).status_code == 401
+    assert second.post("/v1/solve", json=body, headers={"Authorization": "Bearer first"}).status_code == 401
+    with pytest.raises(AssertionError, match="not reached"):
+        second.post("/v1/solve", json=body, headers={"Authorization": "Bearer second"})
+    assert first.get("/healthz").json() == {"status": "ok"}  # no token needed to ask
+    assert TestClient(build_api(Ingress(), None)).post("/v1/solve", json={}).status_code == 422  # no token set

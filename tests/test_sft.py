@@ -11,10 +11,11 @@ import torch
 from glore_ray.config import GloreConfig, TrainConfig
 from glore_ray.core.organism import generate
 from glore_ray.core.prompts import solve_prompt
+from glore_ray.models.encoding import IGNORE, ExampleTooLong, collate, encode_example
 from glore_ray.models.tiny import load_model_folder
-from glore_ray.training.examples import IGNORE, ExampleTooLong, causal_lm_loss, collate, encode_example
 from glore_ray.training.local import encode_problems
 from glore_ray.training.loop import lr_at, train_steps
+from glore_ray.training.losses import causal_lm_loss
 from glore_ray.training.objectives import objective
 from glore_ray.training.strategy import TorchStrategy
 

@@ -21,11 +21,14 @@ from glore_ray.core.labels import is_heldout
 from glore_ray.core.organism import generate
 from glore_ray.core.prompts import BAD_MARK, local_refine_prompt
 from glore_ray.core.rollouts import grade_rollouts
-from glore_ray.pipeline.registry import rollouts_stage
-from glore_ray.pipeline.runner import run_stage
 from glore_ray.pipeline.progress import counters_name
-from glore_ray.pipeline.stages import ROLLOUTS_SCHEMA, run_labels, run_pairs
-from tests.training_rows import corrupt
+from glore_ray.pipeline.registry import labels_stage, pairs_stage, rollouts_stage
+from glore_ray.pipeline.runner import run_stage
+from glore_ray.pipeline.schemas import ROLLOUTS_SCHEMA
+from glore_ray.testing.training_rows import corrupt
+
+pytestmark = pytest.mark.cluster
+
 
 CFG = replace(GloreConfig(), rollouts=RolloutConfig(k=4), sampling=SamplingConfig(max_tokens=40),
               labels=LabelConfig(k=2, balance=False))
@@ -108,7 +111,7 @@ def test_orm_and_sorm_labels_and_the_pairs_they_make(ray_module, tiny_model_dir,
     problems = _handmade_rollouts(tmp_path / "rollouts")
     rollouts = str(tmp_path / "rollouts")
 
-    orm = run_labels(CFG, "orm", rollouts, None, str(tmp_path / "orm"))
+    orm = labels_stage(CFG, "orm", rollouts).call(str(tmp_path / "orm"))
     orm_rows = read_rows(tmp_path / "orm" / "data")
     assert orm["rows"] == len(orm_rows) == 12
     assert all(r["labels"] == [r["id"].endswith("/r0")] * len(r["completions"]) for r in orm_rows)
@@ -116,19 +119,19 @@ def test_orm_and_sorm_labels_and_the_pairs_they_make(ray_module, tiny_model_dir,
     half = replace(CFG, reranker=replace(CFG.reranker, heldout_share=0.5))
     held = {p.id for p in problems if is_heldout(p.id, 0.5)}
     assert 0 < len(held) < len(problems)
-    split = run_labels(half, "orm", rollouts, None, str(tmp_path / "orm_split"))
+    split = labels_stage(half, "orm", rollouts).call(str(tmp_path / "orm_split"))
     assert {r["problem_id"] for r in read_rows(tmp_path / "orm_split" / "heldout")} == held
     assert {r["problem_id"] for r in read_rows(tmp_path / "orm_split" / "data")} == {p.id for p in problems} - held
     assert split["rows"] + split["heldout_rows"] == 12
-    prm = run_labels(replace(half, labels=replace(CFG.labels, balance=True)), "prm", rollouts, None,
-                     str(tmp_path / "prm"))
+    prm = labels_stage(replace(half, labels=replace(CFG.labels, balance=True)), "prm", rollouts).call(
+        str(tmp_path / "prm"))
     assert prm["rows"] == split["rows"] and prm["step_accuracy"] == 1.0  # the same rows, exact labels
 
     # Efficient mode: each gold rollout is its own evidence, and the corrupted rollout shares
     # the gold prefix up to its wrong step, so the labels are the exact truth even though the
     # untrained policy's own continuations are noise.
     cfg = replace(CFG, labels=replace(CFG.labels, balance=True))
-    sorm = run_labels(cfg, "sorm", rollouts, str(tiny_model_dir), str(tmp_path / "sorm"))
+    sorm = labels_stage(cfg, "sorm", rollouts, str(tiny_model_dir)).call(str(tmp_path / "sorm"))
     sorm_rows = {r["id"]: r for r in read_rows(tmp_path / "sorm" / "data")}
     assert len(sorm_rows) == sorm["rows"] == orm["rows"]  # every row kept: the ORM's budget
     for j, p in enumerate(problems):
@@ -148,8 +151,8 @@ def test_orm_and_sorm_labels_and_the_pairs_they_make(ray_module, tiny_model_dir,
     assert both and all(mass[(i, True)] == pytest.approx(mass[(i, False)]) for i in both)
     assert orm["step_accuracy"] < 1.0  # the ORM marks the right steps of a wrong rollout negative
 
-    pairs = run_pairs(PairsConfig(identity_share=1.0, reference_targets=True), rollouts,
-                      str(tmp_path / "sorm" / "data"), str(tmp_path / "pairs"))
+    every = replace(CFG, pairs=PairsConfig(identity_share=1.0, reference_targets=True))
+    pairs = pairs_stage(every, rollouts, str(tmp_path / "sorm" / "data")).call(str(tmp_path / "pairs"))
     # Every right rollout is also paired with itself: one per problem, for each refiner; every
     # problem has a right rollout, so no reference solution is needed.
     assert pairs["global_identity_pairs"] == pairs["local_identity_pairs"] == len(problems)
@@ -195,12 +198,16 @@ def test_the_cli_verb_runs_the_pipelines_stage_and_skips_it_when_up_to_date(ray_
 
 def test_expert_iteration_rows_are_each_sampled_questions_gold_and_correct_rollouts_shuffled(
         ray_module, tmp_path) -> None:
-    from glore_ray.pipeline.stages import write_expert_iteration_rows
+    from glore_ray.pipeline.registry import expert_iteration_stages
 
     problems = _handmade_rollouts(tmp_path / "samples", n=40)  # a gold and a wrong rollout per question
-    counts = write_expert_iteration_rows(str(tmp_path / "samples"), str(tmp_path / "rows"), seed=0)
+    cfg = replace(CFG, policy=replace(CFG.policy, seed=-1))  # round 1's seed: policy.seed + 1 = 0
+    stage = expert_iteration_stages(cfg, str(tmp_path), "train.jsonl", "policy", 1)[1]
+    assert stage.inputs == {"samples": f"{tmp_path}/expert_iteration_1_samples/data"}
+    stage.inputs["samples"] = str(tmp_path / "samples" / "data")
+    counts = stage.call(str(tmp_path / "round"))
     assert counts == {"rows": 2 * len(problems), "gold_rows": len(problems), "correct_samples": len(problems)}
-    rows = read_rows(tmp_path / "rows")
+    rows = read_rows(tmp_path / "round" / "rows")
     gold = {p.id: p.solution() for p in problems}
     assert sorted(r["id"] for r in rows) == sorted([*gold, *(f"{p}/r0" for p in gold)])
     assert all(r["solution"] == gold[r["id"].split("/")[0]] for r in rows)  # the correct rollout is the gold text
@@ -209,8 +216,8 @@ def test_expert_iteration_rows_are_each_sampled_questions_gold_and_correct_rollo
     file_order = [i for p in gold for i in (p, f"{p}/r0")]
     assert [r["id"] for r in rows] != file_order
     assert sum("/" in r["id"] for r in rows[:len(rows) // 2]) > len(problems) // 4
-    write_expert_iteration_rows(str(tmp_path / "samples"), str(tmp_path / "again"), seed=0)
-    assert [r["id"] for r in read_rows(tmp_path / "again")] == [r["id"] for r in rows]
+    stage.call(str(tmp_path / "again"))
+    assert [r["id"] for r in read_rows(tmp_path / "again" / "rows")] == [r["id"] for r in rows]
 
 
 def test_a_replica_builds_and_calls_its_engine_on_one_thread_with_the_pools_torch_threads(monkeypatch) -> None:
@@ -219,13 +226,13 @@ def test_a_replica_builds_and_calls_its_engine_on_one_thread_with_the_pools_torc
     import torch
 
     from glore_ray.config import EnginePoolConfig
-    from glore_ray.pipeline import stages
+    from glore_ray.pipeline import ray_data
 
     seen: dict[str, tuple] = {}
     monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.setdefault("threads", (threading.get_ident(), n)))
-    monkeypatch.setattr(stages, "load_model", lambda *args: seen.setdefault("built", (threading.get_ident(),)))
+    monkeypatch.setattr(ray_data, "load_model", lambda *args: seen.setdefault("built", (threading.get_ident(),)))
 
-    class Echo(stages._Replica):
+    class Echo(ray_data.Replica):
         def process(self, batch):
             seen["called"] = (threading.get_ident(),)
             return batch
@@ -253,7 +260,7 @@ def test_a_cpu_replica_takes_the_nodes_cpus_over_the_pools_replicas_unless_told(
 def test_the_reward_models_questions_come_after_expert_iterations(tmp_path) -> None:
     from glore_ray.config import ConfigError, load_config
     from glore_ray.pipeline.registry import build_stages
-    from glore_ray.pipeline.stages import prepare_questions
+    from glore_ray.pipeline.rollouts import prepare_questions
 
     cfg = load_config(None, ["expert_iteration.rounds=1", "expert_iteration.max_questions=5",
                              "rollouts.max_questions=4"])
@@ -261,7 +268,7 @@ def test_the_reward_models_questions_come_after_expert_iterations(tmp_path) -> N
     assert stages["expert_iteration_1_samples"].config["first_question"] == 0
     assert stages["rollouts"].config["first_question"] == 5
     ids = write_questions(tmp_path / "train.jsonl", 12)
-    assert prepare_questions(cfg, str(tmp_path / "train.jsonl"), str(tmp_path / "out"), first=5)["questions"] == 4
+    assert prepare_questions(str(tmp_path / "train.jsonl"), str(tmp_path / "out"), 5, 4, False)["questions"] == 4
     assert [r["id"] for r in read_rows(tmp_path / "out" / "questions")] == ids[5:9]
     with pytest.raises(ConfigError, match="rollouts.disjoint_from_expert_iteration"):
         load_config(None, ["expert_iteration.rounds=1", "expert_iteration.max_questions=0"])

@@ -17,12 +17,15 @@ import torch
 
 from glore_ray.config import EngineConfig, TrainConfig
 from glore_ray.core.generation import Sampling
-from glore_ray.models.engines import make_engine
-from glore_ray.training.objectives import OBJECTIVES, encode_row, objective as objective_spec
 from glore_ray.core.prompts import solve_prompt
-from glore_ray.training.examples import encode_step_example, step_scores
+from glore_ray.models.encoding import encode_step_example, step_scores
+from glore_ray.models.engines import make_engine
+from glore_ray.testing.training_rows import rows
+from glore_ray.training.objectives import OBJECTIVES, encode_row
+from glore_ray.training.objectives import objective as objective_spec
 from glore_ray.training.ray_train import fit
-from tests.training_rows import rows
+
+pytestmark = pytest.mark.cluster
 
 # Two workers at half a CPU each leave a CPU for Ray Data's read tasks (a full pool hangs them).
 TWO_WORKERS = TrainConfig(steps=4, batch_size=16, lr=3e-3, warmup_steps=1, log_every=1, checkpoint_every=2,

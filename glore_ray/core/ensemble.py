@@ -15,65 +15,25 @@ app with handles to model deployments. Imports neither.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Literal, TypeVar
+from typing import TypeVar
 
-from glore_ray.core.grading import extract_answer, format_answer, scored_steps, split_steps
+from glore_ray.config.ensemble import (
+    CANDIDATES,
+    MODELS,
+    EnsembleSettings,
+    candidate_name,
+)
 from glore_ray.core.generation import Engine, Sampling, StepScorer
+from glore_ray.core.grading import extract_answer, format_answer, scored_steps, split_steps
 from glore_ray.core.prompts import global_refine_prompt, local_refine_prompt, solve_prompt
 
-GENERATORS = ("policy", "global_refiner", "local_refiner")
-SCORERS = ("orm", "sorm")
-MODELS = GENERATORS + SCORERS
-"""The ensemble's five models, by their stage, config section and deployment names."""
-CANDIDATES = ("draft", "global", "local")
-"""The candidates' sources; with `refine_samples` > 1 a refiner's further samples are `global_2`, ..."""
 SCORE_TIE = 1e-5
 """ORM scores closer than this are equal (float noise across batch shapes is ~1e-7)."""
-
-
-@dataclass(frozen=True)
-class EnsembleSettings:
-    orm_threshold: float = 0.5
-    """Refine a draft whose ORM score is below this."""
-    always_refine: bool = False
-    """Refine every draft (the paper's main table)."""
-    step_threshold: float = 0.5
-    """The first step whose value falls below this is where the local refiner starts."""
-    where: Literal["sorm", "orm"] = "sorm"
-    """Which reward model's step values locate the first bad step."""
-    max_tokens: int = 256
-    refine_temperature: float = 0.0
-    """The refiners decode greedily (0, the paper), or sample: iterated refinement's later rounds
-    sample, since greedy refiners given the same draft again propose the same rewrites."""
-    seed: int = 0
-    """The refiners' sampling seed (with refine_temperature > 0)."""
-    global_offset: float = 0.0
-    """Added to the global refinement's ORM logit in the rerank (the draft's is 0): calibrates the
-    ranker per candidate source, since a likelihood term favours the policy's own draft and an
-    implicit PRM the refiners' rewrites (fit on validation: bench/rerank_calibration.py)."""
-    local_offset: float = 0.0
-    """The same for the local refinement."""
-    refine_samples: int = 1
-    """Refinements per refiner (beyond the paper): the first decoded as `refine_temperature` says,
-    the others sampled at `sample_temperature`, each a candidate of the rerank (`global_2`, ...,
-    `local_2`, ...): the verifier chooses among more rewrites than the paper's two."""
-    sample_temperature: float = 1.0
-
-    def offset(self, candidate: str) -> float:
-        return {"draft": 0.0, "global": self.global_offset, "local": self.local_offset}[source(candidate)]
-
-
-def candidate_name(source: str, sample: int) -> str:
-    """A refiner's first refinement is named by its source (`global`), its further samples `global_2`, ..."""
-    return source if sample == 1 else f"{source}_{sample}"
-
-
-def source(candidate: str) -> str:
-    return candidate.partition("_")[0]
 
 
 def _order(candidate: str) -> tuple[int, int]:
@@ -179,6 +139,16 @@ def _answer(text: str) -> str | None:
     return None if value is None else format_answer(value)
 
 
+M = TypeVar("M")
+
+
+def ensemble_models(models: Mapping[str, M]) -> dict[str, M]:
+    """The ensemble's five models out of a run's (engines, deployments or folders, by name): the
+    likelihood reranker, where the run has one, ranks in the ORM's place. The evaluation and Serve
+    both take their models from here."""
+    return {m: models["reranker"] if m == "orm" and "reranker" in models else models[m] for m in MODELS}
+
+
 @dataclass
 class RefinementEnsemble:
     policy: Engine
@@ -193,7 +163,12 @@ class RefinementEnsemble:
         """The ensemble over `models` by name (MODELS; other entries are ignored)."""
         return cls(**{m: models[m] for m in MODELS}, settings=settings)
 
-    def solve(self, questions: Sequence[str], drafts: Sequence[str | None] | None = None) -> list[Decision]:
+    def solve(self, questions: Sequence[str], drafts: Sequence[str | None] | None = None,
+              draft_scores: Sequence[float] | None = None,
+              draft_values: Sequence[Sequence[float]] | None = None) -> list[Decision]:
+        """Decide for each question. The caller that has already read the given drafts (the
+        evaluation scores every solution with every reward model) passes the ORM's scores and the
+        "where" model's step values, so that no draft is scored twice."""
         s = self.settings
         drafts = list(drafts) if drafts is not None else [None] * len(questions)
         missing = [i for i, d in enumerate(drafts) if d is None]
@@ -201,8 +176,10 @@ class RefinementEnsemble:
                                              s.max_tokens)):
             drafts[i] = text
         where = self.sorm if s.where == "sorm" else self.orm
+        if draft_scores is not None:
+            values = None if draft_values is None else list(draft_values)
         # Every draft is refined: where need not wait for when (unless one model answers both).
-        if s.always_refine and drafts and where is not self.orm:
+        elif s.always_refine and drafts and where is not self.orm:
             draft_scores, values = _at_once(lambda: _score(self.orm, questions, drafts),
                                             lambda: where.score(questions, [scored_steps(d) for d in drafts]))
         else:
@@ -215,6 +192,8 @@ class RefinementEnsemble:
 
         if values is None:
             values = where.score([d.question for d in todo], [scored_steps(d.draft) for d in todo])
+        elif len(values) == len(decisions):  # every draft's, from the caller or read at once above
+            values = [v for d, v in zip(decisions, values, strict=True) if d.refined]
         for d, v in zip(todo, values, strict=True):
             d.step_values = v
             d.first_bad_step = first_bad_step(v, d.draft, s.step_threshold)
@@ -269,3 +248,23 @@ class RefinementEnsemble:
             d.chosen = rerank(d.orm_scores, self.settings)
             d.answer = _answer(d.candidate(d.chosen))
         return decisions
+
+
+def iterate(ensemble: RefinementEnsemble, questions: Sequence[str], decisions: Sequence[Decision],
+            max_rounds: int, temperature: float, seed: int) -> list[list[str]]:
+    """Each round's answer text per question: round 1 is the ensemble's choice; in every later round
+    a question whose chosen text scores below `orm_threshold` is refined again from that text (the
+    ensemble with it as the draft, refining only below the threshold, its refiners sampling at
+    `temperature` with a seed per round), the others keep theirs."""
+    texts = [d.candidate(d.chosen) for d in decisions]
+    scores = [d.orm_scores[d.chosen] for d in decisions]
+    rounds = [list(texts)]
+    for r in range(2, max_rounds + 1):
+        again = dataclasses.replace(ensemble, settings=dataclasses.replace(
+            ensemble.settings, always_refine=False, refine_temperature=temperature, seed=seed + r))
+        todo = [i for i, score in enumerate(scores) if score < again.settings.orm_threshold]
+        for i, d in zip(todo, again.solve([questions[i] for i in todo], [texts[i] for i in todo]) if todo else [],
+                        strict=True):
+            texts[i], scores[i] = d.candidate(d.chosen), d.orm_scores[d.chosen]
+        rounds.append(list(texts))
+    return rounds

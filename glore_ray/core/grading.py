@@ -146,3 +146,29 @@ def _decimal_places(denominator: int) -> int | None:
         denominator //= 5
         fives += 1
     return max(twos, fives) if denominator == 1 else None
+
+
+_NUMBER_TEXT = r"-?\d[\d,]*(?:\.\d+)?"
+
+
+def step_result(step: str) -> Fraction | None:
+    """The intermediate result a step produces: its last number (`... 3 * 4 = 12 boxes.` -> 12);
+    None for a step without numbers."""
+    numbers = re.findall(_NUMBER_TEXT, step)
+    return parse_number(numbers[-1]) if numbers else None
+
+
+def step_operands(step: str) -> list[Fraction]:
+    """The numbers a step uses: every number in it but its result (its last number)."""
+    return [parse_number(n) for n in re.findall(_NUMBER_TEXT, step)[:-1]]
+
+
+def uses_result(continuation: str, result: Fraction | None) -> bool:
+    """Whether a continuation uses an intermediate result: as an operand of one of its steps or as
+    its final answer. Being present is not enough: a step that recomputes the number as its own
+    result, or restates it, has not used it. A prefix whose last step has no number imposes nothing."""
+    if result is None:
+        return True
+    if answers_match(extract_answer(continuation), result):
+        return True
+    return any(answers_match(n, result) for step in split_steps(continuation) for n in step_operands(step))

@@ -23,7 +23,6 @@ incorrect continuation of P_f: the local refiner's (target, draft) pair.
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,37 +35,11 @@ from glore_ray.core.grading import (
     answer_line,
     answers_match,
     extract_answer,
-    parse_number,
-    render_solution,
-    split_steps,
+    step_result,
+    uses_result,
 )
-from glore_ray.core.problems import Problem
 from glore_ray.core.prompts import solve_prompt
-
-_NUMBER_TEXT = r"-?\d[\d,]*(?:\.\d+)?"
-
-
-def step_result(step: str) -> Fraction | None:
-    """The intermediate result a step produces: its last number (`... 3 * 4 = 12 boxes.` -> 12);
-    None for a step without numbers."""
-    numbers = re.findall(_NUMBER_TEXT, step)
-    return parse_number(numbers[-1]) if numbers else None
-
-
-def step_operands(step: str) -> list[Fraction]:
-    """The numbers a step uses: every number in it but its result (its last number)."""
-    return [parse_number(n) for n in re.findall(_NUMBER_TEXT, step)[:-1]]
-
-
-def uses_result(continuation: str, result: Fraction | None) -> bool:
-    """Whether a continuation uses an intermediate result: as an operand of one of its steps or as
-    its final answer. Being present is not enough: a step that recomputes the number as its own
-    result, or restates it, has not used it. A prefix whose last step has no number imposes nothing."""
-    if result is None:
-        return True
-    if answers_match(extract_answer(continuation), result):
-        return True
-    return any(answers_match(n, result) for step in split_steps(continuation) for n in step_operands(step))
+from glore_ray.core.rollouts import Question, Rollout
 
 
 def continuation_prompt(question: str, prefix: Sequence[str]) -> str:
@@ -97,33 +70,6 @@ def first_negative(labels: Sequence[bool]) -> int:
 
 def orm_labels(n_steps: int, correct: bool) -> list[bool]:
     return [correct] * n_steps
-
-
-@dataclass
-class Rollout:
-    """One unique policy sample of a question, graded: the rollouts stage's record, which the
-    labellers and the pairs read as it is."""
-
-    id: str
-    steps: list[str]
-    text: str
-    correct: bool
-    n_tokens: int = 0
-    finish_reason: str = "stop"
-    count: int = 1
-    """Samples of the K with this text."""
-    first_wrong: int | None = None
-    """Exact first wrong step (model organism; None when right or unknown)."""
-    greedy: bool = False
-    """The policy's greedy solution: the reward models judge greedy texts (drafts, refinements) at
-    evaluation, so they train on them too. It is not one of the K samples (count excludes it)."""
-
-
-@dataclass(frozen=True)
-class Question(Problem):
-    """A problem with its unique rollouts: one row of the rollouts stage."""
-
-    rollouts: tuple[Rollout, ...] = ()
 
 
 @dataclass
@@ -351,48 +297,3 @@ def is_heldout(question_id: str, share: float) -> bool:
 def row_weights(labels: Sequence[bool], weights: Mapping[tuple[int, bool], float]) -> list[float]:
     """A row's per-step loss weights (`balance_weights`)."""
     return [weights[(i, bool(label))] for i, label in enumerate(labels)]
-
-
-def local_pair(row: Mapping, identity_share: float = 0.0) -> dict | None:
-    """The local refiner's row from a SORM label row (TRL's layout: `prompt`, `completions` the
-    rollout's steps, `labels`, and the two continuations), or None without both continuations:
-    draft = P_f + a bad continuation, [BAD] before step f; target = a good continuation of P_{f-1}.
-    A right rollout in the `identity_share` is marked at one of its steps and continued as written."""
-    steps, labels = list(row["completions"]), list(row["labels"])
-    reasoning = [step for step in steps if answer_line(step) is None]
-    if all(labels) and len(reasoning) < len(steps):  # a right rollout: its answer line is labelled good
-        if not reasoning or not is_heldout(row["id"], identity_share):
-            return None
-        # With always_refine the ensemble rewrites right drafts too (a false alarm of "where" can
-        # flag any step): marked at a step chosen by a stable hash, the target is its own remainder.
-        f = zlib.crc32(f"{row['id']}/mark".encode()) % len(reasoning)
-        return {"id": f"{row['id']}/local-identity", "question": row["prompt"], "draft_steps": reasoning,
-                "bad_step": f, "target": "\n".join(steps[f:])}
-    f = first_negative(labels)
-    if row["pos_continuation"] is None or row["neg_continuation"] is None:
-        return None
-    if f >= len(reasoning):
-        # Every reasoning step is labelled good (a wrong rollout whose prefixes all still succeed):
-        # there is no step to rewrite from, as in the ensemble, which never rewrites the answer line.
-        return None
-    return {"id": f"{row['id']}/local", "question": row["prompt"],
-            "draft_steps": steps[:f + 1] + split_steps(row["neg_continuation"]), "bad_step": f,
-            "target": row["pos_continuation"]}
-
-
-def global_pairs(question: Question, identity_share: float = 0.0, reference_targets: bool = False) -> list[dict]:
-    """Each incorrect rollout paired with a correct one of the same question (cycling through them);
-    with `reference_targets`, a question with no correct rollout pairs them with its reference
-    solution (where the data has one). Each correct rollout in the `identity_share` (by a stable
-    hash of its id) is also paired with itself: refining a right draft should keep it right."""
-    correct = [r.text for r in question.rollouts if r.correct]
-    identity = [{"id": f"{r.id}/global-identity", "question": question.question, "draft": r.text, "target": r.text}
-                for r in question.rollouts if r.correct and is_heldout(r.id, identity_share)]
-    kind = "global"
-    if not correct and reference_targets and question.steps:
-        correct, kind = [render_solution(question.steps, question.answer)], "global-reference"
-    if not correct:
-        return []
-    wrong = [r for r in question.rollouts if not r.correct]
-    return [{"id": f"{r.id}/{kind}", "question": question.question, "draft": r.text,
-             "target": correct[j % len(correct)]} for j, r in enumerate(wrong)] + identity

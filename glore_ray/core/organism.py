@@ -20,26 +20,11 @@ import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
 from fractions import Fraction
 
+from glore_ray.config.data import OrganismConfig
+from glore_ray.core.grading import answers_match, extract_answer, is_correct, split_steps
 from glore_ray.core.problems import Problem
-from glore_ray.core.grading import answers_match, extract_answer, split_steps
-
-class OrganismConfig(Protocol):
-    """The generator's knobs (`config.OrganismConfig` documents and validates them)."""
-
-    seed: int
-    n_train: int
-    n_test: int
-    n_validation: int
-    min_steps: int
-    max_steps: int
-    max_operand: int
-    max_factor: int
-    max_result: int
-    distractor_prob: float
-
 
 NAMES = ["Ava", "Ben", "Cara", "Dan", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jade", "Kai", "Lena",
          "Milo", "Nora", "Omar", "Pia", "Quinn", "Rosa", "Sam", "Tess", "Umar", "Vera", "Wes", "Zoe"]
@@ -267,6 +252,22 @@ ID_PREFIX = "organism:"
 def is_organism_problem(problem: Problem) -> bool:
     """The exact checker applies to problems this module generated."""
     return problem.id.startswith(ID_PREFIX)
+
+
+@dataclass(frozen=True)
+class Grade:
+    """A solution graded against its problem: right or wrong everywhere, and on the model organism
+    (exact step truth) where it first goes wrong and how; None elsewhere."""
+
+    correct: bool
+    first_wrong: int | None = None
+    kind: str | None = None
+
+
+def grade(problem: Problem, text: str) -> Grade:
+    """The one grading of a solution: by its final answer, and by the exact checker where it applies."""
+    check = check_solution(problem, text) if is_organism_problem(problem) else None
+    return Grade(is_correct(text, problem.gold), check and check.first_wrong, check and check.kind)
 
 
 def make_problem(cfg: OrganismConfig, split: str, index: int) -> Problem:

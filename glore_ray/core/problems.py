@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from glore_ray.io import file_path, filesystem_for, open_text, write_jsonl
 from glore_ray.core.grading import (
     ANSWER_MARKER,
     extract_answer,
@@ -23,9 +22,10 @@ from glore_ray.core.grading import (
     split_steps,
     strip_calculator,
 )
+from glore_ray.core.quarantine import Quarantine
+from glore_ray.io import file_path, filesystem_for, open_text
 
 FORMATS = ("gsm8k", "svamp", "problems", "parquet", "auto")
-MAX_RAW_CHARS = 2000
 _SENTENCE_END = (".", "!", "?")
 # SVAMP files are pretty-printed arrays: after a malformed element, the next one starts on a new line.
 _ELEMENT_START = re.compile(r"\n[ \t]*\{")
@@ -71,53 +71,6 @@ class Problem:
             raise ValueError("field 'steps' must be a list of strings")
         return cls(id=_require_text(row, "id"), question=_require_text(row, "question"),
                    steps=steps, answer=_require_text(row, "answer"))
-
-
-@dataclass
-class BadRecord:
-    """A record that could not be loaded, kept so that it can be inspected and fixed."""
-
-    source: str
-    """File path or URI."""
-    line: int
-    """1-based line where the record starts."""
-    reason: str
-    """What is wrong, naming the field at fault."""
-    raw: str
-    """The record's text, truncated to MAX_RAW_CHARS."""
-
-    def __post_init__(self) -> None:
-        self.raw = self.raw[:MAX_RAW_CHARS]
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.reason}"
-
-
-@dataclass
-class Quarantine:
-    """The bad records met while loading, in the order they were met."""
-
-    records: list[BadRecord] = field(default_factory=list)
-
-    def add(self, source: str, line: int, reason: str, raw: str) -> BadRecord:
-        record = BadRecord(source, line, reason, raw)
-        self.records.append(record)
-        return record
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def write_jsonl(self, path: str) -> None:
-        """Write one JSON object per bad record (fields of BadRecord), locally or to a URI."""
-        write_jsonl(str(path), (asdict(record) for record in self.records))
-
-    def summary(self) -> str:
-        """One line for logs: how many bad records, from how many files, and the first one."""
-        if not self.records:
-            return "no bad records"
-        sources = len({record.source for record in self.records})
-        return (f"{len(self.records)} bad record(s) quarantined from {sources} file(s); "
-                f"first: {self.records[0]}")
 
 
 def iter_gsm8k(path: str, quarantine: Quarantine, keep_calculator: bool = False,

@@ -1,5 +1,6 @@
 """The evaluation report from per-question records: reward-model accuracy and calibration, the
-refinement table with 95% confidence intervals, fixed/broken shares; JSON, Markdown and PNG plots.
+refinement table with 95% confidence intervals, fixed/broken shares (`report_markdown` writes it as
+JSON, Markdown and PNG plots).
 
 A record (evaluation.evaluate_batch) holds a test question's draft and samples, each with its
 exact step truth (model organism) or only its correctness (GSM8K/SVAMP), both reward models' step
@@ -8,45 +9,16 @@ values, and the correctness of every refinement candidate. Plain Python; no Ray.
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-from glore_ray.core.ensemble import EnsembleSettings, rerank
+from glore_ray.config.ensemble import EVAL_SCORERS, REPORT_STEP_THRESHOLD, EnsembleSettings
+from glore_ray.core.ensemble import rerank
 from glore_ray.core.grading import good_steps
+from glore_ray.core.stats import auroc, first_error_f1, paired_bootstrap, wilson_interval, within_question_auroc
 
 METHODS = ("greedy", "best_of_k", "best_of_k_with_greedy", "global", "local", "local_orm", "local_oracle_where",
            "global_local_rerank", "rerank_oracle")
-METHOD_TITLES = {
-    "greedy": "greedy draft",
-    "best_of_k": "{ranker}-reranked best of {k} samples",
-    "best_of_k_with_greedy": "{ranker}-reranked best of the greedy draft and {k_minus_1} samples",
-    "global": "global refinement only",
-    "local": "local refinement only (where: SORM)",
-    "local_orm": "local refinement only (where: ORM)",
-    "local_oracle_where": "local refinement only (where: the exact first wrong step)",
-    "global_local_rerank": "global + local + {ranker} rerank",
-    "rerank_oracle": "rerank oracle (any of draft and refinements)",
-}
-ROUND_TITLE = "iterated: round {r} (refine again below the {ranker} threshold)"
-REWARD_MODELS = ("orm", "sorm", "prm", "reranker")
-"""The step-reward models a record may hold: the PRM (trained on exact step labels) only on the
-model organism, the reranker (the ORM with the policy's likelihood) only with `reranker.likelihood`."""
-RANKERS = {"orm": "ORM", "reranker": "ORM+likelihood"}
-"""`settings.ranked_by` (what ranked the best-of rows and the ensemble's candidates) as the tables name it."""
-BOOTSTRAP_RESAMPLES = 10_000
 CALIBRATION_BINS = 10
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (sound at 0 and 1, unlike the normal one)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def step_truth(first_wrong: int | None, correct: bool, n_steps: int, exact: bool) -> list[bool]:
@@ -72,24 +44,6 @@ def method_outcomes(record: dict) -> dict[str, bool | None]:
             "local_oracle_where": c.get("local_oracle_where"), "global_local_rerank": c["chosen"],
             "rerank_oracle": oracle_right(c),
             **{f"round_{r}": ok for r, ok in enumerate(c.get("rounds", [])[1:], start=2)}}
-
-
-def paired_bootstrap(method: Sequence[bool], baseline: Sequence[bool], resamples: int = BOOTSTRAP_RESAMPLES,
-                     seed: int = 0) -> dict:
-    """Mean paired difference (method - baseline) of per-question outcomes and its 95% percentile
-    interval from a bootstrap over questions. Each difference is -1, 0 or 1, so resampling n
-    questions is one multinomial draw over those three counts."""
-    import numpy as np
-
-    diffs = [int(a) - int(b) for a, b in zip(method, baseline, strict=True)]
-    n = len(diffs)
-    if n == 0:
-        return {"mean": 0.0, "low": 0.0, "high": 0.0}
-    probs = [diffs.count(v) / n for v in (-1, 0, 1)]
-    counts = np.random.default_rng(seed).multinomial(n, probs, size=resamples)
-    means = (counts[:, 2] - counts[:, 0]) / n
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": sum(diffs) / n, "low": float(low), "high": float(high)}
 
 
 def refinement_table(records: Sequence[dict]) -> dict:
@@ -145,7 +99,7 @@ def rerank_by(records: Sequence[dict], table: dict, settings: EnsembleSettings =
     `kept_draft` per model. Says which verifier the combination is short of without a re-run."""
     greedy, oracle = table["greedy"]["accuracy"], table["rerank_oracle"]["accuracy"]
     out = {}
-    for model in REWARD_MODELS:
+    for model in EVAL_SCORERS:
         choices = [replay_choice(r, model, settings) for r in records]
         if None in choices:
             continue
@@ -169,64 +123,6 @@ def iteration_gap(records: Sequence[dict], k: int, policy: dict) -> dict:
         out[f"round_{i + 1}"] = {"accuracy": accuracy, "gap_closed": (accuracy - greedy) / (pass_at_k - greedy)
                                  if pass_at_k > greedy else None}
     return {"greedy_to_pass_at_k": f"greedy {greedy:.4f} -> pass@{k} {pass_at_k:.4f}", **out}
-
-
-def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
-    """Probability that a random correct solution scores above a random wrong one (ties count
-    half): how well a model ranks, whatever its threshold. None without both kinds."""
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    ranks = [0.0] * len(scores)
-    i = 0
-    while i < len(order):  # average ranks over ties
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    positives = sum(labels)
-    negatives = len(labels) - positives
-    if not positives or not negatives:
-        return None
-    rank_sum = sum(r for r, label in zip(ranks, labels) if label)
-    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
-
-
-def within_question_auroc(groups: Iterable[Sequence[tuple[float, bool]]]) -> tuple[float | None, int]:
-    """(P(a right solution outscores a wrong one of the same question), ties half; the number of
-    such pairs) over groups of (score, correct), one group per question. None without a pair."""
-    concordant, pairs = 0.0, 0
-    for group in groups:
-        for right, _ in (g for g in group if g[1]):
-            for wrong, _ in (g for g in group if not g[1]):
-                pairs += 1
-                concordant += 1.0 if right > wrong else 0.5 if right == wrong else 0.0
-    return (concordant / pairs if pairs else None), pairs
-
-
-def _first_flagged(values: Sequence[float], threshold: float) -> int | None:
-    return next((i for i, v in enumerate(values) if v < threshold), None)
-
-
-def _harmonic_mean(*tallies: Sequence[int]) -> float | None:
-    """Harmonic mean of the accuracies right/seen of the tallies; None unless every one was seen."""
-    if not all(seen for _, seen in tallies):
-        return None
-    accuracies = [right / seen for right, seen in tallies]
-    return 0.0 if 0.0 in accuracies else len(accuracies) / sum(1 / a for a in accuracies)
-
-
-def first_error_f1(solutions: Iterable[tuple[Sequence[float], int | None]], threshold: float = 0.5) -> float | None:
-    """ProcessBench's first-error F1 over (step values, exact first wrong step) pairs: the harmonic
-    mean of the accuracy on erroneous solutions (the first value below `threshold` is at the first
-    wrong step) and on error-free ones (no value below it). None unless both kinds were seen."""
-    erroneous, error_free = [0, 0], [0, 0]  # right, seen
-    for values, first_wrong in solutions:
-        flagged = _first_flagged(values, threshold)
-        tally = error_free if first_wrong is None else erroneous
-        tally[0] += flagged == first_wrong
-        tally[1] += 1
-    return _harmonic_mean(erroneous, error_free)
 
 
 def _candidates(record: dict) -> list[dict]:
@@ -270,7 +166,8 @@ def decision_metrics(records: Sequence[dict], model: str) -> dict:
     return {"candidate_auroc": candidate_auroc, "candidate_pairs": candidate_pairs,
             "rescue_auroc": rescue_auroc, "rescue_pairs": rescue_pairs,
             "draft_auroc": auroc([d[model][-1] for d, _ in drafts], [d["correct"] for d, _ in drafts]),
-            "draft_first_error_f1": first_error_f1([(d[model], d["first_wrong"]) for d, exact in drafts if exact]),
+            "draft_first_error_f1": first_error_f1([(d[model], d["first_wrong"]) for d, exact in drafts if exact],
+                                                   REPORT_STEP_THRESHOLD),
             "within_question_auroc_by_error_kind": by_kind}
 
 
@@ -316,7 +213,7 @@ def reward_model_metrics(records: Sequence[dict], model: str) -> dict:
     steps_n = good[1] + bad[1]
     return {**decision_metrics(records, model), "step_accuracy": (good[0] + bad[0]) / steps_n if steps_n else 0.0,
             "balanced_step_accuracy": sum(accuracies) / len(accuracies) if accuracies else 0.0,
-            "first_error_f1": first_error_f1(first_errors),
+            "first_error_f1": first_error_f1(first_errors, REPORT_STEP_THRESHOLD),
             "final_accuracy": final_right / solutions if solutions else 0.0,
             "final_auroc": auroc(finals, outcomes),
             "within_question_auroc": within,
@@ -340,7 +237,7 @@ def build_report(records: Sequence[dict], k: int, settings: dict, run_name: str,
         "run_name": run_name, "split": split, "n_test": len(records), "k": k, "settings": settings,
         "step_truth": "exact (model organism)" if exact == len(records) else "final answer only",
         "policy": policy,
-        "reward_models": {m: reward_model_metrics(records, m) for m in REWARD_MODELS
+        "reward_models": {m: reward_model_metrics(records, m) for m in EVAL_SCORERS
                           if any(m in s for r in records for s in r["solutions"])},
         "refinement": (table := refinement_table(records)),
         "rerank_by": rerank_by(records, table) if records and "rerank_oracle" in table else {},
@@ -351,132 +248,3 @@ def build_report(records: Sequence[dict], k: int, settings: dict, run_name: str,
     }
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _signed_pct(x: float) -> str:
-    return f"{100 * x:+.1f}"
-
-
-def tables(report: dict) -> str:
-    """The report's tables, in Markdown."""
-    k, ranker = report["k"], RANKERS[report["settings"].get("ranked_by", "orm")]
-    lines = [f"Reward models on {report['n_test']} {report['split']} questions' drafts and samples "
-             f"(step truth: {report['step_truth']}; steps include the answer line)", "",
-             "| model | step accuracy | balanced step accuracy | first-error F1 | final-answer accuracy | final AUROC "
-             "| within-question AUROC | steps | solutions (correct) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for m, r in report["reward_models"].items():
-        lines.append(f"| {RANKERS['reranker'] if m == 'reranker' else m.upper()} | {_pct(r['step_accuracy'])} | {_pct(r['balanced_step_accuracy'])} "
-                     f"| {_fmt(r['first_error_f1'])} | {_pct(r['final_accuracy'])} | {_fmt(r['final_auroc'])} "
-                     f"| {_fmt(r['within_question_auroc'])} | {r['n_steps']} "
-                     f"| {r['n_solutions']} ({_pct(r['correct_share'])}%) |")
-    lines += ["", "Where the ensemble decides: candidate AUROC over each question's draft and refinements, rescue AUROC "
-              "on a wrong draft against a right refinement, draft AUROC across questions (when), first-error F1 on "
-              "the drafts (where)", "",
-              "| model | candidate AUROC (pairs) | rescue AUROC (pairs) | draft AUROC | draft first-error F1 "
-              "| within-question AUROC by error kind |", "|---|---|---|---|---|---|"]
-    for m, r in report["reward_models"].items():
-        kinds = ", ".join(f"{kind} {_fmt(v['auroc'])} ({v['pairs']})"
-                          for kind, v in r.get("within_question_auroc_by_error_kind", {}).items())
-        lines.append(f"| {RANKERS['reranker'] if m == 'reranker' else m.upper()} "
-                     f"| {_fmt(r.get('candidate_auroc'))} ({r.get('candidate_pairs', 0)}) "
-                     f"| {_fmt(r.get('rescue_auroc'))} ({r.get('rescue_pairs', 0)}) | {_fmt(r.get('draft_auroc'))} "
-                     f"| {_fmt(r.get('draft_first_error_f1'))} | {kinds or '–'} |")
-    lines += ["", f"Refinement on {report['n_test']} {report['split']} questions (accuracy %, 95% Wilson interval; difference "
-              "from greedy with its paired 95% bootstrap interval over questions; fixed = share of wrong drafts made "
-              "right, broken = share of right drafts made wrong)", "",
-              "| method | accuracy | 95% CI | vs greedy (paired 95% CI) | fixed | broken |",
-              "|---|---|---|---|---|---|"]
-    for m, r in report["refinement"].items():
-        d = r["paired_diff_vs_greedy"]
-        title = (METHOD_TITLES.get(m) or ROUND_TITLE).format(k=k, k_minus_1=k - 1, ranker=ranker,
-                                                             r=m.removeprefix("round_"))
-        lines.append(f"| {title} | {_pct(r['accuracy'])} "
-                     f"| {_pct(r['ci95_low'])}–{_pct(r['ci95_high'])} "
-                     f"| {_signed_pct(d['mean'])} ({_signed_pct(d['low'])} to {_signed_pct(d['high'])}) "
-                     f"| {_pct(r['fixed'])} | {_pct(r['broken'])} |")
-    if (choice := report["refinement"].get("global_local_rerank", {})).get("kept_draft") is not None:
-        lines += ["", f"The {ranker} rerank took {_fmt(choice['rerank_capture'])} of the oracle's gain over greedy; it "
-                  f"kept the draft in {choice['kept_draft']} of {report['n_test']} questions, {choice['kept_wrong_draft']} "
-                  "of them with a wrong draft and a right refinement."]
-    if report.get("rerank_by"):
-        lines += ["", "The same choice ranked by each reward model (round one's candidates; accuracy %, vs greedy "
-                  "with its paired 95% interval, share of the oracle's gain taken, drafts kept): "
-                  + "; ".join(f"{RANKERS['reranker'] if m == 'reranker' else m.upper()} {_pct(r['accuracy'])}, "
-                              f"{_signed_pct(r['paired_diff_vs_greedy']['mean'])} "
-                              f"({_signed_pct(r['paired_diff_vs_greedy']['low'])} to "
-                              f"{_signed_pct(r['paired_diff_vs_greedy']['high'])}), capture "
-                              f"{_fmt(r['rerank_capture'])}, kept {r['kept_draft']}"
-                              for m, r in report["rerank_by"].items())]
-    rounds = {name: r for name, r in report.get("iteration", {}).items() if name.startswith("round_")}
-    if len(rounds) > 1:
-        lines += ["", f"Iterated refinement ({report['iteration']['greedy_to_pass_at_k']}): share of that gap each "
-                  "round closes: " + ", ".join(f"{name.replace('_', ' ')} {_fmt(r['gap_closed'])}"
-                                              for name, r in rounds.items())]
-    return "\n".join(lines)
-
-
-def method_key(method: str, k: int) -> str:
-    """A method's key in report.json: `best_of_k` named by its k (`best_of_3`), the key users read."""
-    return method.replace("best_of_k", f"best_of_{k}")
-
-
-def report_json(report: dict) -> dict:
-    """The report with the best-of rows named by their k."""
-    out = json.loads(json.dumps(report))
-    out["refinement"] = {method_key(m, report["k"]): row for m, row in out["refinement"].items()}
-    return out
-
-
-def write_report(report: dict, out_dir: str | Path) -> list[Path]:
-    """report.json, report.md and the PNG plots under `out_dir`; returns the files written."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report_json(report), indent=2) + "\n")
-    plots = _plots(report, out)
-    policy = report["policy"]
-    md = [f"# GLoRe evaluation: {report['run_name']}", "",
-          f"Policy: greedy {_pct(policy['greedy_accuracy'])}%, per sample {_pct(policy['sample_accuracy'])}%, "
-          f"pass@{report['k']} {_pct(policy['pass_at_k'])}%. Ensemble settings: `{json.dumps(report['settings'])}`.",
-          "", tables(report), "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
-    (out / "report.md").write_text("\n".join(md))
-    return [out / "report.json", out / "report.md", *plots]
-
-
-def _plots(report: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on cluster nodes
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    for m, style in zip(report["reward_models"], ("o-", "s-", "^-")):
-        bins = report["reward_models"][m]["calibration"]
-        ax.plot([b["mean_value"] for b in bins], [b["accuracy"] for b in bins], style, label=m.upper())
-    ax.set(xlabel="predicted P(correct) at the last step", ylabel="fraction correct", xlim=(0, 1), ylim=(0, 1),
-           title=f"Reward-model calibration (n={report['n_test']} questions)")
-    ax.legend()
-    calibration = out / "calibration.png"
-    fig.savefig(calibration, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-    rows = report["refinement"]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    methods = list(rows)
-    acc = [100 * rows[m]["accuracy"] for m in methods]
-    err = [[a - 100 * rows[m]["ci95_low"] for a, m in zip(acc, methods)],
-           [100 * rows[m]["ci95_high"] - a for a, m in zip(acc, methods)]]
-    ax.bar(range(len(methods)), acc, yerr=err, capsize=4, color="tab:blue")
-    ax.set_xticks(range(len(methods)), [method_key(m, report["k"]).replace("_", "\n") for m in methods], fontsize=7)
-    ax.set(ylabel=f"{report['split']} accuracy, % (95% CI)", title=f"Refinement methods (n={report['n_test']})")
-    refinement = out / "refinement.png"
-    fig.savefig(refinement, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return [calibration, refinement]

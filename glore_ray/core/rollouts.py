@@ -7,13 +7,39 @@ rollouts together (shared prefixes, global pairs). Pure Python over the engine's
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
-from glore_ray.core.problems import Problem
 from glore_ray.core.generation import Generation
-from glore_ray.core.grading import is_correct, split_steps
-from glore_ray.core.labels import Question, Rollout
-from glore_ray.core.organism import check_solution, is_organism_problem
+from glore_ray.core.grading import split_steps
+from glore_ray.core.organism import grade, is_organism_problem
+from glore_ray.core.problems import Problem
+
+
+@dataclass
+class Rollout:
+    """One unique policy sample of a question, graded: the rollouts stage's record, which the
+    labellers and the pairs read as it is."""
+
+    id: str
+    steps: list[str]
+    text: str
+    correct: bool
+    n_tokens: int = 0
+    finish_reason: str = "stop"
+    count: int = 1
+    """Samples of the K with this text."""
+    first_wrong: int | None = None
+    """Exact first wrong step (model organism; None when right or unknown)."""
+    greedy: bool = False
+    """The policy's greedy solution: the reward models judge greedy texts (drafts, refinements) at
+    evaluation, so they train on them too. It is not one of the K samples (count excludes it)."""
+
+
+@dataclass(frozen=True)
+class Question(Problem):
+    """A problem with its unique rollouts: one row of the rollouts stage."""
+
+    rollouts: tuple[Rollout, ...] = ()
 
 
 def _normal(text: str) -> str:
@@ -30,9 +56,9 @@ def grade_rollouts(problem: Problem, generation: Generation, greedy: Generation 
     def record(text: str, n_tokens: int, finish_reason: str) -> Rollout:
         key = _normal(text)
         if key not in unique:
-            first_wrong = check_solution(problem, text).first_wrong if organism else None
+            graded = grade(problem, text)
             unique[key] = Rollout(f"{problem.id}/r{len(unique)}", split_steps(text), text,
-                                  is_correct(text, problem.gold), n_tokens, finish_reason, 0, first_wrong)
+                                  graded.correct, n_tokens, finish_reason, 0, graded.first_wrong)
         return unique[key]
 
     for completion in generation.completions:

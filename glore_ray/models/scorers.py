@@ -32,8 +32,7 @@ class _SolutionReader:
         is skipped (it has nothing to read)."""
         import torch
 
-        from glore_ray.training.examples import collate
-        from glore_ray.training.examples import encode_step_example
+        from glore_ray.models.encoding import collate, encode_step_example
 
         todo = [i for i, s in enumerate(steps) if s]
         for start in range(0, len(todo), self.batch_size):
@@ -54,7 +53,7 @@ class HFStepScorer(_SolutionReader):
         super().__init__(model_dir, "AutoModelForTokenClassification", batch_size)
 
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        from glore_ray.training.examples import step_scores
+        from glore_ray.models.encoding import step_scores
 
         scores: list[list[float]] = [[] for _ in questions]
         for rows, _, batch, logits in self._batches(questions, steps):
@@ -68,11 +67,22 @@ IMPLICIT_FILE = "implicit_prm.json"
 local, so a moved run directory still serves) and its beta."""
 
 
+def _relative(model_dir: str, other: str) -> str:
+    """`other` as a spec in `model_dir` names it: relative when both are local, so that a run
+    directory copied or moved elsewhere still serves from its own folders."""
+    local = "://" not in other and "://" not in model_dir
+    return os.path.relpath(other, model_dir) if local else other
+
+
+def _resolve(model_dir: str, named: str) -> str:
+    """A folder a spec in `model_dir` names (relative to it, or absolute, or a URI)."""
+    return named if "://" in named else str(Path(model_dir) / named)
+
+
 def write_implicit_spec(model_dir: str, reference_dir: str, beta: float) -> None:
     """Mark `model_dir` (a causal LM) as an implicit PRM over `reference_dir`."""
-    local = "://" not in reference_dir and "://" not in model_dir
-    reference = os.path.relpath(reference_dir, model_dir) if local else reference_dir
-    (Path(model_dir) / IMPLICIT_FILE).write_text(json.dumps({"reference": reference, "beta": beta}, indent=2) + "\n")
+    spec = {"reference": _relative(model_dir, reference_dir), "beta": beta}
+    (Path(model_dir) / IMPLICIT_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 
 
 class ImplicitPRMScorer(_SolutionReader):
@@ -85,7 +95,7 @@ class ImplicitPRMScorer(_SolutionReader):
         spec = Path(model_dir) / IMPLICIT_FILE
         try:
             fields = json.loads(spec.read_text())
-            reference, self.beta = str(Path(model_dir) / fields["reference"]), float(fields["beta"])
+            reference, self.beta = _resolve(model_dir, fields["reference"]), float(fields["beta"])
         except (KeyError, ValueError, TypeError) as e:
             raise ValueError(f"{spec}: not an implicit PRM spec ({type(e).__name__}: {e}); "
                              "it needs `reference` and `beta`") from e
@@ -95,7 +105,7 @@ class ImplicitPRMScorer(_SolutionReader):
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         import torch
 
-        from glore_ray.training.examples import implicit_values, step_scores
+        from glore_ray.models.encoding import implicit_values, step_scores
 
         scores: list[list[float]] = [[] for _ in questions]
         for rows, _, batch, logits in self._batches(questions, steps):
@@ -119,7 +129,7 @@ class PolicyLikelihood(_SolutionReader):
     def mean_logprobs(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         import torch
 
-        from glore_ray.training.examples import IGNORE
+        from glore_ray.models.encoding import IGNORE
 
         out: list[list[float]] = [[] for _ in questions]
         for rows, prompts, batch, logits in self._batches(questions, steps):
@@ -184,7 +194,7 @@ RERANKER_FILE = "reranker.json"
 class LikelihoodReranker:
     """The ORM's value combined with the policy's likelihood at every step:
     sigmoid(w_orm * logit(ORM value) + w_lik * mean token log-probability so far + bias), the
-    weights fitted on the ORM's training solutions (`stages.fit_reranker_stage`). A StepScorer, so
+    weights fitted on the ORM's training solutions (`pipeline.reranker.fit_reranker`). A StepScorer, so
     the ensemble and Serve use it wherever they use the ORM."""
 
     def __init__(self, orm, likelihood: PolicyLikelihood, weights: Sequence[float]):
@@ -204,12 +214,28 @@ def load_scorer(model_dir: str):
     folder (an ORM, SORM or PRM with a value head)."""
     if (Path(model_dir) / IMPLICIT_FILE).is_file():
         return ImplicitPRMScorer(model_dir)
-    spec = Path(model_dir) / RERANKER_FILE
-    if not spec.is_file():
+    if not (Path(model_dir) / RERANKER_FILE).is_file():
         return HFStepScorer(model_dir)
+    orm, policy, weights = read_reranker_spec(model_dir)
+    return LikelihoodReranker(load_scorer(orm), PolicyLikelihood(policy), weights)
+
+
+def write_reranker_spec(model_dir: str, orm: str, policy: str, weights: Sequence[float]) -> None:
+    """Make `model_dir` a reranker folder over the ORM and policy folders, named relative to it."""
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    spec = {"orm": _relative(model_dir, orm), "policy": _relative(model_dir, policy), "weights": list(weights)}
+    (Path(model_dir) / RERANKER_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+
+
+def read_reranker_spec(model_dir: str) -> tuple[str, str, list[float]]:
+    """The ORM's and the policy's folders and the three weights of a reranker folder."""
+    spec = Path(model_dir) / RERANKER_FILE
     try:
         fields = json.loads(spec.read_text())
-        return LikelihoodReranker(load_scorer(fields["orm"]), PolicyLikelihood(fields["policy"]), fields["weights"])
-    except (KeyError, ValueError) as e:
+        weights = [float(w) for w in fields["weights"]]
+        if len(weights) != 3:
+            raise ValueError(f"{len(weights)} weights")
+        return _resolve(model_dir, fields["orm"]), _resolve(model_dir, fields["policy"]), weights
+    except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"{spec}: not a reranker spec ({type(e).__name__}: {e}); "
                          "it needs `orm`, `policy` and three `weights`") from e

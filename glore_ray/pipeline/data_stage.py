@@ -4,17 +4,17 @@ and `glore build-model` run the same functions."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 from collections.abc import Iterator
 
-from glore_ray.config import GloreConfig
-from glore_ray.core.problems import Problem, Quarantine, load_problems
-from glore_ray.io import write_jsonl
+from glore_ray.config import DataConfig, ModelConfig
 from glore_ray.core.organism import generate
+from glore_ray.core.problems import Problem, load_problems
 from glore_ray.core.prompts import solve_prompt
-from glore_ray.pipeline.runner import Stage
+from glore_ray.core.quarantine import Quarantine
+from glore_ray.io import write_jsonl
+from glore_ray.pipeline.runner import StageContext
 
 log = logging.getLogger(__name__)
 TOKENIZER_CORPUS = 5000
@@ -31,27 +31,26 @@ def report_quarantine(quarantine: Quarantine, path: str) -> None:
         log.info(f"  also: {record}")
 
 
-def problems_for_split(cfg: GloreConfig, split: str, quarantine: Quarantine) -> Iterator[Problem]:
+def problems_for_split(data: DataConfig, split: str, quarantine: Quarantine) -> Iterator[Problem]:
     """The configured source's problems for `train`, `validation` or `test`."""
-    if cfg.data.source == "organism":
-        return generate(cfg.data.organism, split)
-    path = {"train": cfg.data.train_path, "validation": cfg.data.validation_path, "test": cfg.data.test_path}[split]
-    return load_problems(path, quarantine=quarantine, keep_calculator=cfg.data.keep_calculator)
+    if data.source == "organism":
+        return generate(data.organism, split)
+    path = {"train": data.train_path, "validation": data.validation_path, "test": data.test_path}[split]
+    return load_problems(path, quarantine=quarantine, keep_calculator=data.keep_calculator)
 
 
-def read_problems(cfg: GloreConfig, path: str, quarantine_to: str, limit: int | None = None) -> list[Problem]:
+def read_problems(path: str, quarantine_to: str, limit: int | None = None) -> list[Problem]:
     """The first `limit` problems of a file; bad records are logged and written to `quarantine_to`."""
     quarantine = Quarantine()
-    problems = list(itertools.islice(
-        load_problems(path, quarantine=quarantine, keep_calculator=cfg.data.keep_calculator), limit))
+    problems = list(itertools.islice(load_problems(path, quarantine=quarantine), limit))
     report_quarantine(quarantine, quarantine_to)
     return problems
 
 
-def write_split(cfg: GloreConfig, split: str, out: str) -> int:
+def write_split(data: DataConfig, split: str, out: str) -> int:
     """Write a split as our problems JSONL; bad source records go to `<out>.quarantine.jsonl`."""
     quarantine = Quarantine()
-    count = write_jsonl(out, (p.to_row() for p in problems_for_split(cfg, split, quarantine)))
+    count = write_jsonl(out, (p.to_row() for p in problems_for_split(data, split, quarantine)))
     log.info(f"{split}: {count} problems -> {out}")
     report_quarantine(quarantine, f"{out}.quarantine.jsonl")
     return count
@@ -68,43 +67,40 @@ def write_sft_rows(problems_path: str, out: str) -> int:
     return count
 
 
-def build_tiny_policy(cfg: GloreConfig, train_data: str, out: str) -> str:
+def build_tiny_policy(model: ModelConfig, seed: int, train_data: str, out: str) -> str:
     """Train the tokenizer on the task's text and save a randomly initialised tiny Llama."""
     from glore_ray.models.tiny import build_model, save_model_folder, train_tokenizer
 
-    problems = read_problems(cfg, train_data, f"{out}/quarantine.jsonl", limit=TOKENIZER_CORPUS)
-    tokenizer = train_tokenizer((solve_prompt(p.question) + p.solution() for p in problems), cfg.model.vocab_size)
-    model = build_model(cfg.model, tokenizer, seed=cfg.policy.seed)
-    save_model_folder(model, tokenizer, out)
-    n_params = sum(p.numel() for p in model.parameters())
+    problems = read_problems(train_data, f"{out}/quarantine.jsonl", limit=TOKENIZER_CORPUS)
+    tokenizer = train_tokenizer((solve_prompt(p.question) + p.solution() for p in problems), model.vocab_size)
+    built = build_model(model, tokenizer, seed=seed)
+    save_model_folder(built, tokenizer, out)
+    n_params = sum(p.numel() for p in built.parameters())
     log.info(f"tiny policy: {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)} -> {out}")
     return out
 
 
-def data_splits(cfg: GloreConfig) -> tuple[str, ...]:
+def data_splits(data: DataConfig) -> tuple[str, ...]:
     """The splits the data stage writes: the validation split when the source has one."""
-    has_validation = cfg.data.source == "organism" or bool(cfg.data.validation_path)
+    has_validation = data.source == "organism" or bool(data.validation_path)
     return ("train", "validation", "test") if has_validation else ("train", "test")
 
 
-def data_stage(cfg: GloreConfig) -> Stage:
-    """Every split as problems JSONL and the policy's SFT rows, in `<stage dir>/`."""
-
-    def run(stage_dir: str, key: str) -> dict:
-        counts = {split: write_split(cfg, split, f"{stage_dir}/{split}.jsonl") for split in data_splits(cfg)}
-        counts["sft_rows"] = write_sft_rows(f"{stage_dir}/train.jsonl", f"{stage_dir}/sft.jsonl")
-        return counts
-
-    sources = {f"{split}_source": getattr(cfg.data, f"{split}_path") for split in data_splits(cfg)} \
-        if cfg.data.source == "files" else {}
-    return Stage("data", sources, {"data": dataclasses.asdict(cfg.data)}, run)
+def data_sources(data: DataConfig) -> dict[str, str]:
+    """The files the data stage reads, by split (none for the organism)."""
+    if data.source != "files":
+        return {}
+    return {f"{split}_source": getattr(data, f"{split}_path") for split in data_splits(data)}
 
 
-def init_model_stage(cfg: GloreConfig, train: str) -> Stage:
-    """The tiny policy (tokenizer trained on `train`, random weights) in `<stage dir>/model`."""
+def run_data(ctx: StageContext, data: DataConfig) -> dict:
+    """Every split as problems JSONL and the policy's SFT rows."""
+    counts = {split: write_split(data, split, f"{ctx.dir}/{split}.jsonl") for split in data_splits(data)}
+    counts["sft_rows"] = write_sft_rows(f"{ctx.dir}/train.jsonl", f"{ctx.dir}/sft.jsonl")
+    return counts
 
-    def run(stage_dir: str, key: str) -> dict:
-        build_tiny_policy(cfg, train, f"{stage_dir}/model")
-        return {"built": "tiny"}
 
-    return Stage("init_model", {"train": train}, {"model": dataclasses.asdict(cfg.model), "seed": cfg.policy.seed}, run)
+def run_init_model(ctx: StageContext, model: ModelConfig, seed: int) -> dict:
+    """The tiny policy (tokenizer trained on `train`, random weights) in `model/`."""
+    build_tiny_policy(model, seed, ctx.inputs["train"], f"{ctx.dir}/model")
+    return {"built": "tiny"}

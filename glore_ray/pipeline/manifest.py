@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from glore_ray.io import filesystem_for, write_text
@@ -44,3 +45,11 @@ def write_manifest(out_dir: str, stage: str, config: Any, inputs: dict[str, str]
                 "counts": counts}
     write_text(f"{out_dir.rstrip('/')}/{MANIFEST}", json.dumps(manifest, indent=2, default=str) + "\n")
     return manifest
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file (a manifest, a stage's start marker), or None when it is missing or cut short."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

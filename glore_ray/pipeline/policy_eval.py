@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from glore_ray.config import GloreConfig
-from glore_ray.core.problems import Problem
 from glore_ray.core.generation import Engine, Sampling
-from glore_ray.core.grading import is_correct
-from glore_ray.core.organism import check_solution, is_organism_problem
+from glore_ray.core.organism import grade
+from glore_ray.core.problems import Problem
 from glore_ray.core.prompts import solve_prompt
 from glore_ray.io import write_jsonl
 
@@ -49,12 +48,9 @@ def sample_and_grade(engine: Engine, problems: Sequence[Problem], sampling: Samp
     graded = []
     for problem, generation in zip(problems, generations, strict=True):
         for index, c in enumerate(generation.completions):
-            sample = GradedSample(problem.id, mode, index, c.text, c.n_tokens, c.finish_reason,
-                                  is_correct(c.text, problem.gold))
-            if is_organism_problem(problem):
-                check = check_solution(problem, c.text)
-                sample.first_wrong_step, sample.error_kind = check.first_wrong, check.kind
-            graded.append(sample)
+            g = grade(problem, c.text)
+            graded.append(GradedSample(problem.id, mode, index, c.text, c.n_tokens, c.finish_reason, g.correct,
+                                       g.first_wrong, g.kind))
     return graded
 
 
@@ -109,7 +105,7 @@ def evaluate_policy(cfg: GloreConfig, test_data: str, model_dir: str, out_dir: s
     from glore_ray.models.engines import make_engine
     from glore_ray.pipeline.data_stage import read_problems
 
-    problems = read_problems(cfg, test_data, f"{out_dir}/quarantine.jsonl", limit=cfg.eval.n_problems)
+    problems = read_problems(test_data, f"{out_dir}/quarantine.jsonl", limit=cfg.eval.n_problems)
     engine = make_engine(model_dir, cfg.engine)
     t0 = time.perf_counter()
     greedy = Sampling(n=1, temperature=0.0, max_tokens=cfg.sampling.max_tokens, seed=cfg.sampling.seed)

@@ -65,7 +65,6 @@ def stage_progress(out_dir: str, stage: str, run: str, line: Line) -> Iterator:
     """The stage's named counters actor, and a line from it every EVERY_S seconds while the stage
     runs and its counts move; the actor is removed when the stage ends (a re-run can reuse the name)."""
     import ray
-
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     # On the driver's node: a worker node that is lost mid-stage must not take the counts with it.

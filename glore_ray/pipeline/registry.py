@@ -1,7 +1,8 @@
-"""Every GLoRe stage, defined once: its inputs, the config it computes with (the runner hashes its
-result fields) and its function. `glore pipeline` chains them over one run directory; `glore
-rollouts|label|pairs|train` run one over the paths a user gives; `jobs/<stage>.py` is `glore
-pipeline --only <stage>`. The runner runs them all the same way and alone writes manifests.
+"""Every GLoRe stage, defined once: its inputs, the config it computes with and its function, which
+receives that config and nothing more (the runner hashes its result fields). `glore pipeline`
+chains them over one run directory; `glore rollouts|label|pairs|train` run one over the paths a
+user gives; `jobs/<stage>.py` is `glore pipeline --only <stage>`. The runner runs them all the same
+way and alone writes manifests.
 
 data -> init model -> policy SFT -> expert iteration rounds -> rollouts -> ORM / SORM labels ->
 train ORM / SORM -> refinement pairs -> train global / local refiners -> evaluate (report).
@@ -11,70 +12,63 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 
 from glore_ray.config import GloreConfig, RewardModelConfig, RolloutConfig, TrainConfig
 from glore_ray.layout import model_dir, model_dirs, policy_stage
-from glore_ray.pipeline.runner import Stage
+from glore_ray.pipeline.runner import Stage, StageContext
 
 log = logging.getLogger(__name__)
 
 
-def _sections(cfg: GloreConfig, *names: str) -> dict[str, Any]:
-    return {name: dataclasses.asdict(getattr(cfg, name)) for name in names}
-
-
-def train_stage(name: str, objective: str, train_cfg: TrainConfig, rows: str, init: str, run_name: str,
-                reward_model: RewardModelConfig | None = None) -> Stage:
-    """Fine-tune `objective` from `init` on `rows` into `<stage dir>/model` (Ray Train); a step
-    reward with the head `reward_model` says (an implicit PRM's folder names `init` as its reference)."""
+def run_training(ctx: StageContext, objective: str, training: TrainConfig,
+                 reward_model: RewardModelConfig | None) -> dict:
+    """Fine-tune `objective` from `init` on `rows` into `model/` (Ray Train); a step reward with the
+    head `reward_model` says (an implicit PRM's folder names `init` as its reference)."""
+    from glore_ray.metrics import StageMetrics
+    from glore_ray.models.scorers import write_implicit_spec
+    from glore_ray.pipeline.progress import stage_progress, training_line
     from glore_ray.training.objectives import objective as objective_spec
+    from glore_ray.training.ray_train import export_untrained, fit, read_rows
 
     spec = objective_spec(objective)
     if reward_model is not None:
         spec = spec.with_head(reward_model.head, reward_model.beta)
+    rows, init, model = ctx.inputs["rows"], ctx.inputs["init"], f"{ctx.dir}/model"
+    n_rows = read_rows(rows).count()
+    if n_rows == 0:
+        # A weak policy can leave a stage without rows (no correct rollout on GSM8K with a tiny
+        # model): the model is the initial one, and the manifest and the report say so.
+        log.info(f"{ctx.name}: no training rows in {rows}; exporting the untrained initial model")
+        export_untrained(spec, init, model)
+        counts = {"rows": 0, "untrained": True}
+    else:
+        with stage_progress(ctx.dir, ctx.name, ctx.run_name, training_line(ctx.name, training.steps)) as progress:
+            meta = fit(spec, training, rows, init, model, f"{ctx.run_name}-{ctx.name}-{ctx.key}",
+                       StageMetrics(ctx.name, ctx.run_name), progress)
+        counts = {"rows": n_rows, "steps": meta["step"], "first_loss": meta.get("first_loss"),
+                  "final_loss": meta["loss"], "skipped_long": meta.get("skipped_long", 0),
+                  "resumed_from": meta.get("resumed_from")}
+    if spec.implicit:
+        write_implicit_spec(model, init, spec.implicit_beta)
+    return counts
 
-    def run(stage_dir: str, key: str) -> dict:
-        from glore_ray.metrics import StageMetrics
-        from glore_ray.models.scorers import write_implicit_spec
-        from glore_ray.pipeline.progress import stage_progress, training_line
-        from glore_ray.training.ray_train import export_untrained, fit, read_rows
 
-        model = f"{stage_dir}/model"
-        n_rows = read_rows(rows).count()
-        if n_rows == 0:
-            # A weak policy can leave a stage without rows (no correct rollout on GSM8K with a tiny
-            # model): the model is the initial one, and the manifest and the report say so.
-            log.info(f"{name}: no training rows in {rows}; exporting the untrained initial model")
-            export_untrained(spec, init, model)
-            counts = {"rows": 0, "untrained": True}
-        else:
-            with stage_progress(stage_dir, name, run_name, training_line(name, train_cfg.steps)) as progress:
-                meta = fit(spec, train_cfg, rows, init, model, f"{run_name}-{name}-{key}",
-                           StageMetrics(name, run_name), progress)
-            counts = {"rows": n_rows, "steps": meta["step"], "first_loss": meta.get("first_loss"),
-                      "final_loss": meta["loss"], "skipped_long": meta.get("skipped_long", 0),
-                      "resumed_from": meta.get("resumed_from")}
-        if spec.implicit:
-            write_implicit_spec(model, init, spec.implicit_beta)
-        return counts
-
-    config = {objective: dataclasses.asdict(train_cfg)}
-    if reward_model is not None:
-        config["reward_model"] = dataclasses.asdict(reward_model)
-    return Stage(name, {"rows": rows, "init": init}, config, run, resumable=True,
-                 work=("train_examples", train_cfg.steps * train_cfg.batch_size))
+def train_stage(name: str, objective: str, training: TrainConfig, rows: str, init: str, run_name: str,
+                reward_model: RewardModelConfig | None = None) -> Stage:
+    return Stage(name, {"rows": rows, "init": init},
+                 {"objective": objective, "training": training, "reward_model": reward_model}, run_training,
+                 run_name, resumable=True, work=("train_examples", training.steps * training.batch_size))
 
 
 def rollouts_stage(name: str, cfg: GloreConfig, questions: str, policy: str, first: int = 0) -> Stage:
     """`cfg.rollouts.k` graded, de-duplicated policy samples per question from question `first` on
     (Ray Data + engine pool)."""
-    from glore_ray.pipeline import stages
+    from glore_ray.pipeline.rollouts import run_rollouts
 
     solutions = _questions(cfg) * (cfg.rollouts.k + cfg.rollouts.greedy)
-    return Stage(name, {"questions": questions, "policy": policy},
-                 _sections(cfg, "rollouts", "engine", "sampling") | {"first_question": first},
-                 lambda d, k: stages.run_rollouts(cfg, name, questions, policy, d, first),
+    sections = {"rollouts": cfg.rollouts, "engine": cfg.engine, "sampling": cfg.sampling,
+                "keep_calculator": cfg.data.keep_calculator, "first_question": first}
+    return Stage(name, {"questions": questions, "policy": policy}, sections, run_rollouts, cfg.run_name,
                  work=("sampled_solutions", solutions))
 
 
@@ -86,23 +80,27 @@ def reward_model_first_question(cfg: GloreConfig) -> int:
     return ei.max_questions if ei.rounds and cfg.rollouts.disjoint_from_expert_iteration else 0
 
 
+def heldout_share(cfg: GloreConfig) -> float:
+    """The share of the rollouts' questions no reward model trains on: the reranker's fitting set
+    (none without the likelihood reranker)."""
+    return cfg.reranker.heldout_share if cfg.reranker.likelihood else 0.0
+
+
 def labels_stage(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None = None) -> Stage:
     """ORM, SORM (sampled continuations from `policy`) or PRM (exact) step labels of the rollouts."""
-    from glore_ray.pipeline import stages
+    from glore_ray.pipeline.labels import LABELLERS
 
-    config: dict[str, Any] = {"kind": kind, "heldout_share": stages.heldout_share(cfg)}
-    if kind == "prm":
-        config |= {"balance": cfg.labels.balance}
-    elif kind == "sorm":
+    if kind not in LABELLERS:
+        raise ValueError(f"unknown label kind {kind!r} ({', '.join(LABELLERS)})")
+    sections = {"orm": {}, "prm": {"balance": cfg.labels.balance},
+                "sorm": {"labels": cfg.labels, "engine": cfg.engine, "max_tokens": cfg.sampling.max_tokens}}[kind]
+    inputs = {"rollouts": f"{rollouts}/data"}
+    if kind == "sorm":
         if policy is None:
             raise ValueError("SORM labels need the policy (--model) to sample continuations")
-        config |= _sections(cfg, "labels", "engine") | {"max_tokens": cfg.sampling.max_tokens}
-    elif kind != "orm":
-        raise ValueError(f"unknown label kind {kind!r} (orm, sorm or prm)")
-    inputs = {"rollouts": f"{rollouts}/data"} | ({"policy": policy} if kind == "sorm" else {})
-    return Stage(f"{kind}_labels", inputs, config,
-                 lambda d, k: stages.run_labels(cfg, kind, rollouts, policy if kind == "sorm" else None, d),
-                 work=("label_questions", _questions(cfg)) if kind == "sorm" else None)
+        inputs["policy"] = policy
+    return Stage(f"{kind}_labels", inputs, {"heldout_share": heldout_share(cfg)} | sections, LABELLERS[kind],
+                 cfg.run_name, work=("label_questions", _questions(cfg)) if kind == "sorm" else None)
 
 
 def _questions(cfg: GloreConfig) -> int:
@@ -114,40 +112,47 @@ def _questions(cfg: GloreConfig) -> int:
 
 def pairs_stage(cfg: GloreConfig, rollouts: str, sorm_rows: str) -> Stage:
     """Global pairs from the rollouts, local pairs from labelled SORM rows and their continuations."""
-    from glore_ray.pipeline import stages
+    from glore_ray.pipeline.pairs import run_pairs
 
-    return Stage("pairs", {"rollouts": f"{rollouts}/data", "sorm": sorm_rows}, _sections(cfg, "pairs"),
-                 lambda d, k: stages.run_pairs(cfg.pairs, rollouts, sorm_rows, d))
+    return Stage("pairs", {"rollouts": f"{rollouts}/data", "sorm": sorm_rows}, {"pairs": cfg.pairs}, run_pairs,
+                 cfg.run_name)
+
+
+def expert_iteration_stages(cfg: GloreConfig, out: str, train: str, policy: str, r: int) -> list[Stage]:
+    """Round `r`: samples of `policy` on the training questions, their SFT rows, the policy fine-tuned."""
+    from glore_ray.pipeline.rollouts import write_expert_iteration_rows
+
+    ei = cfg.expert_iteration
+    samples, rows = f"{out}/expert_iteration_{r}_samples", f"{out}/expert_iteration_{r}_rows"
+    sampling = dataclasses.replace(cfg, rollouts=RolloutConfig(k=ei.k, temperature=ei.temperature,
+                                                               max_questions=ei.max_questions, greedy=False,
+                                                               pool=cfg.rollouts.pool))
+    return [rollouts_stage(f"expert_iteration_{r}_samples", sampling, train, policy),
+            Stage(f"expert_iteration_{r}_rows", {"samples": f"{samples}/data"}, {"seed": cfg.policy.seed + r},
+                  write_expert_iteration_rows, cfg.run_name),
+            train_stage(f"expert_iteration_{r}", "policy", ei.training(cfg.policy), f"{rows}/rows", policy,
+                        cfg.run_name)]
 
 
 def build_stages(cfg: GloreConfig, out: str) -> list[Stage]:
-    from glore_ray.pipeline import data_stage, stages
+    from glore_ray.pipeline.data_stage import data_sources, run_data, run_init_model
     from glore_ray.pipeline.evaluation import run_evaluation
+    from glore_ray.pipeline.reranker import fit_reranker
 
     # The evaluation reads the validation split while settings are chosen, the test split once.
     train, test = f"{out}/data/train.jsonl", f"{out}/data/{cfg.eval.split}.jsonl"
     run_name = cfg.run_name
-    pipeline = [data_stage.data_stage(cfg)]
+    pipeline = [Stage("data", data_sources(cfg.data), {"data": cfg.data}, run_data, run_name)]
     if cfg.model.pretrained:
         init = cfg.model.pretrained
     else:
         init = model_dir(out, "init_model")
-        pipeline.append(data_stage.init_model_stage(cfg, train))
+        pipeline.append(Stage("init_model", {"train": train}, {"model": cfg.model, "seed": cfg.policy.seed},
+                              run_init_model, run_name))
     pipeline.append(train_stage("policy", "policy", cfg.policy, f"{out}/data/sft.jsonl", init, run_name))
     policy = model_dir(out, "policy")
-    ei = cfg.expert_iteration
-    for r in range(1, ei.rounds + 1):
-        samples, rows = f"{out}/expert_iteration_{r}_samples", f"{out}/expert_iteration_{r}_rows"
-        ei_cfg = dataclasses.replace(cfg, rollouts=RolloutConfig(k=ei.k, temperature=ei.temperature,
-                                                                 max_questions=ei.max_questions, greedy=False,
-                                                                 pool=cfg.rollouts.pool))
-        pipeline += [
-            rollouts_stage(f"expert_iteration_{r}_samples", ei_cfg, train, policy),
-            Stage(f"expert_iteration_{r}_rows", {"samples": f"{samples}/data"}, {"seed": cfg.policy.seed + r},
-                  lambda d, k, samples=samples, seed=cfg.policy.seed + r:
-                  stages.write_expert_iteration_rows(samples, f"{d}/rows", seed)),
-            train_stage(f"expert_iteration_{r}", "policy", ei.training(cfg.policy), f"{rows}/rows", policy, run_name),
-        ]
+    for r in range(1, cfg.expert_iteration.rounds + 1):
+        pipeline += expert_iteration_stages(cfg, out, train, policy, r)
         policy = model_dir(out, f"expert_iteration_{r}")
     assert policy == model_dir(out, policy_stage(cfg))
 
@@ -164,10 +169,9 @@ def build_stages(cfg: GloreConfig, out: str) -> list[Stage]:
         pipeline += [labels_stage(cfg, "prm", rollouts),
                      train_stage("prm", "sorm", cfg.sorm, f"{out}/prm_labels/data", policy, run_name, cfg.reward_model)]
     if cfg.reranker.likelihood:
-        orm = model_dir(out, "orm")
-        pipeline.append(Stage("reranker", {"rows": f"{orm_labels}/heldout", "orm": orm, "policy": policy},
-                              _sections(cfg, "reranker"),
-                              lambda d, k: stages.fit_reranker_stage(cfg, f"{orm_labels}/heldout", orm, policy, d),
+        pipeline.append(Stage("reranker", {"rows": f"{orm_labels}/heldout", "orm": model_dir(out, "orm"),
+                                           "policy": policy},
+                              {"reranker": cfg.reranker}, fit_reranker, run_name,
                               work=("reranker_rows", cfg.reranker.fit_rows)))
     pipeline += [
         pairs_stage(cfg, rollouts, f"{sorm_labels}/data"),
@@ -175,9 +179,9 @@ def build_stages(cfg: GloreConfig, out: str) -> list[Stage]:
         train_stage("local_refiner", "local_refiner", cfg.local_refiner, f"{pairs}/local", policy, run_name),
     ]
     models = model_dirs(cfg, out) | ({"prm": model_dir(out, "prm")} if has_prm(cfg) else {})
-    pipeline.append(Stage("evaluate", {"test": test} | models, _sections(cfg, "eval", "engine", "sampling"),
-                          lambda d, k: run_evaluation(cfg, test, models, d, out),
-                          work=("eval_questions", cfg.eval.n_problems)))
+    pipeline.append(Stage("evaluate", {"test": test} | models,
+                          {"eval": cfg.eval, "engine": cfg.engine, "sampling": cfg.sampling}, run_evaluation,
+                          run_name, work=("eval_questions", cfg.eval.n_problems)))
     return pipeline
 
 

@@ -1,5 +1,5 @@
 """The HTTP contract of the Serve app, free of Ray: request and response schemas, the per-request
-ensemble settings, and the bearer-token check. `serve_app` wires them into FastAPI routes.
+ensemble settings, and the bearer-token check. `ingress.build_api` wires them into FastAPI routes.
 
 Requests carry text and numbers only: nothing in them names a file, a model or a path.
 """
@@ -14,7 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from glore_ray.config import ServeConfig
-from glore_ray.core.ensemble import Decision, EnsembleSettings
+from glore_ray.config.ensemble import EnsembleSettings
+from glore_ray.core.ensemble import Decision
 
 
 class RequestError(ValueError):

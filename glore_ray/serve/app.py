@@ -22,7 +22,8 @@ from ray import serve
 
 from glore_ray.capacity import request, require
 from glore_ray.config import GloreConfig, ModelDeploymentConfig, ServeConfig
-from glore_ray.core.ensemble import GENERATORS, MODELS
+from glore_ray.config.ensemble import GENERATORS, MODELS
+from glore_ray.core.ensemble import ensemble_models
 from glore_ray.serve.deployments import GeneratorDeployment, ScorerDeployment
 from glore_ray.serve.ingress import EnsembleIngress
 
@@ -32,7 +33,7 @@ APP_NAME = "glore"
 
 def deployment_options(d: ModelDeploymentConfig) -> dict:
     """Serve options of one deployment: fixed replicas, or autoscaling between min and max; the
-    batching settings as its user_config (see `_Batching`)."""
+    batching settings as its user_config (see `deployments.Batching`)."""
     actor = ({"num_cpus": d.cpus, "num_gpus": d.gpus} | ({"accelerator_type": d.accelerator_type}
                                                           if d.accelerator_type else {})
              | ({"resources": dict(d.resources)} if d.resources else {}))
@@ -59,16 +60,14 @@ def build_app(cfg: GloreConfig, models: dict[str, str]) -> serve.Application:
         raise FileNotFoundError("no exported model folder for " + "; ".join(missing)
                                 + " (run `glore pipeline` with this config first)")
     bound = {}
-    for name in MODELS:
-        d = getattr(cfg.serve, name)
-        options = deployment_options(d)
+    for name, path in ensemble_models(models).items():
+        options = deployment_options(getattr(cfg.serve, name))
         if name in GENERATORS:
-            bound[name] = GeneratorDeployment.options(name=name, **options).bind(models[name], cfg.engine)
+            bound[name] = GeneratorDeployment.options(name=name, **options).bind(path, cfg.engine)
         else:
-            path = models.get("reranker", models[name]) if name == "orm" else models[name]
             bound[name] = ScorerDeployment.options(name=name, **options).bind(path)
     return EnsembleIngress.options(name="ensemble", **deployment_options(cfg.serve.ingress)).bind(
-        **bound, cfg=cfg.serve, max_tokens=cfg.sampling.max_tokens, run_name=cfg.run_name)
+        bound, cfg=cfg.serve, max_tokens=cfg.sampling.max_tokens, run_name=cfg.run_name)
 
 
 def app_builder(args: dict) -> serve.Application:

@@ -15,6 +15,7 @@ from ray import serve
 from glore_ray.config import EngineConfig
 from glore_ray.core.generation import Generation, Sampling
 from glore_ray.models.engines import load_model
+from glore_ray.models.scorers import load_scorer
 
 
 class Batching:
@@ -81,7 +82,7 @@ class ScorerDeployment(_BatchedModel):
     """A trained ORM or SORM folder, or a likelihood reranker's: P(good) at the end of every step."""
 
     def __init__(self, model_dir: str):
-        self.scorer = load_model(model_dir, "scorer", EngineConfig())
+        self.scorer = load_scorer(model_dir)
         self._setup()
 
     async def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:

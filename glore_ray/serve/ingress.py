@@ -17,19 +17,18 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from glore_ray.config import ServeConfig
-from glore_ray.core.ensemble import MODELS, Decision, EnsembleSettings, RefinementEnsemble
+from glore_ray.config.ensemble import MODELS, EnsembleSettings
+from glore_ray.core.ensemble import Decision, RefinementEnsemble
 from glore_ray.metrics import StageMetrics
 from glore_ray.models.remote import RemoteModel
-from glore_ray.serve.api import (RequestError, SolveRequest, SolveResponse, authorized, ensemble_settings,
-                                 load_token)
+from glore_ray.serve.api import RequestError, SolveRequest, SolveResponse, authorized, ensemble_settings, load_token
 from glore_ray.serve.deployments import Batching
 
 INGRESS_CONCURRENT_BATCHES = 2
 """Request batches an ingress replica runs at once: one computes while the next one fills."""
-api = FastAPI(title="glore-ray refinement ensemble", version="1",
-              description="GLoRe: a policy draft refined globally and locally, reranked by the ORM.")
 
 
 class ModelUnavailable(RuntimeError):
@@ -52,19 +51,8 @@ def _result(model: str, response, timeout_s: float) -> Any:
         raise ModelUnavailable(model, reason) from e
 
 
-def _require_token(request: Request) -> None:
-    if not authorized(request.headers.get("authorization"), request.app.state.token):
-        raise _Unauthorized()
-
-
 class _Unauthorized(Exception):
     pass
-
-
-@api.exception_handler(_Unauthorized)
-async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
-    return JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
-                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
 def _printable(part: object) -> str:
@@ -72,7 +60,11 @@ def _printable(part: object) -> str:
     return str(part).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-@api.exception_handler(RequestValidationError)
+async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
+    return JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     """Each problem as `field: message`, without echoing the offending value (which may not even
     be encodable: NaN, a lone surrogate), so that no body can turn a 422 into a 500."""
@@ -83,29 +75,56 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
 
 
-@api.exception_handler(RequestError)
 async def _bad_request(request: Request, exc: RequestError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=422)
 
 
-@api.exception_handler(ModelUnavailable)
 async def _model_unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
     return JSONResponse({"detail": f"{exc}; retry shortly", "model": exc.model}, status_code=503,
                         headers={"Retry-After": "1"})
 
 
+def build_api(ingress, token: str | None) -> FastAPI:
+    """The HTTP app of one ingress replica, its bearer token its own (two apps in one process do
+    not share one); the routes call the replica's `healthz` and `solve`."""
+    api = FastAPI(title="glore-ray refinement ensemble", version="1",
+                  description="GLoRe: a policy draft refined globally and locally, reranked by the ORM.")
+    api.add_exception_handler(_Unauthorized, _unauthorized)
+    api.add_exception_handler(RequestValidationError, _invalid_request)
+    api.add_exception_handler(RequestError, _bad_request)
+    api.add_exception_handler(ModelUnavailable, _model_unavailable)
+
+    def require_token(request: Request) -> None:
+        if not authorized(request.headers.get("authorization"), token):
+            raise _Unauthorized()
+
+    @api.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return await ingress.healthz()
+
+    @api.post("/v1/solve", response_model=SolveResponse, response_model_by_alias=True,
+              dependencies=[Depends(require_token)],
+              responses={401: {"description": "missing or wrong bearer token"},
+                         422: {"description": "invalid request"},
+                         503: {"description": "a model failed or did not answer in time"}})
+    async def solve(request: SolveRequest) -> SolveResponse:
+        return await ingress.solve(request)
+
+    return api
+
+
 @serve.deployment
-@serve.ingress(api)
+@serve.ingress()
 class EnsembleIngress(Batching):
     """Batches whole requests: the ensemble solves a batch of questions with one call per model
     and step, so every model deployment sees the batch (and merges batches of other ingress
     replicas in its own `@serve.batch`)."""
 
-    def __init__(self, policy, global_refiner, local_refiner, orm, sorm, cfg: ServeConfig, max_tokens: int,
-                 run_name: str):
-        self.cfg, self.max_tokens = cfg, max_tokens
+    def __init__(self, handles: dict[str, DeploymentHandle], cfg: ServeConfig, max_tokens: int, run_name: str):
+        if sorted(handles) != sorted(MODELS):
+            raise ValueError(f"the ingress needs a handle per model ({', '.join(MODELS)}); got {sorted(handles)}")
+        self.cfg, self.max_tokens, self.handles = cfg, max_tokens, handles
         self.metrics = StageMetrics("serve", run_name)
-        self.handles = dict(zip(MODELS, (policy, global_refiner, local_refiner, orm, sorm), strict=True))
 
         def resolve(model: str, response) -> Any:
             return _result(model, response, cfg.model_timeout_s)
@@ -113,9 +132,11 @@ class EnsembleIngress(Batching):
         self.models = {name: RemoteModel(name, handle, resolve) for name, handle in self.handles.items()}
         # The ensemble blocks on its handle calls: it runs on these threads, never on the event loop.
         self._threads = ThreadPoolExecutor(INGRESS_CONCURRENT_BATCHES)
-        api.state.token = load_token(cfg)
+        self.token = load_token(cfg)
 
-    @api.get("/healthz")
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self, self.token)
+
     async def healthz(self) -> JSONResponse:
         async def ping(name: str, handle) -> str:
             try:
@@ -128,11 +149,6 @@ class EnsembleIngress(Batching):
         ok = all(v == "ok" for v in models.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "models": models}, status_code=200 if ok else 503)
 
-    @api.post("/v1/solve", response_model=SolveResponse, response_model_by_alias=True,
-              dependencies=[Depends(_require_token)],
-              responses={401: {"description": "missing or wrong bearer token"},
-                         422: {"description": "invalid request"},
-                         503: {"description": "a model failed or did not answer in time"}})
     async def solve(self, request: SolveRequest) -> SolveResponse:
         t0, status = time.perf_counter(), "500"
         try:

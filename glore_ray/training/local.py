@@ -13,7 +13,7 @@ import torch
 from glore_ray.config import TrainConfig
 from glore_ray.core.problems import Problem
 from glore_ray.core.prompts import solve_prompt
-from glore_ray.training.examples import EncodedExample, ExampleTooLong, collate, encode_example
+from glore_ray.models.encoding import EncodedExample, ExampleTooLong, collate, encode_example
 
 log = logging.getLogger(__name__)
 

@@ -91,7 +91,7 @@ class Objective:
 
     def encode(self, tokenizer, row: Mapping[str, Any], max_length: int):
         """One EncodedExample from one row; a bad row raises ValueError naming the row and field."""
-        from glore_ray.training.examples import encode_example, encode_step_example
+        from glore_ray.models.encoding import encode_example, encode_step_example
 
         name = str(row.get("id", "?"))
         missing = [f for f in self.fields if f not in row or row[f] is None]
@@ -109,12 +109,8 @@ class Objective:
         """The batch's loss; `reference` is the frozen initial model when `needs_reference`."""
         import torch
 
-        from glore_ray.training.examples import (
-            causal_lm_loss,
-            final_labels_only,
-            implicit_values,
-            step_reward_loss,
-        )
+        from glore_ray.models.encoding import implicit_values
+        from glore_ray.training.losses import causal_lm_loss, final_labels_only, step_reward_loss
 
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         if not self.step_reward:

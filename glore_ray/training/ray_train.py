@@ -104,7 +104,7 @@ def row_batches(shard, objective: str | Objective, tokenizer, cfg: TrainConfig,
     wholly when a shard of at most `replay_rows` rows is replayed from memory after its first
     epoch. Batches hold `cfg.batch_size_per_worker` rows. Over-long rows fail the run (naming the
     row) unless `skip_long`, which reports each to `on_skip`."""
-    from glore_ray.training.examples import ExampleTooLong, collate
+    from glore_ray.models.encoding import ExampleTooLong, collate
 
     spec, batch_size = objective_spec(objective), cfg.batch_size_per_worker
 

@@ -1,4 +1,4 @@
-"""Token examples and their losses, for both heads GLoRe trains.
+"""Solutions as token examples, one encoding for training and for reading them back.
 
 - Causal LM (policy, refiners): prompt + target + EOS, the loss on the target tokens only.
 - Step reward (ORM, SORM, PRM): a binary classifier read at the last token of every step. Rows follow
@@ -7,6 +7,9 @@
   `LlamaForTokenClassification` with one logit per token, a standard Hugging Face architecture:
   `AutoModelForTokenClassification` loads it with no project code, and one forward pass scores
   every step of a solution.
+
+The trainers (`training`) encode with it and the scorers (`models.scorers`) read with it, so a
+reward model is read exactly as it was trained.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 IGNORE = -100
 STEP_END = "\n"
@@ -95,23 +97,6 @@ def collate(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.
     return batch
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over positions whose label is not IGNORE."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
-
-
-def step_reward_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Binary cross-entropy of the per-token logit (B, T) or (B, T, 1) at labelled positions,
-    weighted (the weighted mean) when `weights` (B, T) are given."""
-    logits = logits.reshape(labels.shape).float()
-    mask = labels != IGNORE
-    losses = F.binary_cross_entropy_with_logits(logits[mask], labels[mask].float(), reduction="none")
-    if weights is None:
-        return losses.mean()
-    w = weights[mask].float()
-    return (losses * w).sum() / w.sum().clamp_min(1e-12)
-
-
 def step_scores(logits: torch.Tensor, labels: torch.Tensor) -> list[list[float]]:
     """P(step is good) for every labelled position of each row, in step order (in float64: a
     confident model's float32 probabilities saturate at 1.0 and tie)."""
@@ -135,18 +120,3 @@ def implicit_values(logits: torch.Tensor, reference_logits: torch.Tensor, batch:
     positions = torch.arange(ratio.shape[1], device=ratio.device)[None, :]
     solution = (positions >= batch["solution_start"][:, None].to(ratio.device)) & batch["attention_mask"].bool()
     return beta * (ratio * solution).cumsum(1)
-
-
-def final_labels_only(labels: torch.Tensor) -> torch.Tensor:
-    """`labels` with every labelled position but each row's last set to IGNORE: an outcome reward
-    model's one target (the answer line)."""
-    labelled = labels != IGNORE
-    keep = torch.zeros_like(labelled)
-    keep[torch.arange(labels.shape[0]), last_labelled(labels)] = labelled.any(1)
-    return torch.where(keep, labels, torch.full_like(labels, IGNORE))
-
-
-def last_labelled(labels: torch.Tensor) -> torch.Tensor:
-    """(B,) the position of each row's last labelled token (its answer line's newline)."""
-    labelled = labels != IGNORE
-    return labelled.shape[1] - 1 - labelled.flip(1).int().argmax(1)

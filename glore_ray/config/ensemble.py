@@ -1,0 +1,73 @@
+"""The refinement ensemble's vocabulary and settings: its models, its candidates' names, and the
+thresholds and offsets that decide when, where and how it refines (`core.ensemble` runs it; the
+evaluation and Serve configure it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+GENERATORS = ("policy", "global_refiner", "local_refiner")
+SCORERS = ("orm", "sorm")
+MODELS = GENERATORS + SCORERS
+"""The ensemble's five models, by their stage, config section and deployment names."""
+EVAL_SCORERS = (*SCORERS, "prm", "reranker")
+"""The step scorers an evaluation reads every solution with: the ensemble's, the exact-label PRM (the
+model organism) and the likelihood reranker."""
+CANDIDATES = ("draft", "global", "local")
+"""The candidates' sources; with `refine_samples` > 1 a refiner's further samples are `global_2`, ..."""
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    orm_threshold: float = 0.5
+    """Refine a draft whose ORM score is below this."""
+    always_refine: bool = False
+    """Refine every draft (the paper's main table)."""
+    step_threshold: float = 0.5
+    """The first step whose value falls below this is where the local refiner starts."""
+    where: Literal["sorm", "orm"] = "sorm"
+    """Which reward model's step values locate the first bad step."""
+    max_tokens: int = 256
+    refine_temperature: float = 0.0
+    """The refiners decode greedily (0, the paper), or sample: iterated refinement's later rounds
+    sample, since greedy refiners given the same draft again propose the same rewrites."""
+    seed: int = 0
+    """The refiners' sampling seed (with refine_temperature > 0)."""
+    global_offset: float = 0.0
+    """Added to the global refinement's ORM logit in the rerank (the draft's is 0): calibrates the
+    ranker per candidate source, since a likelihood term favours the policy's own draft and an
+    implicit PRM the refiners' rewrites (fit on validation: bench/rerank_calibration.py)."""
+    local_offset: float = 0.0
+    """The same for the local refinement."""
+    refine_samples: int = 1
+    """Refinements per refiner (beyond the paper): the first decoded as `refine_temperature` says,
+    the others sampled at `sample_temperature`, each a candidate of the rerank (`global_2`, ...,
+    `local_2`, ...): the verifier chooses among more rewrites than the paper's two."""
+    sample_temperature: float = 1.0
+
+    def offset(self, candidate: str) -> float:
+        return {"draft": 0.0, "global": self.global_offset, "local": self.local_offset}[source(candidate)]
+
+
+def candidate_name(source: str, sample: int) -> str:
+    """A refiner's first refinement is named by its source (`global`), its further samples `global_2`, ..."""
+    return source if sample == 1 else f"{source}_{sample}"
+
+
+def source(candidate: str) -> str:
+    return candidate.partition("_")[0]
+
+
+
+
+REPORT_STEP_THRESHOLD = 0.5
+"""The step value below which the report's first-error F1 counts a step as flagged (a value
+head's midpoint), one definition for every reward model and run; what the ensemble uses is
+`step_threshold`."""
+
+STEP_THRESHOLD = 0.25
+"""The SORM's step threshold for "where", evaluated and served alike: chosen on the demo's
+validation run for the implicit PRM head (the drafts' first-error F1 0.532, 0.0 at a value head's
+0.5, whose scale an implicit PRM's values, sigmoid of a log-ratio that starts at 0, do not share;
+bench/results/rerank_calibration_demo.json)."""

@@ -1,0 +1,153 @@
+"""Where the ensemble runs: the evaluation stage and the Serve app (its deployments)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from glore_ray.config.engines import EnginePoolConfig
+from glore_ray.config.ensemble import MODELS, STEP_THRESHOLD
+from glore_ray.config.fields import EXECUTION, check, check_resources
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on the test split: the policy's samples, the reward models and the refinement
+    ensemble (one model server per model, `pool.replicas` of each)."""
+
+    split: Literal["test", "validation"] = "test"
+    """The split evaluated: `validation` while settings are chosen, `test` once, for the final run."""
+    n_problems: int = 300
+    """Problems to evaluate (the first n of the split)."""
+    k: int = 3
+    """Samples per problem: per-sample accuracy, pass@k and the ORM-reranked best-of-k baseline."""
+    temperature: float = 1.0
+    always_refine: bool = True
+    """Refine every draft, as the paper's main table does; else only drafts the ORM scores below
+    `orm_threshold`."""
+    orm_threshold: float = 0.5
+    step_threshold: float = STEP_THRESHOLD
+    """The first step whose SORM value is below this is where the local refiner starts (the
+    value's scale is the head's: choose it on validation, bench/rerank_calibration.py)."""
+    orm_step_threshold: float = 0.15
+    """The same for the "where: ORM" baseline's step values (the demo's validation choice: the
+    drafts' first-error F1 0.625, 0.0 at 0.5; bench/results/rerank_calibration_demo.json)."""
+    global_offset: float = 0.0
+    """Added to the global refinement's ORM logit in the rerank (the draft's is 0): the ranker
+    calibrated per candidate source, fit on validation (bench/rerank_calibration.py)."""
+    local_offset: float = 0.0
+    """The same for the local refinement."""
+    refine_samples: int = 1
+    """Refinements per refiner (beyond the paper): the first greedy, the others sampled at
+    `temperature`; the reranker chooses among the draft and all of them, and the rerank oracle is
+    over all of them."""
+    max_rounds: int = 1
+    """Iterated refinement (beyond the paper): after the first round, a question whose chosen
+    candidate the ORM (or the reranker) scores below `orm_threshold` is refined again from that
+    candidate, the refiners sampling at `temperature` (greedy refiners would repeat the first
+    round's rewrites), up to this many rounds in all; each round is a row of the report."""
+    pool: EnginePoolConfig = field(default_factory=lambda: EnginePoolConfig(cpus_per_replica=0.25, batch_size=64), metadata=EXECUTION)
+    """Resources per model served (each in its own actor, or all in one when cpus_per_replica is
+    a fraction and gpus_per_replica 0); batch_size is questions per ensemble call."""
+
+    def validate(self, key: str) -> None:
+        check(self.n_problems > 0, f"{key}.n_problems", "must be > 0")
+        check(self.k >= 1, f"{key}.k", "must be >= 1")
+        check(self.max_rounds >= 1, f"{key}.max_rounds", "must be >= 1")
+        check(self.refine_samples >= 1, f"{key}.refine_samples", "must be >= 1")
+        check(self.temperature > 0, f"{key}.temperature", "must be > 0 (greedy is always measured)")
+        for name in ("orm_threshold", "step_threshold", "orm_step_threshold"):
+            check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")
+        _check_offsets(self, key)
+        self.pool.validate(f"{key}.pool")
+
+
+def _check_offsets(section, key: str) -> None:
+    for name in ("global_offset", "local_offset"):
+        check(math.isfinite(getattr(section, name)), f"{key}.{name}", "must be a finite number")
+
+
+@dataclass
+class ModelDeploymentConfig:
+    """One model's Ray Serve deployment: replicas, resources and dynamic batching."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    """Above min_replicas, Serve's autoscaler adds replicas while the ongoing requests per replica
+    exceed target_ongoing_requests."""
+    target_ongoing_requests: float = 16
+    cpus: float = 0.25
+    gpus: float = 0.0
+    """GPUs per replica: engine.tensor_parallel_size of them for a generator on a cluster, 0 on CPU."""
+    accelerator_type: str = ""
+    """Ray's accelerator type the GPUs must be (e.g. A100-80G, as nodes advertise it in
+    `accelerator_type:<type>`); empty: any."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each replica needs, such as a node type's marker (`{"serve_node": 1}`)."""
+    max_batch_size: int = 16
+    """Requests merged into one call (`@serve.batch`): of the ensemble at the ingress, of the
+    engine or scorer at a model; 1 turns batching off."""
+    batch_wait_timeout_s: float = 0.01
+    """How long a batch waits to fill once its first request is in."""
+    max_ongoing_requests: int = 64
+    """Requests a replica accepts at once; keep it >= max_batch_size or batches never fill."""
+
+    def validate(self, key: str) -> None:
+        check(1 <= self.min_replicas <= self.max_replicas, f"{key}.min_replicas/max_replicas",
+               f"need 1 <= min_replicas <= max_replicas, got {self.min_replicas} and {self.max_replicas}")
+        check(self.target_ongoing_requests > 0, f"{key}.target_ongoing_requests", "must be > 0")
+        check(self.cpus > 0, f"{key}.cpus", "must be > 0")
+        check(self.gpus >= 0, f"{key}.gpus", "must be >= 0")
+        check(not self.accelerator_type or self.gpus > 0, f"{key}.accelerator_type",
+               "needs gpus > 0")
+        check_resources(self.resources, f"{key}.resources")
+        check(self.max_batch_size >= 1, f"{key}.max_batch_size", "must be >= 1")
+        check(self.batch_wait_timeout_s >= 0, f"{key}.batch_wait_timeout_s", "must be >= 0")
+        check(self.max_ongoing_requests >= self.max_batch_size, f"{key}.max_ongoing_requests",
+               f"{self.max_ongoing_requests} is below max_batch_size {self.max_batch_size}: batches could never fill")
+
+
+@dataclass
+class ServeConfig:
+    """The online refinement ensemble (`glore serve`): an HTTP ingress and one deployment per model."""
+
+    host: str = "127.0.0.1"
+    """Where the HTTP proxy listens; 0.0.0.0 exposes it beyond this machine (put a token on it)."""
+    port: int = 8000
+    token_file: str = ""
+    """A file (e.g. a mounted Kubernetes secret) holding the bearer token /v1/solve requires."""
+    token_env: str = "GLORE_SERVE_TOKEN"
+    """Else the environment variable holding it; neither set: no token is required."""
+    model_timeout_s: float = 60.0
+    """A model call slower than this (a dead or restarting replica) answers 503."""
+    max_question_chars: int = 2000
+    max_draft_chars: int = 8000
+    always_refine: bool = False
+    """Refine every draft, or (the default online) only those the ORM scores below orm_threshold;
+    a request's own settings override these three."""
+    orm_threshold: float = 0.5
+    step_threshold: float = STEP_THRESHOLD
+    global_offset: float = 0.0
+    """Per candidate source offsets of the rerank, as `eval`'s (set them to the values the run's
+    evaluation used)."""
+    local_offset: float = 0.0
+    ingress: ModelDeploymentConfig = field(default_factory=lambda: ModelDeploymentConfig(batch_wait_timeout_s=0.05))
+    """The FastAPI deployment running the ensemble: it batches whole requests (one ensemble call,
+    so one call per model and step, for a batch of questions)."""
+    policy: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+    global_refiner: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+    local_refiner: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+    orm: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+    sorm: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+
+    def validate(self, key: str) -> None:
+        check(0 < self.port < 65536, f"{key}.port", "must be in [1, 65535]")
+        check(self.model_timeout_s > 0, f"{key}.model_timeout_s", "must be > 0")
+        check(self.max_question_chars > 0, f"{key}.max_question_chars", "must be > 0")
+        check(self.max_draft_chars > 0, f"{key}.max_draft_chars", "must be > 0")
+        _check_offsets(self, key)
+        for name in ("orm_threshold", "step_threshold"):
+            check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")
+        for name in ("ingress", *MODELS):
+            getattr(self, name).validate(f"{key}.{name}")
