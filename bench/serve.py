@@ -99,11 +99,11 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from glore_ray.layout import model_dirs
+    from glore_ray.layout import RunLayout
     from glore_ray.serve.app import APP_NAME, build_app
 
     cfg = load_config(args.config, args.overrides)
-    models = model_dirs(cfg, args.models)
+    models = RunLayout(args.models).model_dirs(cfg)
     questions = [json.loads(line)["question"] for line in
                  (Path(args.models) / "data" / "test.jsonl").read_text().splitlines()[:200]]
     port = free_port()

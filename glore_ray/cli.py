@@ -53,9 +53,10 @@ def _label(args, cfg: GloreConfig):
 
 
 def _pairs(args, cfg: GloreConfig):
+    from glore_ray.layout import DATA, output
     from glore_ray.pipeline.registry import pairs_stage
 
-    return pairs_stage(cfg, args.data, f"{args.sorm}/data")
+    return pairs_stage(cfg, args.data, output(args.sorm, DATA))
 
 
 def _organism(args, cfg: GloreConfig) -> None:
@@ -103,11 +104,11 @@ def _pipeline(args, cfg: GloreConfig) -> int:
 
 
 def _serve(args, cfg: GloreConfig) -> int:
-    from glore_ray.layout import model_dirs
+    from glore_ray.layout import RunLayout
     from glore_ray.serve.app import build_app, run_server
 
     try:
-        app = build_app(cfg, model_dirs(cfg, args.models))
+        app = build_app(cfg, RunLayout(args.models).model_dirs(cfg))
     except FileNotFoundError as e:
         print(f"glore: {e}", file=sys.stderr)
         return 2

@@ -147,42 +147,42 @@ def test_expert_iteration_rounds_chain_their_policies() -> None:
     """Each round samples with the previous round's policy and trains from it; the later stages
     and the ensemble use the last round's (the miniature run has no rounds)."""
     from glore_ray.config import load_config
-    from glore_ray.layout import model_dir, model_dirs
+    from glore_ray.layout import RunLayout
     from glore_ray.pipeline.registry import build_stages
 
     cfg = load_config(None, ["expert_iteration.rounds=2"])
     stages = {s.name: s for s in build_stages(cfg, "/run")}
     assert list(stages)[3:9] == ["expert_iteration_1_samples", "expert_iteration_1_rows", "expert_iteration_1",
                                  "expert_iteration_2_samples", "expert_iteration_2_rows", "expert_iteration_2"]
-    previous = model_dir("/run", "policy")
+    previous = RunLayout("/run").model("policy")
     for r in (1, 2):
         assert stages[f"expert_iteration_{r}_samples"].inputs["policy"] == previous
         assert stages[f"expert_iteration_{r}"].inputs == {"rows": f"/run/expert_iteration_{r}_rows/rows",
                                                          "init": previous}
-        previous = model_dir("/run", f"expert_iteration_{r}")
+        previous = RunLayout("/run").model(f"expert_iteration_{r}")
     assert stages["rollouts"].inputs["policy"] == stages["sorm_labels"].inputs["policy"] == previous
-    assert model_dirs(cfg, "/run")["policy"] == previous
+    assert RunLayout("/run").model_dirs(cfg)["policy"] == previous
 
 
 def test_the_likelihood_reranker_is_a_stage_that_ranks_in_the_orms_place() -> None:
     from glore_ray.config import load_config
-    from glore_ray.layout import model_dir, model_dirs
+    from glore_ray.layout import RunLayout
     from glore_ray.pipeline.registry import build_stages
 
     off = load_config(None, ["reranker.likelihood=false"])
     assert "reranker" not in [s.name for s in build_stages(off, "/run")]
-    assert "reranker" not in model_dirs(off, "/run")
+    assert "reranker" not in RunLayout("/run").model_dirs(off)
     cfg = load_config(None, ["reranker.fit_rows=100"])
     stages = {s.name: s for s in build_stages(cfg, "/run")}
     names = list(stages)
     assert names.index("orm") < names.index("reranker") < names.index("evaluate")
-    policy = model_dirs(cfg, "/run")["policy"]
-    assert stages["reranker"].inputs == {"rows": "/run/orm_labels/heldout", "orm": model_dir("/run", "orm"),
+    policy = RunLayout("/run").model_dirs(cfg)["policy"]
+    assert stages["reranker"].inputs == {"rows": "/run/orm_labels/heldout", "orm": RunLayout("/run").model("orm"),
                                          "policy": policy}
     assert stages["reranker"].config == {"reranker": {"likelihood": True, "fit_rows": 100, "heldout_share": 0.1,
                                                       "objective": "within_question"}}
-    assert model_dirs(cfg, "/run")["reranker"] == model_dir("/run", "reranker")
-    assert stages["evaluate"].inputs["reranker"] == model_dir("/run", "reranker")
+    assert RunLayout("/run").model_dirs(cfg)["reranker"] == RunLayout("/run").model("reranker")
+    assert stages["evaluate"].inputs["reranker"] == RunLayout("/run").model("reranker")
 
 
 def test_evaluation_models_share_one_server_on_a_fraction_of_a_cpu_and_not_on_gpus() -> None:

@@ -42,7 +42,7 @@ def http(method: str, url: str, body: bytes | dict | None = None, token: str | N
 def served(miniature_run, ray_module, tmp_path_factory):
     from ray import serve
 
-    from glore_ray.layout import model_dirs
+    from glore_ray.layout import RunLayout
     from glore_ray.serve.app import APP_NAME, build_app
 
     token_file = tmp_path_factory.mktemp("secret") / "token"
@@ -51,7 +51,7 @@ def served(miniature_run, ray_module, tmp_path_factory):
     # A short model timeout: a request that meets a dead replica answers 503 within seconds.
     cfg = load_config(None, MINIATURE + [f"serve.port={port}", f"serve.token_file={token_file}",
                                          "serve.model_timeout_s=3"])
-    models = model_dirs(cfg, str(miniature_run))
+    models = RunLayout(str(miniature_run)).model_dirs(cfg)
     serve.start(http_options={"host": cfg.serve.host, "port": port})
     try:
         serve.run(build_app(cfg, models), name=APP_NAME, route_prefix="/")

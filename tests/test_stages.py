@@ -198,11 +198,12 @@ def test_the_cli_verb_runs_the_pipelines_stage_and_skips_it_when_up_to_date(ray_
 
 def test_expert_iteration_rows_are_each_sampled_questions_gold_and_correct_rollouts_shuffled(
         ray_module, tmp_path) -> None:
+    from glore_ray.layout import RunLayout
     from glore_ray.pipeline.registry import expert_iteration_stages
 
     problems = _handmade_rollouts(tmp_path / "samples", n=40)  # a gold and a wrong rollout per question
     cfg = replace(CFG, policy=replace(CFG.policy, seed=-1))  # round 1's seed: policy.seed + 1 = 0
-    stage = expert_iteration_stages(cfg, str(tmp_path), "train.jsonl", "policy", 1)[1]
+    stage = expert_iteration_stages(cfg, RunLayout(str(tmp_path)), "policy", 1)[1]
     assert stage.inputs == {"samples": f"{tmp_path}/expert_iteration_1_samples/data"}
     stage.inputs["samples"] = str(tmp_path / "samples" / "data")
     counts = stage.call(str(tmp_path / "round"))

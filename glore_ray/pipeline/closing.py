@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from glore_ray.config import GloreConfig
+from glore_ray.layout import RunLayout
 from glore_ray.pipeline.manifest import MANIFEST, read_json
 
 
@@ -35,7 +36,7 @@ def closing_lines(cfg: GloreConfig, out: Path) -> str:
     md = [line for line in (out / "report.md").read_text().splitlines() if not line.startswith("![")]
     md += short_run_notes(cfg, json.loads((out / "report.json").read_text()))
     plots = sorted(str(p) for p in out.glob("*.png"))
-    with (out / "data" / f"{cfg.eval.split}.jsonl").open() as f:
+    with open(RunLayout(str(out)).split(cfg.eval.split)) as f:
         question = json.loads(f.readline())["question"]
     token = f' -H "Authorization: Bearer ${cfg.serve.token_env}"' if os.environ.get(cfg.serve.token_env) else ""
     host = "127.0.0.1" if cfg.serve.host == "0.0.0.0" else cfg.serve.host
@@ -56,7 +57,7 @@ def training_label_quality(out: Path) -> dict:
     stages' manifests), and whether the SORM's beat the ORM's by LABEL_GATE."""
     quality = {}
     for kind in ("orm", "sorm"):
-        counts = (read_json(out / f"{kind}_labels" / MANIFEST) or {}).get("counts", {})
+        counts = (read_json(Path(RunLayout(str(out)).stage(f"{kind}_labels")) / MANIFEST) or {}).get("counts", {})
         if counts.get("step_accuracy") is not None:
             quality[kind] = {k: counts.get(k) for k in ("step_accuracy", "bad_labelled_good", "checked")}
     if len(quality) == 2:
@@ -70,7 +71,8 @@ def finish_report(out: Path, names: list[str]) -> dict:
     """The run's report at its root: the evaluation's (from its stage directory), with what the
     evaluation does not see: the training labels' quality against exact truth, and the models that
     had no training rows (kept untrained), where a reader of the numbers sees them."""
-    for written in [*(out / "evaluate").glob("report.*"), *(out / "evaluate").glob("*.png")]:
+    evaluated = Path(RunLayout(str(out)).stage("evaluate"))
+    for written in [*evaluated.glob("report.*"), *evaluated.glob("*.png")]:
         shutil.copy2(written, out / written.name)
     report = json.loads((out / "report.json").read_text())
     labels = training_label_quality(out)

@@ -14,6 +14,7 @@ from glore_ray.core.problems import Problem, load_problems
 from glore_ray.core.prompts import solve_prompt
 from glore_ray.core.quarantine import Quarantine
 from glore_ray.io import write_jsonl
+from glore_ray.layout import MODEL, output
 from glore_ray.pipeline.runner import StageContext
 
 log = logging.getLogger(__name__)
@@ -102,5 +103,5 @@ def run_data(ctx: StageContext, data: DataConfig) -> dict:
 
 def run_init_model(ctx: StageContext, model: ModelConfig, seed: int) -> dict:
     """The tiny policy (tokenizer trained on `train`, random weights) in `model/`."""
-    build_tiny_policy(model, seed, ctx.inputs["train"], f"{ctx.dir}/model")
+    build_tiny_policy(model, seed, ctx.inputs["train"], output(ctx.dir, MODEL))
     return {"built": "tiny"}

@@ -29,6 +29,7 @@ from glore_ray.core.labels import (
 )
 from glore_ray.core.rollouts import question_from_row
 from glore_ray.io import absolute, parquet_rows
+from glore_ray.layout import DATA, HELDOUT, UNWEIGHTED, output
 from glore_ray.pipeline.progress import generation_line, stage_progress
 from glore_ray.pipeline.ray_data import Replica, in_batches, pool_args, report_replacements, write_dataset
 from glore_ray.pipeline.runner import StageContext
@@ -89,23 +90,23 @@ def _rollouts(ctx: StageContext, heldout_share: float, heldout: bool = False):
 
 def run_orm_labels(ctx: StageContext, heldout_share: float) -> dict:
     out_dir = absolute(ctx.dir)
-    write_dataset(_rollouts(ctx, heldout_share).map_batches(orm_rows, batch_format="pyarrow"), f"{out_dir}/data",
+    write_dataset(_rollouts(ctx, heldout_share).map_batches(orm_rows, batch_format="pyarrow"), output(out_dir, DATA),
                   ORM_SCHEMA)
-    counts = label_counts(f"{out_dir}/data")
+    counts = label_counts(output(out_dir, DATA))
     if heldout_share:
         write_dataset(_rollouts(ctx, heldout_share, heldout=True).map_batches(orm_rows, batch_format="pyarrow"),
-                      f"{out_dir}/heldout", ORM_SCHEMA)
-        counts["heldout_rows"] = label_counts(f"{out_dir}/heldout").get("rows", 0)
+                      output(out_dir, HELDOUT), ORM_SCHEMA)
+        counts["heldout_rows"] = label_counts(output(out_dir, HELDOUT)).get("rows", 0)
     return counts
 
 
 def run_prm_labels(ctx: StageContext, heldout_share: float, balance: bool) -> dict:
     out_dir = absolute(ctx.dir)
-    target = f"{out_dir}/unweighted" if balance else f"{out_dir}/data"
+    target = output(out_dir, UNWEIGHTED) if balance else output(out_dir, DATA)
     write_dataset(_rollouts(ctx, heldout_share).map_batches(prm_rows, batch_format="pyarrow"), target, ORM_SCHEMA)
     if balance:
-        _write_weighted(target, f"{out_dir}/data", ORM_SCHEMA)
-    return label_counts(f"{out_dir}/data")
+        _write_weighted(target, output(out_dir, DATA), ORM_SCHEMA)
+    return label_counts(output(out_dir, DATA))
 
 
 def run_sorm_labels(ctx: StageContext, heldout_share: float, labels: LabelConfig, engine: EngineConfig,
@@ -113,7 +114,7 @@ def run_sorm_labels(ctx: StageContext, heldout_share: float, labels: LabelConfig
     import ray
 
     out_dir = absolute(ctx.dir)
-    target = f"{out_dir}/unweighted" if labels.balance else f"{out_dir}/data"
+    target = output(out_dir, UNWEIGHTED) if labels.balance else output(out_dir, DATA)
     kept = _rollouts(ctx, heldout_share)
     n_questions = kept.count()
     line = generation_line(f"{ctx.name} ({labels.mode})", n_questions)
@@ -126,8 +127,8 @@ def run_sorm_labels(ctx: StageContext, heldout_share: float, labels: LabelConfig
         totals, _ = ray.get(counters.snapshot.remote())
     report_replacements(ctx.name, totals, labels.pool)
     if labels.balance:
-        _write_weighted(target, f"{out_dir}/data", SORM_SCHEMA)
-    return label_counts(f"{out_dir}/data") | {k: v for k, v in totals.items() if k != "questions"}
+        _write_weighted(target, output(out_dir, DATA), SORM_SCHEMA)
+    return label_counts(output(out_dir, DATA)) | {k: v for k, v in totals.items() if k != "questions"}
 
 
 LABELLERS = {"orm": run_orm_labels, "sorm": run_sorm_labels, "prm": run_prm_labels}

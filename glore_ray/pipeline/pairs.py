@@ -11,6 +11,7 @@ from glore_ray.config import PairsConfig
 from glore_ray.core.pairs import global_pairs, local_pair
 from glore_ray.core.rollouts import question_from_row
 from glore_ray.io import absolute
+from glore_ray.layout import GLOBAL, LOCAL, output
 from glore_ray.pipeline.ray_data import write_dataset
 from glore_ray.pipeline.runner import StageContext
 from glore_ray.pipeline.schemas import GLOBAL_SCHEMA, LOCAL_SCHEMA
@@ -33,13 +34,13 @@ def run_pairs(ctx: StageContext, pairs: PairsConfig) -> dict:
         return pa.Table.from_pylist(rows, schema=LOCAL_SCHEMA)
 
     write_dataset(ray.data.read_parquet(absolute(ctx.inputs["rollouts"])).map_batches(global_rows, batch_format="pyarrow"),
-                  f"{out_dir}/global", GLOBAL_SCHEMA)
+                  output(out_dir, GLOBAL), GLOBAL_SCHEMA)
     write_dataset(ray.data.read_parquet(absolute(ctx.inputs["sorm"])).map_batches(local_rows, batch_format="pyarrow"),
-                  f"{out_dir}/local", LOCAL_SCHEMA)
+                  output(out_dir, LOCAL), LOCAL_SCHEMA)
     # Each kind's pairs by the variant their id ends with (`/global`, `/global-identity`, ...), one read each.
     counts = {}
-    for kind in ("global", "local"):
-        ends = Counter(pair_id.rsplit("/", 1)[1] for batch in ray.data.read_parquet(f"{out_dir}/{kind}", columns=["id"])
+    for kind in (GLOBAL, LOCAL):
+        ends = Counter(pair_id.rsplit("/", 1)[1] for batch in ray.data.read_parquet(output(out_dir, kind), columns=["id"])
                        .iter_batches(batch_format="pyarrow") for pair_id in batch.column("id").to_pylist())
         counts[f"{kind}_pairs"] = sum(ends.values())
         for variant in ("identity", "reference") if kind == "global" else ("identity",):

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 
 from glore_ray.config import GloreConfig, RewardModelConfig, RolloutConfig, TrainConfig
-from glore_ray.layout import model_dir, model_dirs, policy_stage
+from glore_ray.layout import DATA, GLOBAL, HELDOUT, LOCAL, MODEL, ROWS, RunLayout, output
 from glore_ray.pipeline.runner import Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def run_training(ctx: StageContext, objective: str, training: TrainConfig,
     spec = objective_spec(objective)
     if reward_model is not None:
         spec = spec.with_head(reward_model.head, reward_model.beta)
-    rows, init, model = ctx.inputs["rows"], ctx.inputs["init"], f"{ctx.dir}/model"
+    rows, init, model = ctx.inputs["rows"], ctx.inputs["init"], output(ctx.dir, MODEL)
     n_rows = read_rows(rows).count()
     if n_rows == 0:
         # A weak policy can leave a stage without rows (no correct rollout on GSM8K with a tiny
@@ -94,7 +94,7 @@ def labels_stage(cfg: GloreConfig, kind: str, rollouts: str, policy: str | None 
         raise ValueError(f"unknown label kind {kind!r} ({', '.join(LABELLERS)})")
     sections = {"orm": {}, "prm": {"balance": cfg.labels.balance},
                 "sorm": {"labels": cfg.labels, "engine": cfg.engine, "max_tokens": cfg.sampling.max_tokens}}[kind]
-    inputs = {"rollouts": f"{rollouts}/data"}
+    inputs = {"rollouts": output(rollouts, DATA)}
     if kind == "sorm":
         if policy is None:
             raise ValueError("SORM labels need the policy (--model) to sample continuations")
@@ -114,24 +114,24 @@ def pairs_stage(cfg: GloreConfig, rollouts: str, sorm_rows: str) -> Stage:
     """Global pairs from the rollouts, local pairs from labelled SORM rows and their continuations."""
     from glore_ray.pipeline.pairs import run_pairs
 
-    return Stage("pairs", {"rollouts": f"{rollouts}/data", "sorm": sorm_rows}, {"pairs": cfg.pairs}, run_pairs,
+    return Stage("pairs", {"rollouts": output(rollouts, DATA), "sorm": sorm_rows}, {"pairs": cfg.pairs}, run_pairs,
                  cfg.run_name)
 
 
-def expert_iteration_stages(cfg: GloreConfig, out: str, train: str, policy: str, r: int) -> list[Stage]:
+def expert_iteration_stages(cfg: GloreConfig, run: RunLayout, policy: str, r: int) -> list[Stage]:
     """Round `r`: samples of `policy` on the training questions, their SFT rows, the policy fine-tuned."""
     from glore_ray.pipeline.rollouts import write_expert_iteration_rows
 
     ei = cfg.expert_iteration
-    samples, rows = f"{out}/expert_iteration_{r}_samples", f"{out}/expert_iteration_{r}_rows"
+    samples, rows = RunLayout.expert_iteration(r, "samples"), RunLayout.expert_iteration(r, "rows")
     sampling = dataclasses.replace(cfg, rollouts=RolloutConfig(k=ei.k, temperature=ei.temperature,
                                                                max_questions=ei.max_questions, greedy=False,
                                                                pool=cfg.rollouts.pool))
-    return [rollouts_stage(f"expert_iteration_{r}_samples", sampling, train, policy),
-            Stage(f"expert_iteration_{r}_rows", {"samples": f"{samples}/data"}, {"seed": cfg.policy.seed + r},
+    return [rollouts_stage(samples, sampling, run.split("train"), policy),
+            Stage(rows, {"samples": run.output(samples)}, {"seed": cfg.policy.seed + r},
                   write_expert_iteration_rows, cfg.run_name),
-            train_stage(f"expert_iteration_{r}", "policy", ei.training(cfg.policy), f"{rows}/rows", policy,
-                        cfg.run_name)]
+            train_stage(RunLayout.expert_iteration(r), "policy", ei.training(cfg.policy), run.output(rows, ROWS),
+                        policy, cfg.run_name)]
 
 
 def build_stages(cfg: GloreConfig, out: str) -> list[Stage]:
@@ -139,47 +139,45 @@ def build_stages(cfg: GloreConfig, out: str) -> list[Stage]:
     from glore_ray.pipeline.evaluation import run_evaluation
     from glore_ray.pipeline.reranker import fit_reranker
 
-    # The evaluation reads the validation split while settings are chosen, the test split once.
-    train, test = f"{out}/data/train.jsonl", f"{out}/data/{cfg.eval.split}.jsonl"
-    run_name = cfg.run_name
+    run, run_name = RunLayout(out), cfg.run_name
     pipeline = [Stage("data", data_sources(cfg.data), {"data": cfg.data}, run_data, run_name)]
     if cfg.model.pretrained:
         init = cfg.model.pretrained
     else:
-        init = model_dir(out, "init_model")
-        pipeline.append(Stage("init_model", {"train": train}, {"model": cfg.model, "seed": cfg.policy.seed},
+        init = run.model("init_model")
+        pipeline.append(Stage("init_model", {"train": run.split("train")}, {"model": cfg.model, "seed": cfg.policy.seed},
                               run_init_model, run_name))
-    pipeline.append(train_stage("policy", "policy", cfg.policy, f"{out}/data/sft.jsonl", init, run_name))
-    policy = model_dir(out, "policy")
+    pipeline.append(train_stage("policy", "policy", cfg.policy, run.sft_rows, init, run_name))
+    policy = run.model("policy")
     for r in range(1, cfg.expert_iteration.rounds + 1):
-        pipeline += expert_iteration_stages(cfg, out, train, policy, r)
-        policy = model_dir(out, f"expert_iteration_{r}")
-    assert policy == model_dir(out, policy_stage(cfg))
+        pipeline += expert_iteration_stages(cfg, run, policy, r)
+        policy = run.model(RunLayout.expert_iteration(r))
 
-    rollouts, orm_labels, sorm_labels, pairs = (f"{out}/{s}" for s in ("rollouts", "orm_labels", "sorm_labels",
-                                                                        "pairs"))
+    rollouts = run.stage("rollouts")
     pipeline += [
-        rollouts_stage("rollouts", cfg, train, policy, reward_model_first_question(cfg)),
+        rollouts_stage("rollouts", cfg, run.split("train"), policy, reward_model_first_question(cfg)),
         labels_stage(cfg, "orm", rollouts),
         labels_stage(cfg, "sorm", rollouts, policy),
-        train_stage("orm", "orm", cfg.orm, f"{orm_labels}/data", policy, run_name, cfg.reward_model),
-        train_stage("sorm", "sorm", cfg.sorm, f"{sorm_labels}/data", policy, run_name, cfg.reward_model),
+        train_stage("orm", "orm", cfg.orm, run.output("orm_labels"), policy, run_name, cfg.reward_model),
+        train_stage("sorm", "sorm", cfg.sorm, run.output("sorm_labels"), policy, run_name, cfg.reward_model),
     ]
     if has_prm(cfg):  # the SORM's model and training on exact step labels (the model organism only)
         pipeline += [labels_stage(cfg, "prm", rollouts),
-                     train_stage("prm", "sorm", cfg.sorm, f"{out}/prm_labels/data", policy, run_name, cfg.reward_model)]
+                     train_stage("prm", "sorm", cfg.sorm, run.output("prm_labels"), policy, run_name, cfg.reward_model)]
     if cfg.reranker.likelihood:
-        pipeline.append(Stage("reranker", {"rows": f"{orm_labels}/heldout", "orm": model_dir(out, "orm"),
+        pipeline.append(Stage("reranker", {"rows": run.output("orm_labels", HELDOUT), "orm": run.model("orm"),
                                            "policy": policy},
                               {"reranker": cfg.reranker}, fit_reranker, run_name,
                               work=("reranker_rows", cfg.reranker.fit_rows)))
     pipeline += [
-        pairs_stage(cfg, rollouts, f"{sorm_labels}/data"),
-        train_stage("global_refiner", "global_refiner", cfg.global_refiner, f"{pairs}/global", policy, run_name),
-        train_stage("local_refiner", "local_refiner", cfg.local_refiner, f"{pairs}/local", policy, run_name),
+        pairs_stage(cfg, rollouts, run.output("sorm_labels")),
+        train_stage("global_refiner", "global_refiner", cfg.global_refiner, run.output("pairs", GLOBAL), policy,
+                    run_name),
+        train_stage("local_refiner", "local_refiner", cfg.local_refiner, run.output("pairs", LOCAL), policy, run_name),
     ]
-    models = model_dirs(cfg, out) | ({"prm": model_dir(out, "prm")} if has_prm(cfg) else {})
-    pipeline.append(Stage("evaluate", {"test": test} | models,
+    # The evaluation reads the validation split while settings are chosen, the test split once.
+    models = run.model_dirs(cfg) | ({"prm": run.model("prm")} if has_prm(cfg) else {})
+    pipeline.append(Stage("evaluate", {"test": run.split(cfg.eval.split)} | models,
                           {"eval": cfg.eval, "engine": cfg.engine, "sampling": cfg.sampling}, run_evaluation,
                           run_name, work=("eval_questions", cfg.eval.n_problems)))
     return pipeline

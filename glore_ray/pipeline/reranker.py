@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from glore_ray.config import RerankerConfig
 from glore_ray.io import absolute, filesystem_for
+from glore_ray.layout import MODEL, output
 from glore_ray.pipeline.runner import StageContext
 
 
@@ -49,7 +50,7 @@ def fit_reranker(ctx: StageContext, reranker: RerankerConfig) -> dict:
         auroc, _ = within_question_auroc(groups.values())
         return None if auroc is None else round(auroc, 4)
 
-    write_reranker_spec(f"{absolute(ctx.dir)}/model", absolute(orm), absolute(policy), weights)
+    write_reranker_spec(output(absolute(ctx.dir), MODEL), absolute(orm), absolute(policy), weights)
     counts = {"rows": len(rows), "weights": [round(w, 4) for w in weights],
               "orm_within_question_auroc": ranking(orm_values),
               "likelihood_within_question_auroc": ranking(likelihood),

@@ -18,6 +18,7 @@ from glore_ray.core.prompts import solve_prompt
 from glore_ray.core.quarantine import Quarantine
 from glore_ray.core.rollouts import grade_rollouts
 from glore_ray.io import absolute, parquet_rows
+from glore_ray.layout import DATA, ROWS, output
 from glore_ray.pipeline.progress import generation_line, stage_progress
 from glore_ray.pipeline.ray_data import (
     Replica,
@@ -104,10 +105,10 @@ def run_rollouts(ctx: StageContext, rollouts: RolloutConfig, engine: EngineConfi
                    "counters": counters, "sampling": rollout_sampling(rollouts, sampling), "greedy": rollouts.greedy}
         write_dataset(questions.map_batches(RolloutSampler, fn_constructor_kwargs=sampler,
                                             **pool_args(rollouts.pool, "rollouts.pool")),
-                      f"{out_dir}/data", ROLLOUTS_SCHEMA)
+                      output(out_dir, DATA), ROLLOUTS_SCHEMA)
         totals, _ = ray.get(counters.snapshot.remote())
     report_replacements(ctx.name, totals, rollouts.pool)
-    counts = _rollout_counts(f"{out_dir}/data") | {"quarantined": prepared["quarantined"],
+    counts = _rollout_counts(output(out_dir, DATA)) | {"quarantined": prepared["quarantined"],
                                                    "generated_tokens": totals.get("generated_tokens", 0),
                                                    "replica_starts": totals.get("replica_starts", 0)}
     if counts["questions"] != prepared["questions"]:
@@ -145,7 +146,7 @@ def write_expert_iteration_rows(ctx: StageContext, seed: int) -> dict:
                          for r in row["rollouts"] if r["correct"]]
         return pa.Table.from_pylist(out_rows, schema=SFT_SCHEMA)
 
-    out = f"{absolute(ctx.dir)}/rows"
+    out = output(absolute(ctx.dir), ROWS)
     source = ray.data.read_parquet(absolute(ctx.inputs["samples"]))
     write_dataset(source.map_batches(rows, batch_format="pyarrow").random_shuffle(seed=seed), out, SFT_SCHEMA)
     n_rows, questions = ray.data.read_parquet(out).count(), source.count()

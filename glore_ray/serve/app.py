@@ -50,7 +50,7 @@ def deployment_options(d: ModelDeploymentConfig) -> dict:
 
 
 def build_app(cfg: GloreConfig, models: dict[str, str]) -> serve.Application:
-    """The app over the five model folders (`layout.model_dirs` of a run); with a `reranker`
+    """The app over the five model folders (`layout.RunLayout.model_dirs` of a run); with a `reranker`
     folder, the `orm` deployment serves it."""
     from glore_ray.models.scorers import RERANKER_FILE
 
@@ -74,13 +74,13 @@ def app_builder(args: dict) -> serve.Application:
     """For Serve config files: `import_path: glore_ray.serve.app:app_builder` with
     `args: {config: <yaml>, models: <pipeline out dir>, set: [KEY=VALUE, ...]}`."""
     from glore_ray.config import load_config
-    from glore_ray.layout import model_dirs
+    from glore_ray.layout import RunLayout
 
     unknown = set(args) - {"config", "models", "set"}
     if unknown or "models" not in args:
         raise ValueError(f"app args: need `models` (and optionally `config`, `set`); got {sorted(args)}")
     cfg = load_config(args.get("config"), list(args.get("set", [])))
-    return build_app(cfg, model_dirs(cfg, args["models"]))
+    return build_app(cfg, RunLayout(args["models"]).model_dirs(cfg))
 
 
 def _interrupt(signum, frame) -> None:

@@ -176,7 +176,7 @@ def serve_node_loss(run_dir: str, overrides: list[str], port: int, question: str
     import ray
     from ray import serve
 
-    from glore_ray.layout import model_dirs
+    from glore_ray.layout import RunLayout
     from glore_ray.serve.app import APP_NAME, build_app
 
     # The policy alone on a serve node; the ingress and the other models on the head.
@@ -198,7 +198,7 @@ def serve_node_loss(run_dir: str, overrides: list[str], port: int, question: str
     try:
         # One HTTP proxy, on the head: every simulated node shares this machine's ports.
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(cfg, model_dirs(cfg, run_dir)), name=APP_NAME, route_prefix="/")
+        serve.run(build_app(cfg, RunLayout(run_dir).model_dirs(cfg)), name=APP_NAME, route_prefix="/")
         status, before = solve()
         assert status == 200, (status, before)
         t0 = time.perf_counter()
