@@ -7,13 +7,13 @@ RUN_DIR is a pipeline run whose evaluation ran with `eval.split=validation`: its
 `evaluate/decisions.jsonl` holds each question's draft and refinements with every reward model's
 scores. No model runs: both choices are replayed from the recorded scores.
 
-- **Step threshold** ("where"; `eval.step_threshold` for the SORM, `eval.orm_step_threshold` for
+- **Step threshold** ("where"; `ensemble.step_threshold` for the SORM, `ensemble.orm_step_threshold` for
   the ORM baseline): the threshold on a grid of 0.05 .. 0.95 whose first step below it best finds
   the first wrong step of the greedy drafts (first-error F1 against the organism's exact truth, the
   ensemble's rule: reasoning steps only), ties to the one nearest 0.5. An implicit PRM's values
   start at sigmoid(0) = 0.5, so a value head's 0.5 flags most right drafts.
 - **Offsets**: for each reward model, a grid search over the offsets added to the global and the
-  local refinement's logit (`eval.global_offset`, `eval.local_offset`; the draft's is 0) for the
+  local refinement's logit (`ensemble.global_offset`, `ensemble.local_offset`; the draft's is 0) for the
   most right choices, ties to the smaller offsets (`report.replay_choice`). The local candidates
   are the ones the run made at its own step threshold (`run_step_threshold`): fit the offsets on
   a run evaluated at the chosen threshold.

@@ -15,7 +15,7 @@ MINIATURE = ["data.organism.n_train=300", "data.organism.n_test=20", "engine.bac
              "labels.prm=true",  # the organism's PRM stage and its report row
              "reranker.heldout_share=0.25",  # 2 of the 8 questions: the reranker's fitting set
              "eval.pool.batch_size=2",  # four batches: the first ones' metrics are exported while the last run
-             "eval.refine_samples=2",  # a second, sampled rewrite per refiner: candidates beyond the paper's
+             "ensemble.refine_samples=2",  # a second, sampled rewrite per refiner: candidates beyond the paper's
              *[f"{m}.{key}" for m in ("orm", "sorm", "global_refiner", "local_refiner")
                for key in ("steps=4", "warmup_steps=1", "checkpoint_every=2")]]
 

@@ -83,7 +83,8 @@ def test_always_refine_still_keeps_a_draft_the_orm_prefers() -> None:
 
 
 def test_where_can_come_from_the_orm_and_drafts_can_be_given() -> None:
-    e = ensemble(EnsembleSettings(where="orm", step_threshold=0.55))
+    # The ORM's step values on its own threshold (the SORM's would flag none of them).
+    e = ensemble(EnsembleSettings(where="orm", orm_step_threshold=0.55, step_threshold=0.05))
     (decision,) = e.solve([Q1], drafts=[DRAFT1])
     assert e.policy.calls == []
     assert decision.step_values == [0.5, 0.5, 0.1] and decision.first_bad_step == 0

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from glore_ray.config import EvalConfig, OrganismConfig, SamplingConfig
+from glore_ray.config import EnsembleSettings, EvalConfig, OrganismConfig, SamplingConfig
 from glore_ray.core.evaluation import evaluate_batch
 from glore_ray.core.generation import Completion, Generation, Sampling
 from glore_ray.core.grading import render_solution
@@ -82,9 +82,10 @@ def models() -> dict:
 
 
 def test_a_batch_records_the_draft_samples_ensemble_and_where_rows_of_every_question() -> None:
-    ev = EvalConfig(k=3, always_refine=True, orm_step_threshold=0.5, step_threshold=0.5)
+    ev = EvalConfig(k=3, always_refine=True)
     scripted = models()
-    records, generated = evaluate_batch(scripted, PROBLEMS, ev, SamplingConfig(max_tokens=64))
+    records, generated = evaluate_batch(scripted, PROBLEMS, ev, EnsembleSettings(orm_step_threshold=0.5, step_threshold=0.5),
+                                        SamplingConfig(max_tokens=64))
 
     assert generated == {"samples": 2 * (1 + 3), "generated_tokens": 2 * 5 * (1 + 3)}
     right, wrong = records
@@ -99,7 +100,8 @@ def test_a_batch_records_the_draft_samples_ensemble_and_where_rows_of_every_ques
     assert wrong["decision"]["first_bad_step"] == WRONG_AT and wrong["decision"]["refined"]
     assert wrong["correct"]["global"] and wrong["correct"]["local"] and wrong["correct"]["chosen"]
     assert wrong["decision"]["chosen"] != "draft" and wrong["correct"]["any_refinement"]
-    # The "where" rows: the ORM's first low step (0.5 here) and the exact first wrong step.
+    # The "where" rows: the ORM's first low step (ensemble.orm_step_threshold, 0.5 here) and the exact
+    # first wrong step.
     assert wrong["orm_first_bad_step"] == WRONG_AT and wrong["oracle_first_bad_step"] == WRONG_AT
     assert wrong["correct"]["local_orm"] and wrong["correct"]["local_oracle_where"]
     assert right["correct"]["chosen"] and right["oracle_first_bad_step"] is None
@@ -116,7 +118,8 @@ def test_a_batch_records_the_draft_samples_ensemble_and_where_rows_of_every_ques
 def test_each_draft_is_read_once_by_each_reward_model(always_refine) -> None:
     """The ensemble reuses the drafts' scores from the batch's one reading of every solution."""
     scripted = models()
-    evaluate_batch(scripted, PROBLEMS, EvalConfig(k=2, always_refine=always_refine), SamplingConfig(max_tokens=64))
+    evaluate_batch(scripted, PROBLEMS, EvalConfig(k=2, always_refine=always_refine), EnsembleSettings(),
+                   SamplingConfig(max_tokens=64))
     bad_steps = tuple(BAD_DRAFT.splitlines())
     assert scripted["orm"].read.count(bad_steps) == 1
     assert scripted["sorm"].read.count(bad_steps) == 1
@@ -136,5 +139,5 @@ def test_a_bad_record_in_the_evaluated_file_stops_the_stage_before_any_model_loa
     # Model folders that do not exist: loading any model would fail with another error.
     ctx = StageContext("evaluate", str(tmp_path / "evaluate"), {"test": str(test), "policy": str(tmp_path / "nowhere")})
     with pytest.raises(ValueError, match=rf"{test}: 1 bad record.*{test}:2: .*in a file the data stage wrote"):
-        run_evaluation(ctx, replace(EvalConfig(), n_problems=10), EngineConfig(), SamplingConfig())
+        run_evaluation(ctx, replace(EvalConfig(), n_problems=10), EnsembleSettings(), EngineConfig(), SamplingConfig())
     assert not (tmp_path / "evaluate" / "decisions.jsonl").exists()

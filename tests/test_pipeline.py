@@ -91,7 +91,7 @@ def test_pipeline_runs_every_stage_and_writes_the_report(pipeline_run, capsys) -
     decisions = [json.loads(line) for line in (out / "evaluate" / "decisions.jsonl").read_text().splitlines()]
     assert len(decisions) == 8 and all(d["decision"]["refined"] for d in decisions)  # always_refine
     assert all(len(d["solutions"]) == 1 + 3 for d in decisions)
-    # eval.refine_samples 2: every global rewrite has a sampled second, graded and scored beside it.
+    # ensemble.refine_samples 2: every global rewrite has a sampled second, graded and scored beside it.
     assert report["settings"]["refine_samples"] == 2
     for d in decisions:
         assert set(d["decision"]["samples"]) == {"global_2"} | ({"local_2"} if d["decision"]["local"] else set())

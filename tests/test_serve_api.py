@@ -6,18 +6,19 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from glore_ray.config import ServeConfig
+from glore_ray.config import EnsembleSettings, ServeConfig
 from glore_ray.serve.api import RequestError, SolveRequest, authorized, ensemble_settings, load_token
 
 
 def test_request_settings_override_the_server_defaults() -> None:
-    cfg = ServeConfig(always_refine=False, orm_threshold=0.4, global_offset=-1.5, local_offset=0.25)
-    plain = ensemble_settings(SolveRequest(question="Ava has 3 apples."), cfg, max_tokens=64)
+    served = EnsembleSettings(always_refine=False, orm_threshold=0.4, global_offset=-1.5, local_offset=0.25,
+                              max_tokens=64)
+    plain = ensemble_settings(SolveRequest(question="Ava has 3 apples."), served, ServeConfig())
     assert (plain.always_refine, plain.orm_threshold, plain.where, plain.max_tokens) == (False, 0.4, "sorm", 64)
     assert (plain.global_offset, plain.local_offset) == (-1.5, 0.25)  # the run's calibration, not a request's
     request = SolveRequest.model_validate({"question": "q", "settings": {"always_refine": True, "where": "orm",
                                                                         "max_tokens": 16}})
-    s = ensemble_settings(request, cfg, max_tokens=64)
+    s = ensemble_settings(request, served, ServeConfig())
     assert (s.always_refine, s.orm_threshold, s.where, s.max_tokens) == (True, 0.4, "orm", 16)
 
 
@@ -28,7 +29,7 @@ def test_request_settings_override_the_server_defaults() -> None:
 ])
 def test_server_limits_are_request_errors(body, message) -> None:
     with pytest.raises(RequestError, match=message):
-        ensemble_settings(SolveRequest.model_validate(body), ServeConfig(), max_tokens=64)
+        ensemble_settings(SolveRequest.model_validate(body), EnsembleSettings(max_tokens=64), ServeConfig())
 
 
 @pytest.mark.parametrize("body", [

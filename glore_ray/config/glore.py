@@ -8,7 +8,7 @@ from typing import Any
 
 from glore_ray.config.data import DataConfig, ModelConfig
 from glore_ray.config.engines import EngineConfig, LabelConfig, RolloutConfig, SamplingConfig
-from glore_ray.config.ensemble import GENERATORS
+from glore_ray.config.ensemble import GENERATORS, EnsembleSettings
 from glore_ray.config.fields import check
 from glore_ray.config.serving import EvalConfig, ServeConfig
 from glore_ray.config.training import (
@@ -37,6 +37,7 @@ class GloreConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
     expert_iteration: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)

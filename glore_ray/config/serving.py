@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from glore_ray.config.engines import EnginePoolConfig
-from glore_ray.config.ensemble import MODELS, STEP_THRESHOLD
+from glore_ray.config.ensemble import MODELS
 from glore_ray.config.fields import EXECUTION, check, check_resources
 
 
@@ -25,26 +24,11 @@ class EvalConfig:
     temperature: float = 1.0
     always_refine: bool = True
     """Refine every draft, as the paper's main table does; else only drafts the ORM scores below
-    `orm_threshold`."""
-    orm_threshold: float = 0.5
-    step_threshold: float = STEP_THRESHOLD
-    """The first step whose SORM value is below this is where the local refiner starts (the
-    value's scale is the head's: choose it on validation, bench/rerank_calibration.py)."""
-    orm_step_threshold: float = 0.15
-    """The same for the "where: ORM" baseline's step values (the demo's validation choice: the
-    drafts' first-error F1 0.625, 0.0 at 0.5; bench/results/rerank_calibration_demo.json)."""
-    global_offset: float = 0.0
-    """Added to the global refinement's ORM logit in the rerank (the draft's is 0): the ranker
-    calibrated per candidate source, fit on validation (bench/rerank_calibration.py)."""
-    local_offset: float = 0.0
-    """The same for the local refinement."""
-    refine_samples: int = 1
-    """Refinements per refiner (beyond the paper): the first greedy, the others sampled at
-    `temperature`; the reranker chooses among the draft and all of them, and the rerank oracle is
-    over all of them."""
+    `ensemble.orm_threshold`. (The ensemble's other settings are the `ensemble:` section's, as
+    served; the evaluation locates the first bad step with the SORM, and reports the ORM's.)"""
     max_rounds: int = 1
     """Iterated refinement (beyond the paper): after the first round, a question whose chosen
-    candidate the ORM (or the reranker) scores below `orm_threshold` is refined again from that
+    candidate the ORM (or the reranker) scores below `ensemble.orm_threshold` is refined again from that
     candidate, the refiners sampling at `temperature` (greedy refiners would repeat the first
     round's rewrites), up to this many rounds in all; each round is a row of the report."""
     pool: EnginePoolConfig = field(default_factory=lambda: EnginePoolConfig(cpus_per_replica=0.25, batch_size=64), metadata=EXECUTION)
@@ -55,17 +39,8 @@ class EvalConfig:
         check(self.n_problems > 0, f"{key}.n_problems", "must be > 0")
         check(self.k >= 1, f"{key}.k", "must be >= 1")
         check(self.max_rounds >= 1, f"{key}.max_rounds", "must be >= 1")
-        check(self.refine_samples >= 1, f"{key}.refine_samples", "must be >= 1")
         check(self.temperature > 0, f"{key}.temperature", "must be > 0 (greedy is always measured)")
-        for name in ("orm_threshold", "step_threshold", "orm_step_threshold"):
-            check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")
-        _check_offsets(self, key)
         self.pool.validate(f"{key}.pool")
-
-
-def _check_offsets(section, key: str) -> None:
-    for name in ("global_offset", "local_offset"):
-        check(math.isfinite(getattr(section, name)), f"{key}.{name}", "must be a finite number")
 
 
 @dataclass
@@ -123,15 +98,6 @@ class ServeConfig:
     """A model call slower than this (a dead or restarting replica) answers 503."""
     max_question_chars: int = 2000
     max_draft_chars: int = 8000
-    always_refine: bool = False
-    """Refine every draft, or (the default online) only those the ORM scores below orm_threshold;
-    a request's own settings override these three."""
-    orm_threshold: float = 0.5
-    step_threshold: float = STEP_THRESHOLD
-    global_offset: float = 0.0
-    """Per candidate source offsets of the rerank, as `eval`'s (set them to the values the run's
-    evaluation used)."""
-    local_offset: float = 0.0
     ingress: ModelDeploymentConfig = field(default_factory=lambda: ModelDeploymentConfig(batch_wait_timeout_s=0.05))
     """The FastAPI deployment running the ensemble: it batches whole requests (one ensemble call,
     so one call per model and step, for a batch of questions)."""
@@ -146,8 +112,5 @@ class ServeConfig:
         check(self.model_timeout_s > 0, f"{key}.model_timeout_s", "must be > 0")
         check(self.max_question_chars > 0, f"{key}.max_question_chars", "must be > 0")
         check(self.max_draft_chars > 0, f"{key}.max_draft_chars", "must be > 0")
-        _check_offsets(self, key)
-        for name in ("orm_threshold", "step_threshold"):
-            check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")
         for name in ("ingress", *MODELS):
             getattr(self, name).validate(f"{key}.{name}")

@@ -2,7 +2,7 @@
 
 For a batch of questions: a greedy draft from the policy (or one the caller gives); the ORM's
 score of the draft decides **when** to refine (below `orm_threshold`, or always); the step values
-of the SORM (or of the ORM) find **where**: the first step below `step_threshold`, which the local
+of the SORM (or of the ORM) find **where**: the first step below its step threshold, which the local
 refiner rewrites from its `[BAD]` mark; the global refiner rewrites the whole draft (**how**);
 the ORM reranks the draft and its refinements (several per refiner with `refine_samples`, beyond
 the paper) and the best is the answer. Every decision is recorded.
@@ -158,6 +158,11 @@ class RefinementEnsemble:
     sorm: StepScorer
     settings: EnsembleSettings = field(default_factory=EnsembleSettings)
 
+    @property
+    def max_tokens(self) -> int:
+        """Tokens per generation: the settings', else the engines' default."""
+        return self.settings.max_tokens or Sampling.max_tokens
+
     @classmethod
     def of(cls, models: Mapping[str, Engine | StepScorer], settings: EnsembleSettings) -> RefinementEnsemble:
         """The ensemble over `models` by name (MODELS; other entries are ignored)."""
@@ -173,7 +178,7 @@ class RefinementEnsemble:
         drafts = list(drafts) if drafts is not None else [None] * len(questions)
         missing = [i for i, d in enumerate(drafts) if d is None]
         for i, text in zip(missing, _decode(self.policy, [solve_prompt(questions[i]) for i in missing],
-                                             s.max_tokens)):
+                                             self.max_tokens)):
             drafts[i] = text
         where = self.sorm if s.where == "sorm" else self.orm
         if draft_scores is not None:
@@ -196,7 +201,7 @@ class RefinementEnsemble:
             values = [v for d, v in zip(decisions, values, strict=True) if d.refined]
         for d, v in zip(todo, values, strict=True):
             d.step_values = v
-            d.first_bad_step = first_bad_step(v, d.draft, s.step_threshold)
+            d.first_bad_step = first_bad_step(v, d.draft, s.where_threshold)
 
         globals_, locals_ = _at_once(
             lambda: self._refine(self.global_refiner, [global_refine_prompt(d.question, d.draft) for d in todo],
@@ -218,11 +223,11 @@ class RefinementEnsemble:
         """`n` rewrites per prompt: the first decoded as `refine_temperature` says, the others sampled
         at `sample_temperature` in one call."""
         s = self.settings
-        first = _decode(engine, prompts, s.max_tokens, s.refine_temperature, s.seed)
+        first = _decode(engine, prompts, self.max_tokens, s.refine_temperature, s.seed)
         if n == 1 or not prompts:
             return [[text] for text in first]
         # Seeded apart from the first: in a later round the first is sampled at the same seed.
-        more = engine.generate(prompts, Sampling(n=n - 1, temperature=s.sample_temperature, max_tokens=s.max_tokens,
+        more = engine.generate(prompts, Sampling(n=n - 1, temperature=s.sample_temperature, max_tokens=self.max_tokens,
                                                  seed=s.seed + 1))
         return [[text, *(c.text for c in g.completions)] for text, g in zip(first, more, strict=True)]
 

@@ -8,6 +8,7 @@ first wrong step, and the iterated rounds. Each question becomes one record, whi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 from glore_ray.config import EvalConfig, SamplingConfig
@@ -63,15 +64,14 @@ def score_candidates(models: Models, problems: Sequence[Problem], decisions: Seq
     return [{name: row for (name, _), row in zip(pairs, rows, strict=True)} for pairs, rows in zip(named, scored)]
 
 
-def ensemble_settings(ev: EvalConfig, max_tokens: int) -> EnsembleSettings:
-    """The ensemble as the evaluation runs it: where = SORM, the refiners' further samples at `ev.temperature`."""
-    return EnsembleSettings(orm_threshold=ev.orm_threshold, always_refine=ev.always_refine,
-                            step_threshold=ev.step_threshold, where="sorm", max_tokens=max_tokens,
-                            global_offset=ev.global_offset, local_offset=ev.local_offset,
-                            refine_samples=ev.refine_samples, sample_temperature=ev.temperature)
+def evaluated(ensemble: EnsembleSettings, ev: EvalConfig, max_tokens: int) -> EnsembleSettings:
+    """The ensemble as the evaluation runs it: refining as `eval.always_refine` says, where = SORM
+    (the ORM's "where" is a row of its own), at most `max_tokens` per generation unless set."""
+    return dataclasses.replace(ensemble, always_refine=ev.always_refine, where="sorm",
+                               max_tokens=ensemble.max_tokens or max_tokens)
 
 
-def evaluate_batch(models: Models, problems: Sequence[Problem], ev: EvalConfig,
+def evaluate_batch(models: Models, problems: Sequence[Problem], ev: EvalConfig, ensemble: EnsembleSettings,
                    sampling: SamplingConfig) -> tuple[list[dict], dict[str, int]]:
     """The records of a batch of problems, and what it generated (samples, tokens). Each model
     output is computed once: the drafts are scored with the samples and the ensemble reuses those
@@ -90,13 +90,14 @@ def evaluate_batch(models: Models, problems: Sequence[Problem], ev: EvalConfig,
                  "generated_tokens": sum(c.n_tokens for g in (*greedy, *sampled) for c in g.completions)}
 
     ranked_by = ranker(models)
-    ensemble = RefinementEnsemble.of(ensemble_models(models), ensemble_settings(ev, sampling.max_tokens))
+    settings = evaluated(ensemble, ev, sampling.max_tokens)
+    ensemble = RefinementEnsemble.of(ensemble_models(models), settings)
     draft_rows = [s[0] for s in scored]
     decisions = ensemble.solve(questions, drafts, [v[-1] if (v := d[ranked_by]) else 0.0 for d in draft_rows],
                                [d["sorm"] for d in draft_rows])
     # The same refinement with the local refiner started elsewhere: at the ORM's first low step, and
     # at the exact first wrong step (model organism). Only refined drafts are rewritten.
-    orm_where = [first_bad_step(row["orm"], d.draft, ev.orm_step_threshold) if d.refined else None
+    orm_where = [first_bad_step(row["orm"], d.draft, settings.orm_step_threshold) if d.refined else None
                  for row, d in zip(draft_rows, decisions, strict=True)]
     oracle_where = [_oracle_bad_step(d.draft, row["first_wrong"]) if d.refined else None
                     for row, d in zip(draft_rows, decisions, strict=True)]

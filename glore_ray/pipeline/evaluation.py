@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from glore_ray.capacity import request, require
-from glore_ray.config import EngineConfig, EnginePoolConfig, EvalConfig, SamplingConfig
+from glore_ray.config import EngineConfig, EnginePoolConfig, EnsembleSettings, EvalConfig, SamplingConfig
 from glore_ray.config.ensemble import EVAL_SCORERS
-from glore_ray.core.evaluation import evaluate_batch, ranker
+from glore_ray.core.evaluation import evaluate_batch, evaluated, ranker
 from glore_ray.core.generation import Generation, Sampling
 from glore_ray.core.problems import load_problems
 from glore_ray.core.quarantine import Quarantine
@@ -101,7 +101,8 @@ def stop_model_servers(models: dict[str, RemoteModel]) -> None:
         ray.kill(handle)
 
 
-def run_evaluation(ctx: StageContext, eval: EvalConfig, engine: EngineConfig, sampling: SamplingConfig) -> dict:
+def run_evaluation(ctx: StageContext, eval: EvalConfig, ensemble: EnsembleSettings, engine: EngineConfig,
+                   sampling: SamplingConfig) -> dict:
     """Evaluate on the first `eval.n_problems` problems of `test` with the models of the other
     inputs; writes `decisions.jsonl` and the report (report.json, report.md, plots) in the stage's
     directory. Returns counts for the manifest."""
@@ -127,7 +128,7 @@ def run_evaluation(ctx: StageContext, eval: EvalConfig, engine: EngineConfig, sa
     try:
         with decisions.open("w") as sink, ThreadPoolExecutor(len(replicas)) as threads:
             # One batch in flight per replica set; results are written in input order.
-            while window := [threads.submit(evaluate_batch, m, b, eval, sampling) for m, b in zip(replicas, batches)]:
+            while window := [threads.submit(evaluate_batch, m, b, eval, ensemble, sampling) for m, b in zip(replicas, batches)]:
                 for future in window:
                     batch, generated = future.result()
                     for name, amount in generated.items():
@@ -141,10 +142,10 @@ def run_evaluation(ctx: StageContext, eval: EvalConfig, engine: EngineConfig, sa
     finally:
         for model_set in replicas:
             stop_model_servers(model_set)
-    settings = {f: getattr(eval, f) for f in ("always_refine", "orm_threshold", "step_threshold",
-                                              "orm_step_threshold", "global_offset", "local_offset",
-                                              "refine_samples", "max_rounds")}
-    settings["ranked_by"] = ranker(models)
+    used = evaluated(ensemble, eval, sampling.max_tokens)
+    settings = {f: getattr(used, f) for f in ("always_refine", "orm_threshold", "step_threshold", "orm_step_threshold",
+                                              "global_offset", "local_offset", "refine_samples")}
+    settings |= {"max_rounds": eval.max_rounds, "ranked_by": ranker(models)}
     report = build_report(records, eval.k, settings, ctx.run_name, eval.split)
     files = write_report(report, ctx.dir)
     log.info(f"evaluate: report -> {', '.join(str(f) for f in files)}")

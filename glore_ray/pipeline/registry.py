@@ -178,7 +178,8 @@ def build_stages(cfg: GloreConfig, out: str) -> list[Stage]:
     # The evaluation reads the validation split while settings are chosen, the test split once.
     models = run.model_dirs(cfg) | ({"prm": run.model("prm")} if has_prm(cfg) else {})
     pipeline.append(Stage("evaluate", {"test": run.split(cfg.eval.split)} | models,
-                          {"eval": cfg.eval, "engine": cfg.engine, "sampling": cfg.sampling}, run_evaluation,
+                          {"eval": cfg.eval, "ensemble": cfg.ensemble, "engine": cfg.engine, "sampling": cfg.sampling},
+                          run_evaluation,
                           run_name, work=("eval_questions", cfg.eval.n_problems)))
     return pipeline
 

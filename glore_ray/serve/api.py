@@ -6,6 +6,7 @@ Requests carry text and numbers only: nothing in them names a file, a model or a
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 from pathlib import Path
@@ -33,7 +34,7 @@ class SolveSettings(BaseModel):
     where: Literal["sorm", "orm"] | None = None
     """Which reward model locates the first bad step."""
     max_tokens: int | None = Field(None, ge=1)
-    """Tokens per generation, at most the server's `sampling.max_tokens`."""
+    """Tokens per generation, at most the server's (`ensemble.max_tokens`, else `sampling.max_tokens`)."""
 
 
 def _text(value: str, field: str) -> str:
@@ -71,10 +72,13 @@ class SolveRequest(BaseModel):
 class SolveResponse(BaseModel):
     answer: str | None
     """The chosen candidate's final answer (None when it states none)."""
-    chosen: Literal["draft", "global", "local"]
+    chosen: str
+    """The candidate chosen: `draft`, `global`, `local`, or a refiner's further sample (`global_2`, ...)."""
     draft: str
     global_: str | None = Field(alias="global")
     local: str | None
+    samples: dict[str, str] = {}
+    """The refiners' further samples by candidate name (`ensemble.refine_samples` > 1)."""
     orm_scores: dict[str, float]
     """The ORM's score of each candidate it saw."""
     first_bad_step: int | None
@@ -89,24 +93,21 @@ class SolveResponse(BaseModel):
     @classmethod
     def from_decision(cls, d: Decision) -> SolveResponse:
         return cls(answer=d.answer, chosen=d.chosen, draft=d.draft, global_=d.global_, local=d.local,
-                   orm_scores=d.orm_scores, first_bad_step=d.first_bad_step, step_values=d.step_values,
+                   samples=d.samples, orm_scores=d.orm_scores, first_bad_step=d.first_bad_step, step_values=d.step_values,
                    refined=d.refined)
 
 
-def ensemble_settings(request: SolveRequest, cfg: ServeConfig, max_tokens: int) -> EnsembleSettings:
-    """The server's settings with the request's overrides, within the server's limits."""
+def ensemble_settings(request: SolveRequest, served: EnsembleSettings, cfg: ServeConfig) -> EnsembleSettings:
+    """The served settings (the `ensemble:` section, its `max_tokens` resolved) with the request's
+    overrides, within the server's limits."""
     if len(request.question) > cfg.max_question_chars:
         raise RequestError(f"question: {len(request.question)} characters; the limit is {cfg.max_question_chars}")
     if request.draft is not None and len(request.draft) > cfg.max_draft_chars:
         raise RequestError(f"draft: {len(request.draft)} characters; the limit is {cfg.max_draft_chars}")
     s = request.settings
-    if s.max_tokens is not None and s.max_tokens > max_tokens:
-        raise RequestError(f"settings.max_tokens: {s.max_tokens} exceeds the server's {max_tokens}")
-    defaults = EnsembleSettings(orm_threshold=cfg.orm_threshold, always_refine=cfg.always_refine,
-                                step_threshold=cfg.step_threshold, max_tokens=max_tokens,
-                                global_offset=cfg.global_offset, local_offset=cfg.local_offset)
-    overrides = {k: v for k, v in s.model_dump().items() if v is not None}
-    return EnsembleSettings(**(vars(defaults) | overrides))
+    if s.max_tokens is not None and s.max_tokens > served.max_tokens:
+        raise RequestError(f"settings.max_tokens: {s.max_tokens} exceeds the server's {served.max_tokens}")
+    return dataclasses.replace(served, **{k: v for k, v in s.model_dump().items() if v is not None})
 
 
 def load_token(cfg: ServeConfig) -> str | None:

@@ -120,10 +120,11 @@ class EnsembleIngress(Batching):
     and step, so every model deployment sees the batch (and merges batches of other ingress
     replicas in its own `@serve.batch`)."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle], cfg: ServeConfig, max_tokens: int, run_name: str):
+    def __init__(self, handles: dict[str, DeploymentHandle], ensemble: EnsembleSettings, cfg: ServeConfig,
+                 run_name: str):
         if sorted(handles) != sorted(MODELS):
             raise ValueError(f"the ingress needs a handle per model ({', '.join(MODELS)}); got {sorted(handles)}")
-        self.cfg, self.max_tokens, self.handles = cfg, max_tokens, handles
+        self.cfg, self.ensemble, self.handles = cfg, ensemble, handles
         self.metrics = StageMetrics("serve", run_name)
 
         def resolve(model: str, response) -> Any:
@@ -152,7 +153,7 @@ class EnsembleIngress(Batching):
     async def solve(self, request: SolveRequest) -> SolveResponse:
         t0, status = time.perf_counter(), "500"
         try:
-            settings = ensemble_settings(request, self.cfg, self.max_tokens)
+            settings = ensemble_settings(request, self.ensemble, self.cfg)
             decision = await self._batch((request.question, request.draft, settings))
             status = "200"
         except RequestError:
