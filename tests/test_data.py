@@ -301,3 +301,18 @@ def test_file_uri_loads_through_pyarrow(tmp_path: Path) -> None:
     assert [p.id for p in from_uri] == ["uri-1"]
     assert [(r.source, r.line) for r in quarantine.records] == [(gsm8k.as_uri(), 2)]
     assert [p.id for p in load_problems(svamp.as_uri(), quarantine=Quarantine())] == ["s-1", "s-5"]
+
+
+def test_count_rows_reads_parquet_footers_and_jsonl_lines_without_ray(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from glore_ray.io import count_rows
+
+    (tmp_path / "rows").mkdir()
+    pq.write_table(pa.table({"id": ["a", "b", "c"]}), tmp_path / "rows" / "part-0.parquet")
+    pq.write_table(pa.table({"id": ["d"]}), tmp_path / "rows" / "part-1.parquet")
+    assert count_rows(str(tmp_path / "rows")) == 4
+    assert count_rows((tmp_path / "rows").as_uri()) == 4  # a URI as the stages pass them
+    (tmp_path / "sft.jsonl").write_text('{"id": 1}\n\n{"id": 2}\n')
+    assert count_rows(str(tmp_path / "sft.jsonl")) == 2

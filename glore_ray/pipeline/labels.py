@@ -116,7 +116,7 @@ def run_sorm_labels(ctx: StageContext, heldout_share: float, labels: LabelConfig
     out_dir = absolute(ctx.dir)
     target = output(out_dir, UNWEIGHTED) if labels.balance else output(out_dir, DATA)
     kept = _rollouts(ctx, heldout_share)
-    n_questions = kept.count()
+    n_questions = sum(not is_heldout(row["id"], heldout_share) for row in parquet_rows(ctx.inputs["rollouts"], ["id"]))
     line = generation_line(f"{ctx.name} ({labels.mode})", n_questions)
     with stage_progress(out_dir, ctx.name, ctx.run_name, line) as counters:
         labeller = {"model": absolute(ctx.inputs["policy"]), "engine": engine, "pool": labels.pool,

@@ -10,7 +10,7 @@ import pyarrow as pa
 from glore_ray.config import PairsConfig
 from glore_ray.core.pairs import global_pairs, local_pair
 from glore_ray.core.rollouts import question_from_row
-from glore_ray.io import absolute
+from glore_ray.io import absolute, parquet_rows
 from glore_ray.layout import GLOBAL, LOCAL, output
 from glore_ray.pipeline.ray_data import write_dataset
 from glore_ray.pipeline.runner import StageContext
@@ -37,11 +37,10 @@ def run_pairs(ctx: StageContext, pairs: PairsConfig) -> dict:
                   output(out_dir, GLOBAL), GLOBAL_SCHEMA)
     write_dataset(ray.data.read_parquet(absolute(ctx.inputs["sorm"])).map_batches(local_rows, batch_format="pyarrow"),
                   output(out_dir, LOCAL), LOCAL_SCHEMA)
-    # Each kind's pairs by the variant their id ends with (`/global`, `/global-identity`, ...), one read each.
+    # Each kind's pairs by the variant their id ends with (`/global`, `/global-identity`, ...), read here.
     counts = {}
     for kind in (GLOBAL, LOCAL):
-        ends = Counter(pair_id.rsplit("/", 1)[1] for batch in ray.data.read_parquet(output(out_dir, kind), columns=["id"])
-                       .iter_batches(batch_format="pyarrow") for pair_id in batch.column("id").to_pylist())
+        ends = Counter(row["id"].rsplit("/", 1)[1] for row in parquet_rows(output(out_dir, kind), ["id"]))
         counts[f"{kind}_pairs"] = sum(ends.values())
         for variant in ("identity", "reference") if kind == "global" else ("identity",):
             counts[f"{kind}_{variant}_pairs"] = ends[f"{kind}-{variant}"]

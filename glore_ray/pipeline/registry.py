@@ -14,6 +14,7 @@ import dataclasses
 import logging
 
 from glore_ray.config import GloreConfig, RewardModelConfig, RolloutConfig, TrainConfig
+from glore_ray.io import count_rows
 from glore_ray.layout import DATA, GLOBAL, HELDOUT, LOCAL, MODEL, ROWS, RunLayout, output
 from glore_ray.pipeline.runner import Stage, StageContext
 
@@ -28,13 +29,13 @@ def run_training(ctx: StageContext, objective: str, training: TrainConfig,
     from glore_ray.models.scorers import write_implicit_spec
     from glore_ray.pipeline.progress import stage_progress, training_line
     from glore_ray.training.objectives import objective as objective_spec
-    from glore_ray.training.ray_train import export_untrained, fit, read_rows
+    from glore_ray.training.ray_train import export_untrained, fit
 
     spec = objective_spec(objective)
     if reward_model is not None:
         spec = spec.with_head(reward_model.head, reward_model.beta)
     rows, init, model = ctx.inputs["rows"], ctx.inputs["init"], output(ctx.dir, MODEL)
-    n_rows = read_rows(rows).count()
+    n_rows = count_rows(rows)
     if n_rows == 0:
         # A weak policy can leave a stage without rows (no correct rollout on GSM8K with a tiny
         # model): the model is the initial one, and the manifest and the report say so.

@@ -17,7 +17,7 @@ from glore_ray.core.problems import Problem, load_problems
 from glore_ray.core.prompts import solve_prompt
 from glore_ray.core.quarantine import Quarantine
 from glore_ray.core.rollouts import grade_rollouts
-from glore_ray.io import absolute, parquet_rows
+from glore_ray.io import absolute, count_rows, parquet_rows
 from glore_ray.layout import DATA, ROWS, output
 from glore_ray.pipeline.progress import generation_line, stage_progress
 from glore_ray.pipeline.ray_data import (
@@ -149,5 +149,5 @@ def write_expert_iteration_rows(ctx: StageContext, seed: int) -> dict:
     out = output(absolute(ctx.dir), ROWS)
     source = ray.data.read_parquet(absolute(ctx.inputs["samples"]))
     write_dataset(source.map_batches(rows, batch_format="pyarrow").random_shuffle(seed=seed), out, SFT_SCHEMA)
-    n_rows, questions = ray.data.read_parquet(out).count(), source.count()
+    n_rows, questions = count_rows(out), count_rows(ctx.inputs["samples"])
     return {"rows": n_rows, "gold_rows": questions, "correct_samples": n_rows - questions}
