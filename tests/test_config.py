@@ -161,3 +161,25 @@ def test_glore_config_prints_the_effective_config_documented_and_loadable(tmp_pa
 def test_a_pool_asks_for_a_node_types_custom_resource_from_the_command_line() -> None:
     cfg = load_config(None, ["rollouts.pool.resources={engine_node: 1}", "labels.pool.resources.cpu_node=0.5"])
     assert cfg.rollouts.pool.resources == {"engine_node": 1.0} and cfg.labels.pool.resources == {"cpu_node": 0.5}
+
+
+def test_a_name_marked_execution_is_execution_wherever_it_appears() -> None:
+    """A stage's hash leaves out fields by name (`result_config`, also over the config dicts old
+    manifests stored), so a name marked EXECUTION anywhere must be EXECUTION everywhere it can be
+    hashed: outside an EXECUTION section, every field of that name carries the mark itself."""
+    import dataclasses
+
+    from glore_ray.config import EXECUTION_KEYS, GloreConfig
+
+    def unmarked(section, path: str):
+        for f in dataclasses.fields(section):
+            if f.metadata.get("execution"):
+                continue  # all below is left out of the hash with it
+            value = getattr(section, f.name)
+            if f.name in EXECUTION_KEYS:
+                yield f"{path}{f.name}"
+            if dataclasses.is_dataclass(value):
+                yield from unmarked(value, f"{path}{f.name}.")
+
+    assert EXECUTION_KEYS >= {"pool", "num_workers", "log_every", "storage_path", "resources"}
+    assert list(unmarked(GloreConfig(), "")) == []

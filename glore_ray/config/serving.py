@@ -55,10 +55,10 @@ class ModelDeploymentConfig:
     cpus: float = 0.25
     gpus: float = 0.0
     """GPUs per replica: engine.tensor_parallel_size of them for a generator on a cluster, 0 on CPU."""
-    accelerator_type: str = ""
+    accelerator_type: str = field(default="", metadata=EXECUTION)
     """Ray's accelerator type the GPUs must be (e.g. A100-80G, as nodes advertise it in
     `accelerator_type:<type>`); empty: any."""
-    resources: dict[str, float] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict, metadata=EXECUTION)
     """Custom Ray resources each replica needs, such as a node type's marker (`{"serve_node": 1}`)."""
     max_batch_size: int = 16
     """Requests merged into one call (`@serve.batch`): of the ensemble at the ingress, of the
