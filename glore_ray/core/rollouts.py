@@ -7,6 +7,7 @@ rollouts together (shared prefixes, global pairs). Pure Python over the engine's
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 from glore_ray.core.generation import Generation
@@ -71,6 +72,5 @@ def grade_rollouts(problem: Problem, generation: Generation, greedy: Generation 
 
 def question_from_row(row: dict) -> Question:
     """A rollouts row as its record (Ray Data batches hold lists as arrays)."""
-    problem = Problem.from_row(row)
     rollouts = tuple(Rollout(**{**r, "steps": list(r["steps"])}) for r in row["rollouts"])
-    return Question(problem.id, problem.question, problem.steps, problem.answer, rollouts)
+    return dataclasses.replace(Question.from_row(row), rollouts=rollouts)
