@@ -55,7 +55,7 @@ class EnsembleSettings:
     where: Literal["sorm", "orm"] = "sorm"
     """Which reward model's step values locate the first bad step."""
     max_tokens: int | None = None
-    """Tokens per generation of the draft and the refiners; None: `sampling.max_tokens`."""
+    """Tokens per generation of the draft and the refiners; null: `sampling.max_tokens`."""
     refine_temperature: float = 0.0
     """The refiners decode greedily (0, the paper), or sample: iterated refinement's later rounds
     sample, since greedy refiners given the same draft again propose the same rewrites."""
