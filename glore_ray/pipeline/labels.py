@@ -137,13 +137,11 @@ LABELLERS = {"orm": run_orm_labels, "sorm": run_sorm_labels, "prm": run_prm_labe
 
 def _write_weighted(unweighted: str, out: str, schema: pa.Schema) -> None:
     """Every row of `unweighted` with its per-step loss weights (labels.balance_weights over the
-    whole set): the driver holds one count per (step index, label), the rows stream through Ray Data."""
+    whole set): the driver counts the labels (one count per step index and label, the labels column
+    streamed in batches), the rows stream through Ray Data."""
     import ray.data
 
-    counts: Counter = Counter()
-    for batch in ray.data.read_parquet(unweighted).select_columns(["labels"]).iter_batches(batch_format="pyarrow"):
-        counts += step_label_counts(batch.column("labels").to_pylist())
-    weights = balance_weights(counts)
+    weights = balance_weights(step_label_counts(row["labels"] for row in parquet_rows(unweighted, ["labels"])))
 
     def weigh(batch: pa.Table) -> pa.Table:
         rows = [row | {"weights": row_weights(row["labels"], weights)} for row in batch.to_pylist()]
