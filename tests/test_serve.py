@@ -70,14 +70,13 @@ def test_answers_and_decisions_match_the_offline_ensemble(served, miniature_run)
     from glore_ray.core.ensemble import RefinementEnsemble
     from glore_ray.models.engines import HFEngine
     from glore_ray.models.scorers import load_scorer
-    from glore_ray.serve.app import served_settings
 
     url, cfg, models = served
     questions = _questions(miniature_run, 4)
     engines = [HFEngine(models[m], EngineConfig(backend="hf")) for m in ("policy", "global_refiner", "local_refiner")]
     # The miniature run ranks with the likelihood reranker: the served ORM is the reranker.
     offline = RefinementEnsemble(*engines, load_scorer(models["reranker"]), load_scorer(models["sorm"]),
-                                 replace(served_settings(cfg), always_refine=True))
+                                 replace(cfg.ensemble.with_max_tokens(cfg.sampling.max_tokens), always_refine=True))
     expected = offline.solve(questions)
     for question, want in zip(questions, expected, strict=True):
         status, got = http("POST", f"{url}/v1/solve", {"question": question, "settings": {"always_refine": True}})

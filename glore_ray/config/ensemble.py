@@ -4,6 +4,7 @@ evaluation and Serve configure it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -72,6 +73,10 @@ class EnsembleSettings:
     the others sampled at `sample_temperature`, each a candidate of the rerank (`global_2`, ...,
     `local_2`, ...): the verifier chooses among more rewrites than the paper's two."""
     sample_temperature: float = 1.0
+
+    def with_max_tokens(self, default: int) -> EnsembleSettings:
+        """These settings with `max_tokens` set: their own, else `default` (`sampling.max_tokens`)."""
+        return dataclasses.replace(self, max_tokens=self.max_tokens or default)
 
     @property
     def where_threshold(self) -> float:

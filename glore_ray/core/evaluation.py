@@ -67,8 +67,7 @@ def score_candidates(models: Models, problems: Sequence[Problem], decisions: Seq
 def evaluated(ensemble: EnsembleSettings, ev: EvalConfig, max_tokens: int) -> EnsembleSettings:
     """The ensemble as the evaluation runs it: refining as `eval.always_refine` says, where = SORM
     (the ORM's "where" is a row of its own), at most `max_tokens` per generation unless set."""
-    return dataclasses.replace(ensemble, always_refine=ev.always_refine, where="sorm",
-                               max_tokens=ensemble.max_tokens or max_tokens)
+    return dataclasses.replace(ensemble.with_max_tokens(max_tokens), always_refine=ev.always_refine, where="sorm")
 
 
 def evaluate_batch(models: Models, problems: Sequence[Problem], ev: EvalConfig, ensemble: EnsembleSettings,

@@ -55,9 +55,9 @@ before the reward models' results mean much (the organism benchmark's protocol).
 def training_label_quality(out: Path) -> dict:
     """The ORM's and SORM's training labels against exact truth on the same rows (from the label
     stages' manifests), and whether the SORM's beat the ORM's by LABEL_GATE."""
-    quality = {}
+    quality, run = {}, RunLayout(str(out))
     for kind in ("orm", "sorm"):
-        counts = (read_json(Path(RunLayout(str(out)).stage(f"{kind}_labels")) / MANIFEST) or {}).get("counts", {})
+        counts = (read_json(Path(run.stage(f"{kind}_labels")) / MANIFEST) or {}).get("counts", {})
         if counts.get("step_accuracy") is not None:
             quality[kind] = {k: counts.get(k) for k in ("step_accuracy", "bad_labelled_good", "checked")}
     if len(quality) == 2:

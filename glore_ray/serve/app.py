@@ -12,7 +12,6 @@ cluster/serve/glore.yaml`, or the KubeRay RayService in `cluster/kuberay/`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import time
@@ -23,7 +22,7 @@ from ray import serve
 
 from glore_ray.capacity import request, require
 from glore_ray.config import GloreConfig, ModelDeploymentConfig, ServeConfig
-from glore_ray.config.ensemble import GENERATORS, MODELS, EnsembleSettings
+from glore_ray.config.ensemble import GENERATORS, MODELS
 from glore_ray.core.ensemble import ensemble_models
 from glore_ray.serve.deployments import GeneratorDeployment, ScorerDeployment
 from glore_ray.serve.ingress import EnsembleIngress
@@ -50,11 +49,6 @@ def deployment_options(d: ModelDeploymentConfig) -> dict:
     return options
 
 
-def served_settings(cfg: GloreConfig) -> EnsembleSettings:
-    """The `ensemble:` section as served: at most `sampling.max_tokens` per generation unless it says."""
-    return dataclasses.replace(cfg.ensemble, max_tokens=cfg.ensemble.max_tokens or cfg.sampling.max_tokens)
-
-
 def build_app(cfg: GloreConfig, models: dict[str, str]) -> serve.Application:
     """The app over the five model folders (`layout.RunLayout.model_dirs` of a run); with a `reranker`
     folder, the `orm` deployment serves it."""
@@ -73,7 +67,7 @@ def build_app(cfg: GloreConfig, models: dict[str, str]) -> serve.Application:
         else:
             bound[name] = ScorerDeployment.options(name=name, **options).bind(path)
     return EnsembleIngress.options(name="ensemble", **deployment_options(cfg.serve.ingress)).bind(
-        bound, ensemble=served_settings(cfg), cfg=cfg.serve, run_name=cfg.run_name)
+        bound, ensemble=cfg.ensemble.with_max_tokens(cfg.sampling.max_tokens), cfg=cfg.serve, run_name=cfg.run_name)
 
 
 def app_builder(args: dict) -> serve.Application:
