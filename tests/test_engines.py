@@ -116,3 +116,19 @@ def test_vllm_seeded_batch_larger_than_one_scheduler_step(vllm_engine) -> None:
     out = vllm_engine.generate(prompts, Sampling(n=2, max_tokens=4, seed=5))
     assert sum(g.prompt_tokens for g in out) > 4096
     assert [len(g.completions) for g in out] == [2] * 120
+
+
+def test_each_engine_reads_the_likelihood_reranker_term_as_the_policy_copy_does(engine, tiny_model_dir) -> None:
+    """The policy's own engine (vLLM's prompt log-probs, or transformers over the engine's model)
+    gives the reranker's likelihood term that a separate copy of the policy gives: the Serve app
+    and the evaluation read it there and hold the policy once."""
+    from glore_ray.models.scorers import PolicyLikelihood
+
+    questions = ["Ava has 3 boxes of 4 apples. She eats 2. How many are left?", "Ben has 5 cards. He finds 3."]
+    steps = [["3 * 4 = 12 apples.", "12 - 2 = 10 apples.", "#### 10"], [], ["5 + 3 = 8 cards.", "#### 8"]]
+    questions = [questions[0], questions[1], questions[1]]
+    want = PolicyLikelihood(str(tiny_model_dir)).mean_logprobs(questions, steps)
+    got = engine.mean_logprobs(questions, steps)
+    assert [len(v) for v in got] == [3, 0, 2]
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-4)

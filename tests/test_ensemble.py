@@ -74,6 +74,22 @@ def test_a_low_scoring_draft_is_refined_where_the_sorm_drops_and_reranked() -> N
     assert all(s.temperature == 0 for m in (e.policy, e.global_refiner, e.local_refiner) for s in m.samplings)
 
 
+def test_each_decision_counts_the_tokens_its_generations_cost_and_why_each_candidate_ended() -> None:
+    """Every generator call returns 5 prompt and 5 completion tokens per prompt (ScriptedEngine): a
+    refined question cost the draft, the global and the local rewrite (15 + 15); a kept one the draft
+    alone; a caller's draft costs nothing and has no finish reason. Further samples are a second
+    call per refiner, so their prompt counts again."""
+    first, second = ensemble().solve([Q1, Q2])
+    assert (first.usage.prompt_tokens, first.usage.completion_tokens) == (15, 15)
+    assert (second.usage.prompt_tokens, second.usage.completion_tokens) == (5, 5)
+    assert first.finish_reasons == {"draft": "stop", "global": "stop", "local": "stop"}
+    (given,) = ensemble().solve([Q1], drafts=[DRAFT1])
+    assert (given.usage.prompt_tokens, given.usage.completion_tokens) == (10, 10) and "draft" not in given.finish_reasons
+    (sampled,) = ensemble(EnsembleSettings(refine_samples=2)).solve([Q1])
+    assert (sampled.usage.prompt_tokens, sampled.usage.completion_tokens) == (25, 25)
+    assert set(sampled.finish_reasons) == {"draft", "global", "local", "global_2", "local_2"}
+
+
 def test_always_refine_still_keeps_a_draft_the_orm_prefers() -> None:
     e = ensemble(EnsembleSettings(always_refine=True))
     _, second = e.solve([Q1, Q2])
@@ -153,6 +169,7 @@ def test_a_reranker_folder_scores_as_the_orm_and_the_likelihood_combined_and_ser
         PolicyLikelihood,
         load_scorer,
         read_reranker_spec,
+        reranker_weights,
         write_reranker_spec,
     )
 
@@ -179,6 +196,11 @@ def test_a_reranker_folder_scores_as_the_orm_and_the_likelihood_combined_and_ser
     moved = shutil.move(run, tmp_path / "moved")
     assert read_reranker_spec(f"{moved}/reranker")[:2] == (f"{moved}/reranker/../orm", f"{moved}/reranker/../policy")
     assert reranker(f"{moved}/reranker") == pytest.approx(sigmoid, abs=1e-5)
+    # Served over the ORM and the policy already loaded, its weights only with the folders it was fitted over.
+    assert reranker_weights(f"{moved}/reranker", f"{moved}/orm", f"{moved}/policy/") == [0.0, 2.0, 0.5]
+    with pytest.raises(ValueError, match=f"fitted over the policy {moved}/reranker/../policy, but the policy "
+                                         f"served is {moved}/orm"):
+        reranker_weights(f"{moved}/reranker", f"{moved}/orm", f"{moved}/orm")
 
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / RERANKER_FILE).write_text(json.dumps({"orm": "orm"}))

@@ -28,7 +28,7 @@ from glore_ray.config.ensemble import (
     EnsembleSettings,
     candidate_name,
 )
-from glore_ray.core.generation import Engine, Sampling, StepScorer
+from glore_ray.core.generation import Engine, Generation, Sampling, StepScorer, Usage
 from glore_ray.core.grading import extract_answer, format_answer, scored_steps, split_steps
 from glore_ray.core.prompts import global_refine_prompt, local_refine_prompt, solve_prompt
 
@@ -60,6 +60,9 @@ class Decision:
     orm_scores: dict[str, float] = field(default_factory=dict)
     chosen: str = "draft"
     answer: str | None = None
+    finish_reasons: dict[str, str] = field(default_factory=dict)
+    """Why each generated candidate ended (`stop` or `length`); a caller's draft has none."""
+    usage: Usage = field(default_factory=Usage)
 
     def candidate(self, name: str) -> str | None:
         if name in CANDIDATES:
@@ -71,12 +74,18 @@ class Decision:
         named = {"global": self.global_, "local": self.local} | self.samples
         return {n: named[n] for n in sorted(named, key=_order) if named[n] is not None}
 
-    def add_refinements(self, source: str, texts: Sequence[str]) -> None:
-        for sample, text in enumerate(texts, start=1):
+    def add_refinements(self, source: str, rewrites: Generation | None) -> None:
+        """A refiner's rewrites (its first, then its further samples), and what they cost."""
+        if rewrites is None:
+            return
+        self.usage.add(rewrites)
+        for sample, completion in enumerate(rewrites.completions, start=1):
+            name = source if sample == 1 else candidate_name(source, sample)
             if sample == 1:
-                setattr(self, "global_" if source == "global" else "local", text)
+                setattr(self, "global_" if source == "global" else "local", completion.text)
             else:
-                self.samples[candidate_name(source, sample)] = text
+                self.samples[name] = completion.text
+            self.finish_reasons[name] = completion.finish_reason
 
     def to_row(self) -> dict:
         row = asdict(self)
@@ -115,11 +124,11 @@ def first_bad_step(step_values: Sequence[float], draft: str, threshold: float) -
     return next((i for i, value in enumerate(step_values[:n_steps]) if value < threshold), None)
 
 
-def _decode(engine: Engine, prompts: list[str], max_tokens: int, temperature: float = 0.0, seed: int = 0) -> list[str]:
+def _decode(engine: Engine, prompts: list[str], max_tokens: int, temperature: float = 0.0,
+            seed: int = 0) -> list[Generation]:
     if not prompts:
         return []
-    sampling = Sampling(n=1, temperature=temperature, max_tokens=max_tokens, seed=seed)
-    return [g.completions[0].text for g in engine.generate(prompts, sampling)]
+    return engine.generate(prompts, Sampling(n=1, temperature=temperature, max_tokens=max_tokens, seed=seed))
 
 
 A = TypeVar("A")
@@ -177,9 +186,9 @@ class RefinementEnsemble:
         s = self.settings
         drafts = list(drafts) if drafts is not None else [None] * len(questions)
         missing = [i for i, d in enumerate(drafts) if d is None]
-        for i, text in zip(missing, _decode(self.policy, [solve_prompt(questions[i]) for i in missing],
-                                             self.max_tokens)):
-            drafts[i] = text
+        generated: dict[int, Generation] = {}
+        for i, g in zip(missing, _decode(self.policy, [solve_prompt(questions[i]) for i in missing], self.max_tokens)):
+            drafts[i], generated[i] = g.completions[0].text, g
         where = self.sorm if s.where == "sorm" else self.orm
         if draft_scores is not None:
             values = None if draft_values is None else list(draft_values)
@@ -191,6 +200,9 @@ class RefinementEnsemble:
             draft_scores, values = _score(self.orm, questions, drafts), None
         decisions = [Decision(q, d, s.always_refine or score < s.orm_threshold, orm_scores={"draft": score})
                      for q, d, score in zip(questions, drafts, draft_scores, strict=True)]
+        for i, g in generated.items():
+            decisions[i].usage.add(g)
+            decisions[i].finish_reasons["draft"] = g.completions[0].finish_reason
         todo = [d for d in decisions if d.refined]
         if not todo:
             return self._choose(decisions)
@@ -208,9 +220,9 @@ class RefinementEnsemble:
                                  s.refine_samples),
             lambda: self.local_refinements([d.question for d in todo], [d.draft for d in todo],
                                            [d.first_bad_step for d in todo], s.refine_samples))
-        for d, global_texts, local_texts in zip(todo, globals_, locals_, strict=True):
-            d.add_refinements("global", global_texts)
-            d.add_refinements("local", local_texts)
+        for d, global_rewrites, local_rewrites in zip(todo, globals_, locals_, strict=True):
+            d.add_refinements("global", global_rewrites)
+            d.add_refinements("local", local_rewrites)
 
         # Every refinement's score in one ORM call.
         have = [(d, name, text) for d in todo for name, text in d.refinements().items()]
@@ -219,34 +231,38 @@ class RefinementEnsemble:
             d.orm_scores[name] = score
         return self._choose(decisions)
 
-    def _refine(self, engine: Engine, prompts: list[str], n: int) -> list[list[str]]:
-        """`n` rewrites per prompt: the first decoded as `refine_temperature` says, the others sampled
-        at `sample_temperature` in one call."""
+    def _refine(self, engine: Engine, prompts: list[str], n: int) -> list[Generation]:
+        """`n` rewrites per prompt as one Generation each (its prompt tokens counted per call): the
+        first decoded as `refine_temperature` says, the others sampled at `sample_temperature` in
+        one call."""
         s = self.settings
         first = _decode(engine, prompts, self.max_tokens, s.refine_temperature, s.seed)
         if n == 1 or not prompts:
-            return [[text] for text in first]
+            return first
         # Seeded apart from the first: in a later round the first is sampled at the same seed.
         more = engine.generate(prompts, Sampling(n=n - 1, temperature=s.sample_temperature, max_tokens=self.max_tokens,
                                                  seed=s.seed + 1))
-        return [[text, *(c.text for c in g.completions)] for text, g in zip(first, more, strict=True)]
+        return [Generation(a.prompt, a.prompt_tokens + b.prompt_tokens, a.completions + b.completions)
+                for a, b in zip(first, more, strict=True)]
 
     def local_refinements(self, questions: Sequence[str], drafts: Sequence[str], bad_steps: Sequence[int | None],
-                          n: int = 1) -> list[list[str]]:
-        """The local refiner's `n` rewrites of each draft from its bad step on (none where there is
-        none): the draft's steps before the mark, then the refiner's continuation."""
+                          n: int = 1) -> list[Generation | None]:
+        """The local refiner's `n` rewrites of each draft from its bad step on (None where there is
+        none), each text the draft's steps before the mark, then the refiner's continuation."""
         todo = [i for i, bad in enumerate(bad_steps) if bad is not None]
         prompts = [local_refine_prompt(questions[i], split_steps(drafts[i]), bad_steps[i]) for i in todo]
-        out: list[list[str]] = [[] for _ in drafts]
-        for i, texts in zip(todo, self._refine(self.local_refiner, prompts, n), strict=True):
+        out: list[Generation | None] = [None] * len(drafts)
+        for i, g in zip(todo, self._refine(self.local_refiner, prompts, n), strict=True):
             kept = split_steps(drafts[i])[:bad_steps[i]]
-            out[i] = ["\n".join(kept + [text.strip()]) for text in texts]
+            out[i] = dataclasses.replace(g, completions=[
+                dataclasses.replace(c, text="\n".join(kept + [c.text.strip()])) for c in g.completions])
         return out
 
     def refine_locally(self, questions: Sequence[str], drafts: Sequence[str],
                        bad_steps: Sequence[int | None]) -> list[str | None]:
         """The local refiner's first rewrite of each draft (None where there is no bad step)."""
-        return [texts[0] if texts else None for texts in self.local_refinements(questions, drafts, bad_steps)]
+        return [None if g is None else g.completions[0].text
+                for g in self.local_refinements(questions, drafts, bad_steps)]
 
     def _choose(self, decisions: list[Decision]) -> list[Decision]:
         for d in decisions:

@@ -37,6 +37,18 @@ class Generation:
     completions: list[Completion] = field(default_factory=list)
 
 
+@dataclass
+class Usage:
+    """Tokens spent on generation: each call's prompt, and every completion."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, generation: Generation) -> None:
+        self.prompt_tokens += generation.prompt_tokens
+        self.completion_tokens += sum(c.n_tokens for c in generation.completions)
+
+
 class Engine(Protocol):
     name: str
 
@@ -58,4 +70,12 @@ def per_prompt(prompts: Sequence[str], sampling: Sampling | Sequence[Sampling]) 
 class StepScorer(Protocol):
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         """P(good) at the end of every step of each solution."""
+        ...
+
+
+class Likelihood(Protocol):
+    def mean_logprobs(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        """A policy's mean token log-probability of each solution up to the end of every step, the
+        solution read as the reward models read it (the solve prompt, then each step and its
+        newline); [] for a solution without steps."""
         ...

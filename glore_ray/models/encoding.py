@@ -112,6 +112,18 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
     return out
 
 
+def step_mean_logprobs(logprobs: Sequence[float], example: EncodedExample) -> list[float]:
+    """The mean log-probability of the solution's tokens up to the end of every step: `logprobs[t]`
+    is token t's given the ones before it, `example` the solution as `encode_step_example` reads it
+    (a step ends at its labelled newline; the prompt's tokens are not counted)."""
+    total, out = 0.0, []
+    for n, t in enumerate(range(example.prompt_len, len(example.input_ids)), start=1):
+        total += logprobs[t]
+        if example.labels[t] != IGNORE:
+            out.append(total / n)
+    return out
+
+
 def implicit_values(logits: torch.Tensor, reference_logits: torch.Tensor, batch: dict, beta: float) -> torch.Tensor:
     """(B, T) implicit PRM value at every position (arXiv 2412.01981): beta times the sum of
     log(pi / pi_ref) over the solution's tokens so far. The prompt's tokens are left out (a term

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from glore_ray.config import EngineConfig
 from glore_ray.core.generation import Completion, Engine, Generation, Sampling, StepScorer, per_prompt
+from glore_ray.core.prompts import solve_prompt
 
 
 def prompt_seed(seed: int, prompt: str) -> int:
@@ -77,6 +78,7 @@ class VLLMEngine:
                        enable_prefix_caching=cfg.enable_prefix_caching, seed=0,
                        enforce_eager=(not on_gpu) if cfg.enforce_eager is None else cfg.enforce_eager,
                        **cpu_scheduling)
+        self.max_model_len = cfg.max_model_len
 
     def generate(self, prompts: Sequence[str], sampling: Sampling | Sequence[Sampling]) -> list[Generation]:
         from vllm import SamplingParams
@@ -92,6 +94,30 @@ class VLLMEngine:
                            completions=[Completion(c.text, len(c.token_ids), c.finish_reason or "stop")
                                         for c in o.outputs] * (s.n if s.temperature == 0 else 1))
                 for o, s in zip(outputs, samplings, strict=True)]
+
+
+    def mean_logprobs(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        """The likelihood reranker's term (`core.generation.Likelihood`) from this engine's prompt
+        log-probs: each solution, tokenized as the reward models read it, is a prompt of one call."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from glore_ray.models.encoding import encode_step_example, step_mean_logprobs
+
+        tokenizer = self.llm.get_tokenizer()
+        todo = [i for i, s in enumerate(steps) if s]
+        examples = [encode_step_example(tokenizer, solve_prompt(questions[i]), list(steps[i]), [0] * len(steps[i]),
+                                        self.max_model_len, f"solution {i}") for i in todo]
+        out: list[list[float]] = [[] for _ in questions]
+        if not examples:
+            return out
+        # prompt_logprobs=0: each prompt token's own log-prob (no alternatives); one token decoded, unused.
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=e.input_ids) for e in examples],
+                                    SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0), use_tqdm=False)
+        for i, e, o in zip(todo, examples, outputs, strict=True):
+            logprobs = [0.0] + [at[t].logprob for at, t in zip(o.prompt_logprobs[1:], e.input_ids[1:], strict=True)]
+            out[i] = step_mean_logprobs(logprobs, e)
+        return out
 
 
 class HFEngine:
@@ -133,6 +159,12 @@ class HFEngine:
                 completions = completions * sampling.n
             results.append(Generation(prompt, n_prompt, completions))
         return results
+
+    def mean_logprobs(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        """The likelihood reranker's term (`core.generation.Likelihood`) from this engine's model."""
+        from glore_ray.models.scorers import PolicyLikelihood
+
+        return PolicyLikelihood.over(self.model, self.tokenizer).mean_logprobs(questions, steps)
 
     def _completion(self, ids, sampling: Sampling) -> Completion:
         ids = ids.tolist()

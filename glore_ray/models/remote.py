@@ -1,4 +1,4 @@
-"""A model in another process behind the core's Engine and StepScorer interfaces: a Ray actor (the
+"""A model in another process behind the core's Engine, StepScorer and Likelihood interfaces: a Ray actor (the
 evaluation's model servers) or a Serve deployment (the app's ingress). Only how a call's result is
 awaited differs, so the caller passes it in as `resolve`."""
 
@@ -22,6 +22,10 @@ class RemoteModel:
 
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
         return self.resolve(self.name, self.handle.generate.remote(*self.route, list(prompts), sampling))
+
+    def mean_logprobs(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        return self.resolve(self.name, self.handle.mean_logprobs.remote(*self.route, list(questions),
+                                                                        [list(s) for s in steps]))
 
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         return self.resolve(self.name, self.handle.score.remote(*self.route, list(questions),

@@ -1,5 +1,6 @@
 """Step scorers (the ensemble's StepScorer), in this process: a trained ORM, SORM or PRM folder, and
-the reranker that combines the ORM with the policy's likelihood."""
+the reranker that combines the ORM with the policy's likelihood (read by the policy's own engine
+where it is served: `likelihood_reranker`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from glore_ray.core.ensemble import logit
+from glore_ray.core.generation import Likelihood, StepScorer
 from glore_ray.core.prompts import solve_prompt
 
 
@@ -21,15 +23,25 @@ class _SolutionReader:
         import torch
         import transformers
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-        self.model = getattr(transformers, auto_class).from_pretrained(model_dir).to(self.device).eval()
-        self.max_length = self.model.config.max_position_embeddings
-        self.batch_size = batch_size
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._hold(getattr(transformers, auto_class).from_pretrained(model_dir).to(device).eval(),
+                   transformers.AutoTokenizer.from_pretrained(model_dir), batch_size)
+
+    def _hold(self, model, tokenizer, batch_size: int) -> None:
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.device = model.device
+        self.max_length = model.config.max_position_embeddings
+
+    @classmethod
+    def over(cls, model, tokenizer, batch_size: int = 32):
+        """A reader over a model this process already holds (an engine's), not a second copy."""
+        reader = cls.__new__(cls)
+        reader._hold(model, tokenizer, batch_size)
+        return reader
 
     def _batches(self, questions: Sequence[str], steps: Sequence[Sequence[str]]):
-        """(solution indices, prompts, collated batch, logits) per batch; a solution without steps
-        is skipped (it has nothing to read)."""
+        """(solution indices, their encoded examples, collated batch, logits) per batch; a solution
+        without steps is skipped (it has nothing to read)."""
         import torch
 
         from glore_ray.models.encoding import collate, encode_step_example
@@ -37,13 +49,12 @@ class _SolutionReader:
         todo = [i for i, s in enumerate(steps) if s]
         for start in range(0, len(todo), self.batch_size):
             rows = todo[start:start + self.batch_size]
-            prompts = [solve_prompt(questions[i]) for i in rows]
-            examples = [encode_step_example(self.tokenizer, p, list(steps[i]), [0] * len(steps[i]), self.max_length,
-                                            f"solution {i}") for p, i in zip(prompts, rows)]
+            examples = [encode_step_example(self.tokenizer, solve_prompt(questions[i]), list(steps[i]),
+                                            [0] * len(steps[i]), self.max_length, f"solution {i}") for i in rows]
             batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
             with torch.no_grad():
                 logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            yield rows, prompts, batch, logits
+            yield rows, examples, batch, logits
 
 
 class HFStepScorer(_SolutionReader):
@@ -127,20 +138,13 @@ class PolicyLikelihood(_SolutionReader):
         super().__init__(policy_dir, "AutoModelForCausalLM", batch_size)
 
     def mean_logprobs(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        import torch
-
-        from glore_ray.models.encoding import IGNORE
+        from glore_ray.models.encoding import step_mean_logprobs, token_logprobs
 
         out: list[list[float]] = [[] for _ in questions]
-        for rows, prompts, batch, logits in self._batches(questions, steps):
-            # Token t's log-probability is read at position t - 1.
-            token_logprobs = torch.log_softmax(logits[:, :-1].float(), -1).gather(
-                2, batch["input_ids"][:, 1:, None])[..., 0]
-            for row, (i, prompt) in enumerate(zip(rows, prompts)):
-                first = len(self.tokenizer(prompt)["input_ids"]) - 1  # the solution's first token, shifted
-                cumulative = token_logprobs[row, first:].cumsum(0)
-                ends = (batch["labels"][row] != IGNORE).nonzero()[:, 0] - 1 - first  # each step's newline
-                out[i] = [(cumulative[e] / (e + 1)).item() for e in ends.tolist()]
+        for rows, examples, batch, logits in self._batches(questions, steps):
+            logprobs = token_logprobs(logits, batch["input_ids"]).tolist()
+            for i, example, row_logprobs in zip(rows, examples, logprobs, strict=True):
+                out[i] = step_mean_logprobs(row_logprobs, example)
         return out
 
 
@@ -197,7 +201,7 @@ class LikelihoodReranker:
     weights fitted on the ORM's training solutions (`pipeline.reranker.fit_reranker`). A StepScorer, so
     the ensemble and Serve use it wherever they use the ORM."""
 
-    def __init__(self, orm, likelihood: PolicyLikelihood, weights: Sequence[float]):
+    def __init__(self, orm: StepScorer, likelihood: Likelihood, weights: Sequence[float]):
         self.orm, self.likelihood = orm, likelihood
         self.w_orm, self.w_likelihood, self.bias = weights
 
@@ -210,7 +214,7 @@ class LikelihoodReranker:
 
 def load_scorer(model_dir: str):
     """The StepScorer in a folder: a reranker folder (RERANKER_FILE naming its ORM and policy
-    folders and its weights), an implicit PRM (IMPLICIT_FILE) or a token-classification model
+    folders and its weights; here with a copy of the policy of its own, for offline use), an implicit PRM (IMPLICIT_FILE) or a token-classification model
     folder (an ORM, SORM or PRM with a value head)."""
     if (Path(model_dir) / IMPLICIT_FILE).is_file():
         return ImplicitPRMScorer(model_dir)
@@ -218,6 +222,25 @@ def load_scorer(model_dir: str):
         return HFStepScorer(model_dir)
     orm, policy, weights = read_reranker_spec(model_dir)
     return LikelihoodReranker(load_scorer(orm), PolicyLikelihood(policy), weights)
+
+
+def reranker_weights(model_dir: str, orm_dir: str, policy_dir: str) -> list[float]:
+    """A reranker folder's weights, for a LikelihoodReranker over the ORM and the policy as they are
+    already served (the evaluation's model servers, the Serve deployments): the policy's own engine
+    then reads the likelihood, and no process holds a second copy of the policy. The weights belong
+    to the folders they were fitted over: serving them with another ORM or policy is an error."""
+    fitted_orm, fitted_policy, weights = read_reranker_spec(model_dir)
+    for role, fitted, served in (("ORM", fitted_orm, orm_dir), ("policy", fitted_policy, policy_dir)):
+        if not _same_folder(fitted, served):
+            raise ValueError(f"{model_dir}/{RERANKER_FILE}: fitted over the {role} {fitted}, "
+                             f"but the {role} served is {served}")
+    return weights
+
+
+def _same_folder(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def write_reranker_spec(model_dir: str, orm: str, policy: str, weights: Sequence[float]) -> None:

@@ -29,6 +29,7 @@ from glore_ray.core.quarantine import Quarantine
 from glore_ray.metrics import StageMetrics
 from glore_ray.models.engines import load_model
 from glore_ray.models.remote import RemoteModel
+from glore_ray.models.scorers import LikelihoodReranker, reranker_weights
 from glore_ray.pipeline.runner import StageContext
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class ModelServer:
 
     def score(self, model: str, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         return self.models[model].score(questions, steps)
+
+    def mean_logprobs(self, model: str, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        return self.models[model].mean_logprobs(questions, steps)
 
 
 def _ray_get(name: str, ref):
@@ -118,17 +122,22 @@ def run_evaluation(ctx: StageContext, eval: EvalConfig, ensemble: EnsembleSettin
     if quarantine:  # before any model loads: the data stage wrote this file, so it was changed since
         raise ValueError(f"{test}: {quarantine.summary()} in a file the data stage wrote")
     problems, n_questions = iter(all_problems), len(all_problems)
+    served = {name: path for name, path in models.items() if name != "reranker"}
+    # The likelihood reranker is the ORM's and the policy's servers combined: no second policy copy.
+    weights = reranker_weights(models["reranker"], models["orm"], models["policy"]) if "reranker" in models else None
     with ThreadPoolExecutor(eval.pool.replicas) as threads:  # the replica sets load in parallel
-        replicas = list(threads.map(lambda _: start_model_servers(eval.pool, engine, models),
+        replicas = list(threads.map(lambda _: start_model_servers(eval.pool, engine, served),
                                     range(eval.pool.replicas)))
-    log.info(f"evaluate: {len(models) * len(replicas)} models up in {time.perf_counter() - t0:.0f} s")
+    log.info(f"evaluate: {len(served) * len(replicas)} models up in {time.perf_counter() - t0:.0f} s")
+    ranked = [m if weights is None else m | {"reranker": LikelihoodReranker(m["orm"], m["policy"], weights)}
+              for m in replicas]
     batches = iter(lambda: list(itertools.islice(problems, eval.pool.batch_size)), [])
     records: list[dict] = []
     decisions = Path(ctx.dir) / "decisions.jsonl"
     try:
         with decisions.open("w") as sink, ThreadPoolExecutor(len(replicas)) as threads:
             # One batch in flight per replica set; results are written in input order.
-            while window := [threads.submit(evaluate_batch, m, b, eval, ensemble, sampling) for m, b in zip(replicas, batches)]:
+            while window := [threads.submit(evaluate_batch, m, b, eval, ensemble, sampling) for m, b in zip(ranked, batches)]:
                 for future in window:
                     batch, generated = future.result()
                     for name, amount in generated.items():

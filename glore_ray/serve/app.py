@@ -23,7 +23,6 @@ from ray import serve
 from glore_ray.capacity import request, require
 from glore_ray.config import GloreConfig, ModelDeploymentConfig, ServeConfig
 from glore_ray.config.ensemble import GENERATORS, MODELS
-from glore_ray.core.ensemble import ensemble_models
 from glore_ray.serve.deployments import GeneratorDeployment, ScorerDeployment
 from glore_ray.serve.ingress import EnsembleIngress
 
@@ -50,24 +49,29 @@ def deployment_options(d: ModelDeploymentConfig) -> dict:
 
 
 def build_app(cfg: GloreConfig, models: dict[str, str]) -> serve.Application:
-    """The app over the five model folders (`layout.RunLayout.model_dirs` of a run); with a `reranker`
-    folder, the `orm` deployment serves it."""
-    from glore_ray.models.scorers import RERANKER_FILE
+    """The app over the five model folders (`layout.RunLayout.model_dirs` of a run). With a
+    `reranker` folder, the likelihood reranker ranks in the ORM's place: the ingress combines the
+    `orm` deployment's values with the `policy` deployment's log-probs, so the policy's weights are
+    held once. (An `orm` entry that is itself a reranker folder loads its own copy of the policy in
+    the ORM's replica: what `bench/serve.py` measures against.)"""
+    from glore_ray.models.scorers import RERANKER_FILE, reranker_weights
 
     missing = [f"{name}: {path}" for name, path in models.items()
                if not any((Path(path) / f).is_file() for f in ("config.json", RERANKER_FILE))]
     if missing:
         raise FileNotFoundError("no exported model folder for " + "; ".join(missing)
                                 + " (run `glore pipeline` with this config first)")
+    weights = reranker_weights(models["reranker"], models["orm"], models["policy"]) if "reranker" in models else None
     bound = {}
-    for name, path in ensemble_models(models).items():
+    for name in MODELS:
         options = deployment_options(getattr(cfg.serve, name))
         if name in GENERATORS:
-            bound[name] = GeneratorDeployment.options(name=name, **options).bind(path, cfg.engine)
+            bound[name] = GeneratorDeployment.options(name=name, **options).bind(models[name], cfg.engine)
         else:
-            bound[name] = ScorerDeployment.options(name=name, **options).bind(path)
+            bound[name] = ScorerDeployment.options(name=name, **options).bind(models[name])
     return EnsembleIngress.options(name="ensemble", **deployment_options(cfg.serve.ingress)).bind(
-        bound, ensemble=cfg.ensemble.with_max_tokens(cfg.sampling.max_tokens), cfg=cfg.serve, run_name=cfg.run_name)
+        bound, ensemble=cfg.ensemble.with_max_tokens(cfg.sampling.max_tokens), cfg=cfg.serve, run_name=cfg.run_name,
+        reranker_weights=weights)
 
 
 def app_builder(args: dict) -> serve.Application:

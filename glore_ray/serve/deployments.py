@@ -19,13 +19,16 @@ from glore_ray.models.scorers import load_scorer
 
 
 class Batching:
-    """A deployment whose `_batch` method is a `@serve.batch`. Its settings are the deployment's
+    """A deployment whose BATCHED methods are `@serve.batch`es. Their settings are the deployment's
     `user_config`: a Serve config file's per-deployment `user_config` retunes live replicas
     without reloading their models."""
 
+    BATCHED: tuple[str, ...] = ("_batch",)
+
     def reconfigure(self, batching: dict) -> None:
-        self._batch.set_max_batch_size(batching["max_batch_size"])
-        self._batch.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
+        for name in self.BATCHED:
+            getattr(self, name).set_max_batch_size(batching["max_batch_size"])
+            getattr(self, name).set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
 
 
 class _BatchedModel(Batching):
@@ -56,7 +59,10 @@ class _BatchedModel(Batching):
 
 @serve.deployment
 class GeneratorDeployment(_BatchedModel):
-    """A generation engine (vLLM, or transformers) on one model folder."""
+    """A generation engine (vLLM, or transformers) on one model folder. The policy's also reads the
+    likelihood reranker's term (`mean_logprobs`) from its own weights."""
+
+    BATCHED = ("_batch", "_likelihood_batch")
 
     def __init__(self, model_dir: str, engine: EngineConfig):
         self.engine = load_model(model_dir, "generator", engine)
@@ -72,6 +78,17 @@ class GeneratorDeployment(_BatchedModel):
         samplings = [s for ps, s in requests for _ in ps]
         generations = iter(await self._run(self.engine.generate, prompts, samplings))
         return [[next(generations) for _ in ps] for ps, _ in requests]
+
+    async def mean_logprobs(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
+        return await self._likelihood_batch((list(questions), [list(s) for s in steps]))
+
+    @serve.batch
+    async def _likelihood_batch(self, requests: list[tuple[list[str], list[list[str]]]]) -> list[list[list[float]]]:
+        # One engine call for the batch, on the same worker thread as generation.
+        questions = [q for qs, _ in requests for q in qs]
+        steps = [s for _, ss in requests for s in ss]
+        values = iter(await self._run(self.engine.mean_logprobs, questions, steps))
+        return [[next(values) for _ in qs] for qs, _ in requests]
 
     def _probe(self) -> None:
         self.engine.generate(["1 + 1 ="], Sampling(temperature=0, max_tokens=1))

@@ -21,9 +21,10 @@ from ray.serve.handle import DeploymentHandle
 
 from glore_ray.config import ServeConfig
 from glore_ray.config.ensemble import MODELS, EnsembleSettings
-from glore_ray.core.ensemble import Decision, RefinementEnsemble
+from glore_ray.core.ensemble import Decision, RefinementEnsemble, ensemble_models
 from glore_ray.metrics import StageMetrics
 from glore_ray.models.remote import RemoteModel
+from glore_ray.models.scorers import LikelihoodReranker
 from glore_ray.serve.api import RequestError, SolveRequest, SolveResponse, authorized, ensemble_settings, load_token
 from glore_ray.serve.deployments import Batching
 
@@ -121,7 +122,7 @@ class EnsembleIngress(Batching):
     replicas in its own `@serve.batch`)."""
 
     def __init__(self, handles: dict[str, DeploymentHandle], ensemble: EnsembleSettings, cfg: ServeConfig,
-                 run_name: str):
+                 run_name: str, reranker_weights: list[float] | None = None):
         if sorted(handles) != sorted(MODELS):
             raise ValueError(f"the ingress needs a handle per model ({', '.join(MODELS)}); got {sorted(handles)}")
         self.cfg, self.ensemble, self.handles = cfg, ensemble, handles
@@ -131,6 +132,8 @@ class EnsembleIngress(Batching):
             return _result(model, response, cfg.model_timeout_s)
 
         self.models = {name: RemoteModel(name, handle, resolve) for name, handle in self.handles.items()}
+        if reranker_weights is not None:  # the policy deployment reads the likelihood: one copy of it
+            self.models["reranker"] = LikelihoodReranker(self.models["orm"], self.models["policy"], reranker_weights)
         # The ensemble blocks on its handle calls: it runs on these threads, never on the event loop.
         self._threads = ThreadPoolExecutor(INGRESS_CONCURRENT_BATCHES)
         self.token = load_token(cfg)
@@ -176,7 +179,7 @@ class EnsembleIngress(Batching):
         loop = asyncio.get_running_loop()
         for settings in dict.fromkeys(s for _, _, s in requests):  # one ensemble call per distinct settings
             members = [i for i, (_, _, s) in enumerate(requests) if s == settings]
-            ensemble = RefinementEnsemble.of(self.models, settings)
+            ensemble = RefinementEnsemble.of(ensemble_models(self.models), settings)
             solved = await loop.run_in_executor(self._threads, ensemble.solve, [requests[i][0] for i in members],
                                                 [requests[i][1] for i in members])
             for i, decision in zip(members, solved, strict=True):
