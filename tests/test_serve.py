@@ -1,6 +1,7 @@
 """The Serve app on a local Ray cluster with the miniature pipeline's models, called over real HTTP
-on loopback: answers and decisions match the offline ensemble, bad requests get 4xx, /healthz and
-the OpenAPI schema, the bearer token, and a killed model replica answers 503 then recovers."""
+on loopback: answers and decisions match the offline ensemble, the `openai` client gets /v1/solve's
+decision, bad requests get 4xx (fuzzed, on every route), /healthz and the OpenAPI schema, the bearer
+token, and a killed model replica answers 503 then recovers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import replace
 
+import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -97,6 +99,38 @@ def test_answers_and_decisions_match_the_offline_ensemble(served, miniature_run)
     assert (got["chosen"], got["answer"], got["local"]) == (want.chosen, want.answer, want.local)
 
 
+def test_the_openai_client_gets_the_decision_solve_makes(served, miniature_run) -> None:
+    """The real `openai` client over loopback: the chat answer is the candidate /v1/solve chooses for
+    the same question and settings, with its decision and token usage; `glore-policy` answers with
+    the draft; a wrong key and a malformed body are the client's own exceptions."""
+    url, _, _ = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
+    assert [m.id for m in client.models.list()] == ["glore", "glore-policy"]
+    for question in _questions(miniature_run, 2):
+        status, solved = http("POST", f"{url}/v1/solve", {"question": question, "settings": {"always_refine": True}})
+        assert status == 200, solved
+        chat = client.chat.completions.create(model="glore", messages=[{"role": "user", "content": question}],
+                                              extra_body={"always_refine": True})
+        decision = chat.model_extra["glore"]
+        assert (decision["chosen"], decision["draft"], decision["global"], decision["local"]) == (
+            solved["chosen"], solved["draft"], solved["global"], solved["local"])
+        assert decision["orm_scores"] == pytest.approx(solved["orm_scores"], abs=1e-4)
+        chosen = solved["samples"].get(solved["chosen"]) or solved[solved["chosen"]]
+        assert chat.choices[0].message.content == chosen and chat.choices[0].finish_reason in ("stop", "length")
+        assert chat.usage.prompt_tokens == solved["usage"]["prompt_tokens"] > 0
+        assert chat.usage.completion_tokens == solved["usage"]["completion_tokens"] > 0
+        policy = client.completions.create(model="glore-policy", prompt=question)
+        assert policy.choices[0].text == solved["draft"]
+    with pytest.raises(openai.AuthenticationError):
+        client.with_options(api_key="wrong").chat.completions.create(
+            model="glore", messages=[{"role": "user", "content": "Ann has 3 apples."}])
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(model="glore", messages=[{"role": "user", "content": "q"}],
+                                       extra_body={"orm_threshold": "high"})
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="glore", messages=[{"role": "user", "content": "q"}], temperature=0.7)
+
+
 @pytest.mark.parametrize("body", [
     b"{not json", b"[1, 2]", {}, {"question": ""}, {"question": "   "}, {"question": 3},
     {"question": "x" * 2001}, {"question": "q", "model_path": "/etc/passwd"},
@@ -142,6 +176,46 @@ def test_no_request_body_gets_a_5xx(served, body: bytes) -> None:
         assert "answer" in got and got["draft"]
     else:
         assert status in (400, 422) and isinstance(got["detail"], str) and got["detail"], (body, got)
+
+
+_OPENAI_MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]) | _JSON},
+                                                   optional={"content": _TEXT | _JSON}) | _JSON, max_size=3)
+_OPENAI_BODIES = st.one_of(
+    _JSON.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=32),
+    st.tuples(st.sampled_from(["/v1/chat/completions", "/v1/completions"]),
+              st.fixed_dictionaries({}, optional={
+                  "model": st.sampled_from(["glore", "glore-policy"]) | _TEXT | _JSON, "messages": _OPENAI_MESSAGES,
+                  "prompt": _TEXT | _JSON, "stream": _JSON, "max_tokens": _NUMBERS | _JSON, "n": _NUMBERS | _JSON,
+                  "temperature": _NUMBERS | _JSON, "stream_options": _JSON}),
+              _SETTINGS, st.dictionaries(_TEXT, _JSON, max_size=2)).map(
+        lambda t: (t[0], json.dumps(t[3] | t[2] | t[1]).encode())),
+    # A real question: the ensemble runs, with hostile settings.
+    st.tuples(st.sampled_from(["glore", "glore-policy"]), _SETTINGS, st.booleans()).map(lambda t: (
+        "/v1/chat/completions", json.dumps({"model": t[0], "stream": t[2], "messages": [
+            {"role": "user", "content": "Ann has 3 apples. Ann finds 4 apples. How many apples does Ann have?"}]}
+            | t[1]).encode())))
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=_OPENAI_BODIES)
+def test_no_openai_request_body_gets_a_5xx(served, body) -> None:
+    """The OpenAI routes hold /v1/solve's promise: an answer, or a 4xx in OpenAI's error shape."""
+    url, _, _ = served
+    path, body = body if isinstance(body, tuple) else ("/v1/chat/completions", body)
+    request = urllib.request.Request(f"{url}{path}", data=body, method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read().decode()
+    assert status < 500, (path, body, text)
+    if status == 200:
+        assert text.startswith("data: ") and text.endswith("data: [DONE]\n\n") or json.loads(text)["choices"]
+    else:
+        error = json.loads(text)["error"]
+        assert status in (400, 404, 422) and error["message"] and error["code"] == status, (path, body, text)
 
 
 @pytest.mark.parametrize("body, field", [

@@ -104,7 +104,7 @@ def test_each_ingress_app_checks_its_own_token() -> None:
         async def healthz(self) -> JSONResponse:
             return JSONResponse({"status": "ok"})
 
-        async def solve(self, request) -> SolveResponse:
+        async def decide(self, request) -> SolveResponse:
             raise AssertionError("not reached without the token")
 
     first, second = TestClient(build_api(Ingress(), "first")), TestClient(build_api(Ingress(), "second"))

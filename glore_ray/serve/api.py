@@ -20,7 +20,12 @@ from glore_ray.core.ensemble import Decision
 
 
 class RequestError(ValueError):
-    """A request the schema accepts but the server's limits do not; answered with a 422."""
+    """A request the schema accepts but the server does not: beyond its limits (422), or asking for
+    what the ensemble does not do (400). `param` names the field."""
+
+    def __init__(self, message: str, status: int = 422, param: str | None = None):
+        super().__init__(message)
+        self.status, self.param = status, param
 
 
 class SolveSettings(BaseModel):
@@ -87,6 +92,8 @@ class SolveResponse(BaseModel):
     """The locating model's value of each of the draft's steps, then of its answer line."""
     refined: bool
     """Whether the draft was refined (its ORM score was below the threshold, or always_refine)."""
+    usage: dict[str, int] = {}
+    """`prompt_tokens` and `completion_tokens` summed over the generations made for this question."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -94,19 +101,21 @@ class SolveResponse(BaseModel):
     def from_decision(cls, d: Decision) -> SolveResponse:
         return cls(answer=d.answer, chosen=d.chosen, draft=d.draft, global_=d.global_, local=d.local,
                    samples=d.samples, orm_scores=d.orm_scores, first_bad_step=d.first_bad_step, step_values=d.step_values,
-                   refined=d.refined)
+                   refined=d.refined, usage=dataclasses.asdict(d.usage))
 
 
 def ensemble_settings(request: SolveRequest, served: EnsembleSettings, cfg: ServeConfig) -> EnsembleSettings:
     """The served settings (the `ensemble:` section, its `max_tokens` resolved) with the request's
     overrides, within the server's limits."""
     if len(request.question) > cfg.max_question_chars:
-        raise RequestError(f"question: {len(request.question)} characters; the limit is {cfg.max_question_chars}")
+        raise RequestError(f"question: {len(request.question)} characters; the limit is {cfg.max_question_chars}",
+                           param="question")
     if request.draft is not None and len(request.draft) > cfg.max_draft_chars:
-        raise RequestError(f"draft: {len(request.draft)} characters; the limit is {cfg.max_draft_chars}")
+        raise RequestError(f"draft: {len(request.draft)} characters; the limit is {cfg.max_draft_chars}", param="draft")
     s = request.settings
     if s.max_tokens is not None and s.max_tokens > served.max_tokens:
-        raise RequestError(f"settings.max_tokens: {s.max_tokens} exceeds the server's {served.max_tokens}")
+        raise RequestError(f"settings.max_tokens: {s.max_tokens} exceeds the server's {served.max_tokens}",
+                           param="max_tokens")
     return dataclasses.replace(served, **{k: v for k, v in s.model_dump().items() if v is not None})
 
 

@@ -2,6 +2,7 @@
 with the model deployments behind handles.
 
     POST /v1/solve   {"question", optional "draft", optional "settings"} -> the decision
+    GET  /v1/models, POST /v1/chat/completions, POST /v1/completions   OpenAI-compatible (openai_api.py)
     GET  /healthz    200 when all five models answer, else 503 naming the ones that do not
     GET  /docs, /openapi.json
 """
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,12 +24,16 @@ from ray.serve.handle import DeploymentHandle
 from glore_ray.config import ServeConfig
 from glore_ray.config.ensemble import MODELS, EnsembleSettings
 from glore_ray.core.ensemble import Decision, RefinementEnsemble, ensemble_models
+from glore_ray.core.generation import Generation, Sampling
+from glore_ray.core.prompts import solve_prompt
 from glore_ray.metrics import StageMetrics
 from glore_ray.models.remote import RemoteModel
 from glore_ray.models.scorers import LikelihoodReranker
 from glore_ray.serve.api import RequestError, SolveRequest, SolveResponse, authorized, ensemble_settings, load_token
 from glore_ray.serve.deployments import Batching
+from glore_ray.serve.openai_api import OPENAI_PATHS, add_openai_routes, openai_error
 
+T = TypeVar("T")
 INGRESS_CONCURRENT_BATCHES = 2
 """Request batches an ingress replica runs at once: one computes while the next one fills."""
 
@@ -61,33 +67,43 @@ def _printable(part: object) -> str:
     return str(part).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _error(request: Request, status: int, message: str, param: str | None = None, headers: dict | None = None,
+           **fields) -> JSONResponse:
+    """An error in the shape the route's clients read: OpenAI's `{"error": {...}}` on the OpenAI
+    routes, `{"detail": ...}` (with any further `fields`) on /v1/solve."""
+    if request.url.path in OPENAI_PATHS:
+        return JSONResponse(openai_error(status, message, param), status_code=status, headers=headers)
+    return JSONResponse({"detail": message, **fields}, status_code=status, headers=headers)
+
+
 async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
-    return JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
-                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return _error(request, 401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                  headers={"WWW-Authenticate": "Bearer"})
 
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     """Each problem as `field: message`, without echoing the offending value (which may not even
     be encodable: NaN, a lone surrogate), so that no body can turn a 422 into a 500."""
-    problems = []
+    problems, fields = [], []
     for error in exc.errors():
         field = ".".join(_printable(p) for p in error.get("loc", ()) if p != "body") or "body"
         problems.append(f"{field}: {_printable(error.get('msg', 'invalid'))}")
-    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+        fields.append(field)
+    return _error(request, 422, "; ".join(problems) or "invalid request", fields[0] if fields else None)
 
 
 async def _bad_request(request: Request, exc: RequestError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=422)
+    return _error(request, exc.status, str(exc), exc.param)
 
 
 async def _model_unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
-    return JSONResponse({"detail": f"{exc}; retry shortly", "model": exc.model}, status_code=503,
-                        headers={"Retry-After": "1"})
+    return _error(request, 503, f"{exc}; retry shortly", headers={"Retry-After": "1"}, model=exc.model)
 
 
 def build_api(ingress, token: str | None) -> FastAPI:
     """The HTTP app of one ingress replica, its bearer token its own (two apps in one process do
-    not share one); the routes call the replica's `healthz` and `solve`."""
+    not share one); the routes call the replica's `healthz`, `solve` and (the OpenAI routes,
+    `serve/openai_api.py`) `decide` and `draft`."""
     api = FastAPI(title="glore-ray refinement ensemble", version="1",
                   description="GLoRe: a policy draft refined globally and locally, reranked by the ORM.")
     api.add_exception_handler(_Unauthorized, _unauthorized)
@@ -109,8 +125,9 @@ def build_api(ingress, token: str | None) -> FastAPI:
                          422: {"description": "invalid request"},
                          503: {"description": "a model failed or did not answer in time"}})
     async def solve(request: SolveRequest) -> SolveResponse:
-        return await ingress.solve(request)
+        return SolveResponse.from_decision(await ingress.decide(request))
 
+    add_openai_routes(api, ingress, Depends(require_token))
     return api
 
 
@@ -153,14 +170,34 @@ class EnsembleIngress(Batching):
         ok = all(v == "ok" for v in models.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "models": models}, status_code=200 if ok else 503)
 
-    async def solve(self, request: SolveRequest) -> SolveResponse:
+    async def decide(self, request: SolveRequest) -> Decision:
+        """The ensemble's decision for one request, batched with the requests of its moment."""
+        async def run(settings: EnsembleSettings) -> Decision:
+            decision = await self._batch((request.question, request.draft, settings))
+            self.metrics.record("chosen_candidates", candidate=decision.chosen)
+            return decision
+
+        return await self._recorded(request, run)
+
+    async def draft(self, request: SolveRequest) -> Generation:
+        """The policy's greedy draft alone (the OpenAI routes' `glore-policy`: the baseline)."""
+        async def run(settings: EnsembleSettings) -> Generation:
+            sampling = Sampling(n=1, temperature=0.0, max_tokens=settings.max_tokens)
+            (generation,) = await asyncio.get_running_loop().run_in_executor(
+                self._threads, self.models["policy"].generate, [solve_prompt(request.question)], sampling)
+            return generation
+
+        return await self._recorded(request, run)
+
+    async def _recorded(self, request: SolveRequest, run: Callable[[EnsembleSettings], Awaitable[T]]) -> T:
+        """`run` with the request's settings, its status and latency recorded."""
         t0, status = time.perf_counter(), "500"
         try:
-            settings = ensemble_settings(request, self.ensemble, self.cfg)
-            decision = await self._batch((request.question, request.draft, settings))
+            result = await run(ensemble_settings(request, self.ensemble, self.cfg))
             status = "200"
-        except RequestError:
-            status = "422"
+            return result
+        except RequestError as e:
+            status = str(e.status)
             raise
         except ModelUnavailable:
             status = "503"
@@ -170,8 +207,6 @@ class EnsembleIngress(Batching):
             # per-route metrics.
             self.metrics.record("serve_requests", status=status)
             self.metrics.record("serve_latency_seconds", time.perf_counter() - t0)
-        self.metrics.record("chosen_candidates", candidate=decision.chosen)
-        return SolveResponse.from_decision(decision)
 
     @serve.batch(max_concurrent_batches=INGRESS_CONCURRENT_BATCHES)
     async def _batch(self, requests: list[tuple[str, str | None, EnsembleSettings]]) -> list[Decision]:
