@@ -139,5 +139,9 @@ def test_a_wrong_key_is_an_authentication_error_and_solve_keeps_its_own_shape(se
     # /v1/solve answers its errors as it did ({"detail": ...}), the OpenAI routes as OpenAI does.
     solve = http.post("/v1/solve", json={"question": ""}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert solve.status_code == 422 and "question" in solve.json()["detail"]
-    chat = http.post("/v1/chat/completions", content=b"{not json", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert chat.status_code == 422 and set(json.loads(chat.content)["error"]) == {"message", "type", "param", "code"}
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for path, body, status in [("/v1/chat/completions", b"{not json", 422), ("/v1/chat/completions", b"\x00" * 9, 400),
+                               ("/v1/completions", b"{}", 422), ("/v1/completions", b'{"prompt": [1, 2]}', 400)]:
+        answer = http.post(path, content=body, headers=auth | {"Content-Type": "application/json"})
+        assert answer.status_code == status, (path, body, answer.text)
+        assert set(answer.json()["error"]) == {"message", "type", "param", "code"}, (path, body, answer.text)

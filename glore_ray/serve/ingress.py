@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glore_ray.config import ServeConfig
 from glore_ray.config.ensemble import MODELS, EnsembleSettings
@@ -96,6 +97,11 @@ async def _bad_request(request: Request, exc: RequestError) -> JSONResponse:
     return _error(request, exc.status, str(exc), exc.param)
 
 
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own refusals (a body it cannot parse: 400), in the route's error shape."""
+    return _error(request, exc.status_code, str(exc.detail), headers=exc.headers)
+
+
 async def _model_unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
     return _error(request, 503, f"{exc}; retry shortly", headers={"Retry-After": "1"}, model=exc.model)
 
@@ -110,6 +116,7 @@ def build_api(ingress, token: str | None) -> FastAPI:
     api.add_exception_handler(RequestValidationError, _invalid_request)
     api.add_exception_handler(RequestError, _bad_request)
     api.add_exception_handler(ModelUnavailable, _model_unavailable)
+    api.add_exception_handler(StarletteHTTPException, _http_error)
 
     def require_token(request: Request) -> None:
         if not authorized(request.headers.get("authorization"), token):

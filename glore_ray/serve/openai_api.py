@@ -43,6 +43,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import (
 )
 from vllm.entrypoints.openai.completion.protocol import CompletionResponseChoice, CompletionResponseStreamChoice
 from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList, UsageInfo
+from vllm.exceptions import VLLMValidationError
 
 from glore_ray.serve.api import RequestError, SolveRequest, SolveResponse, SolveSettings
 
@@ -150,8 +151,14 @@ def _pieces(text: str) -> list[str]:
     return text.splitlines(keepends=True) or [text]
 
 
+async def _invalid_body(request: Request, exc: VLLMValidationError) -> JSONResponse:
+    """A body vLLM's own validators refuse (they raise past pydantic): a 422 naming the field."""
+    return JSONResponse(openai_error(422, str(exc), exc.parameter), status_code=422)
+
+
 def add_openai_routes(api: FastAPI, ingress, require_token) -> None:
     """The three routes on `api`, each behind `require_token` (a FastAPI `Depends`)."""
+    api.add_exception_handler(VLLMValidationError, _invalid_body)
     errors = {401: {"description": "missing or wrong bearer token"}, 400: {"description": "a field not supported"},
               404: {"description": "no such model"}, 422: {"description": "invalid request"},
               503: {"description": "a model failed or did not answer in time"}}
