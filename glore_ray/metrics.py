@@ -35,7 +35,8 @@ METRICS = {
     "train_loss": MetricSpec("gauge", "Mean training loss over the last logging window (rank 0)"),
     "train_tokens_per_second": MetricSpec("gauge", "Training tokens per second of one worker (rank 0)"),
     "chosen_candidates": MetricSpec("counter", "Candidates the ensemble's ORM rerank chose", ("candidate",)),
-    "serve_requests": MetricSpec("counter", "Solve requests answered, by HTTP status", ("status",)),
+    "serve_requests": MetricSpec("counter", "Requests answered, by HTTP status and model (glore: the ensemble, "
+                                            "glore-policy: the draft alone)", ("status", "model")),
     "serve_latency_seconds": MetricSpec("histogram", "Solve request latency in the ingress"),
 }
 

@@ -4,8 +4,6 @@ points the same client at the miniature app over loopback HTTP."""
 
 from __future__ import annotations
 
-import json
-
 import openai
 import pytest
 from fastapi.testclient import TestClient

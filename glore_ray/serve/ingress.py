@@ -32,7 +32,7 @@ from glore_ray.models.remote import RemoteModel
 from glore_ray.models.scorers import LikelihoodReranker
 from glore_ray.serve.api import RequestError, SolveRequest, SolveResponse, authorized, ensemble_settings, load_token
 from glore_ray.serve.deployments import Batching
-from glore_ray.serve.openai_api import OPENAI_PATHS, add_openai_routes, openai_error
+from glore_ray.serve.openai_api import ENSEMBLE_MODEL, OPENAI_PATHS, POLICY_MODEL, add_openai_routes, openai_error
 
 T = TypeVar("T")
 INGRESS_CONCURRENT_BATCHES = 2
@@ -108,8 +108,8 @@ async def _model_unavailable(request: Request, exc: ModelUnavailable) -> JSONRes
 
 def build_api(ingress, token: str | None) -> FastAPI:
     """The HTTP app of one ingress replica, its bearer token its own (two apps in one process do
-    not share one); the routes call the replica's `healthz`, `solve` and (the OpenAI routes,
-    `serve/openai_api.py`) `decide` and `draft`."""
+    not share one); the routes call the replica's `healthz`, `decide` (/v1/solve and the OpenAI
+    routes' `glore`) and `draft` (their `glore-policy`)."""
     api = FastAPI(title="glore-ray refinement ensemble", version="1",
                   description="GLoRe: a policy draft refined globally and locally, reranked by the ORM.")
     api.add_exception_handler(_Unauthorized, _unauthorized)
@@ -184,7 +184,7 @@ class EnsembleIngress(Batching):
             self.metrics.record("chosen_candidates", candidate=decision.chosen)
             return decision
 
-        return await self._recorded(request, run)
+        return await self._recorded(request, run, ENSEMBLE_MODEL)
 
     async def draft(self, request: SolveRequest) -> Generation:
         """The policy's greedy draft alone (the OpenAI routes' `glore-policy`: the baseline)."""
@@ -194,9 +194,9 @@ class EnsembleIngress(Batching):
                 self._threads, self.models["policy"].generate, [solve_prompt(request.question)], sampling)
             return generation
 
-        return await self._recorded(request, run)
+        return await self._recorded(request, run, POLICY_MODEL)
 
-    async def _recorded(self, request: SolveRequest, run: Callable[[EnsembleSettings], Awaitable[T]]) -> T:
+    async def _recorded(self, request: SolveRequest, run: Callable[[EnsembleSettings], Awaitable[T]], model: str) -> T:
         """`run` with the request's settings, its status and latency recorded."""
         t0, status = time.perf_counter(), "500"
         try:
@@ -212,7 +212,7 @@ class EnsembleIngress(Batching):
         finally:
             # Requests FastAPI rejects before this method (401, schema 422s) are in Serve's own
             # per-route metrics.
-            self.metrics.record("serve_requests", status=status)
+            self.metrics.record("serve_requests", status=status, model=model)
             self.metrics.record("serve_latency_seconds", time.perf_counter() - t0)
 
     @serve.batch(max_concurrent_batches=INGRESS_CONCURRENT_BATCHES)
