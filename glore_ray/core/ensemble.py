@@ -135,7 +135,7 @@ A = TypeVar("A")
 B = TypeVar("B")
 
 
-def _at_once(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+def at_once(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
     """Two independent model calls, the second on a thread of its own: each blocks on its own
     model (a remote one on its queue and a round trip)."""
     with ThreadPoolExecutor(1) as thread:
@@ -194,7 +194,7 @@ class RefinementEnsemble:
             values = None if draft_values is None else list(draft_values)
         # Every draft is refined: where need not wait for when (unless one model answers both).
         elif s.always_refine and drafts and where is not self.orm:
-            draft_scores, values = _at_once(lambda: _score(self.orm, questions, drafts),
+            draft_scores, values = at_once(lambda: _score(self.orm, questions, drafts),
                                             lambda: where.score(questions, [scored_steps(d) for d in drafts]))
         else:
             draft_scores, values = _score(self.orm, questions, drafts), None
@@ -215,7 +215,7 @@ class RefinementEnsemble:
             d.step_values = v
             d.first_bad_step = first_bad_step(v, d.draft, s.where_threshold)
 
-        globals_, locals_ = _at_once(
+        globals_, locals_ = at_once(
             lambda: self._refine(self.global_refiner, [global_refine_prompt(d.question, d.draft) for d in todo],
                                  s.refine_samples),
             lambda: self.local_refinements([d.question for d in todo], [d.draft for d in todo],

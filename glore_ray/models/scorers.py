@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from glore_ray.core.ensemble import logit
+from glore_ray.core.ensemble import at_once, logit
 from glore_ray.core.generation import Likelihood, StepScorer
 from glore_ray.core.prompts import solve_prompt
 
@@ -206,8 +206,9 @@ class LikelihoodReranker:
         self.w_orm, self.w_likelihood, self.bias = weights
 
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        orm = self.orm.score(questions, steps)
-        likelihood = self.likelihood.mean_logprobs(questions, steps)
+        # Two models (two deployments when served): neither waits for the other.
+        orm, likelihood = at_once(lambda: self.orm.score(questions, steps),
+                                  lambda: self.likelihood.mean_logprobs(questions, steps))
         return [[1 / (1 + math.exp(-(self.w_orm * logit(v) + self.w_likelihood * lp + self.bias)))
                  for v, lp in zip(vs, lps, strict=True)] for vs, lps in zip(orm, likelihood, strict=True)]
 

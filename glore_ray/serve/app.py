@@ -101,7 +101,8 @@ def run_server(app: serve.Application, cfg: ServeConfig) -> None:
     t0 = time.perf_counter()
     serve.run(app, name=APP_NAME, route_prefix="/")
     url = f"http://{cfg.host}:{cfg.port}"
-    log.info(f"serve: up in {time.perf_counter() - t0:.0f} s: POST {url}/v1/solve, GET {url}/healthz, docs {url}/docs")
+    log.info(f"serve: up in {time.perf_counter() - t0:.0f} s: POST {url}/v1/solve; OpenAI-compatible at {url}/v1 "
+             f"(models glore, glore-policy); GET {url}/healthz, docs {url}/docs")
     signal.signal(signal.SIGTERM, _interrupt)  # `kill`, `ray job stop`, a pod's termination: as Ctrl-C
     try:
         while True:
