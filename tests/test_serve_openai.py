@@ -4,6 +4,8 @@ points the same client at the miniature app over loopback HTTP."""
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 from fastapi.testclient import TestClient
@@ -139,7 +141,8 @@ def test_a_wrong_key_is_an_authentication_error_and_solve_keeps_its_own_shape(se
     assert solve.status_code == 422 and "question" in solve.json()["detail"]
     auth = {"Authorization": f"Bearer {TOKEN}"}
     for path, body, status in [("/v1/chat/completions", b"{not json", 422), ("/v1/chat/completions", b"\x00" * 9, 400),
-                               ("/v1/completions", b"{}", 422), ("/v1/completions", b'{"prompt": [1, 2]}', 400)]:
+                               ("/v1/completions", b"{}", 422), ("/v1/completions", b'{"prompt": [1, 2]}', 400),
+                               ("/v1/completions", json.dumps({"model": "glore", "prompt": ["q"] * 33}).encode(), 400)]:
         answer = http.post(path, content=body, headers=auth | {"Content-Type": "application/json"})
         assert answer.status_code == status, (path, body, answer.text)
         assert set(answer.json()["error"]) == {"message", "type", "param", "code"}, (path, body, answer.text)

@@ -49,6 +49,13 @@ class _BatchedModel(Batching):
         self._failed = False
         return result
 
+    async def _per_solution(self, fn: Callable, requests: list[tuple[list[str], list[list[str]]]]) -> list[list[Any]]:
+        """One `fn(questions, steps)` call for a merged batch of requests, its results split back."""
+        questions = [q for qs, _ in requests for q in qs]
+        steps = [s for _, ss in requests for s in ss]
+        values = iter(await self._run(fn, questions, steps))
+        return [[next(values) for _ in qs] for qs, _ in requests]
+
     async def check_health(self) -> None:
         if self._failed:  # a probe only after a failure: an idle healthy replica costs nothing
             await self._run(self._probe)
@@ -85,10 +92,7 @@ class GeneratorDeployment(_BatchedModel):
     @serve.batch
     async def _likelihood_batch(self, requests: list[tuple[list[str], list[list[str]]]]) -> list[list[list[float]]]:
         # One engine call for the batch, on the same worker thread as generation.
-        questions = [q for qs, _ in requests for q in qs]
-        steps = [s for _, ss in requests for s in ss]
-        values = iter(await self._run(self.engine.mean_logprobs, questions, steps))
-        return [[next(values) for _ in qs] for qs, _ in requests]
+        return await self._per_solution(self.engine.mean_logprobs, requests)
 
     def _probe(self) -> None:
         self.engine.generate(["1 + 1 ="], Sampling(temperature=0, max_tokens=1))
@@ -107,10 +111,7 @@ class ScorerDeployment(_BatchedModel):
 
     @serve.batch
     async def _batch(self, requests: list[tuple[list[str], list[list[str]]]]) -> list[list[list[float]]]:
-        questions = [q for qs, _ in requests for q in qs]
-        steps = [s for _, ss in requests for s in ss]
-        values = iter(await self._run(self.scorer.score, questions, steps))
-        return [[next(values) for _ in qs] for qs, _ in requests]
+        return await self._per_solution(self.scorer.score, requests)
 
     def _probe(self) -> None:
         self.scorer.score(["1 + 1"], [["1 + 1 = 2"]])

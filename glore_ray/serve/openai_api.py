@@ -22,6 +22,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -49,6 +50,8 @@ from glore_ray.serve.api import RequestError, SolveRequest, SolveResponse, Solve
 
 ENSEMBLE_MODEL, POLICY_MODEL = "glore", "glore-policy"
 OPENAI_PATHS = ("/v1/models", "/v1/chat/completions", "/v1/completions")
+MAX_PROMPTS = 32
+"""Questions one /v1/completions request may carry (each is a whole ensemble run)."""
 _ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
                 422: "UnprocessableEntityError", 503: "ServiceUnavailableError"}
 _SETTINGS = tuple(f for f in SolveSettings.model_fields if f != "max_tokens")
@@ -116,23 +119,33 @@ def _prompts(body: CompletionRequest) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise RequestError("prompt: a question, or a list of questions, as text (not token ids)", 400, "prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise RequestError(f"prompt: {len(prompts)} questions; at most {MAX_PROMPTS} per request", 400, "prompt")
     return prompts
 
 
-async def _answer(ingress, request: SolveRequest, model: str) -> tuple[str, str, int, int, dict | None]:
-    """(text, finish reason, prompt tokens, completion tokens, the decision) of one question."""
+@dataclass
+class _Answer:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    decision: dict | None
+    """What /v1/solve answers (the `glore` extension field); None for `glore-policy`."""
+
+
+async def _answer(ingress, request: SolveRequest, model: str) -> _Answer:
     if model == POLICY_MODEL:
         g = await ingress.draft(request)
         c = g.completions[0]
-        return c.text, c.finish_reason, g.prompt_tokens, c.n_tokens, None
+        return _Answer(c.text, c.finish_reason, g.prompt_tokens, c.n_tokens, None)
     d = await ingress.decide(request)
-    decision = SolveResponse.from_decision(d).model_dump(by_alias=True)
-    return (d.candidate(d.chosen), d.finish_reasons.get(d.chosen, "stop"), d.usage.prompt_tokens,
-            d.usage.completion_tokens, decision)
+    return _Answer(d.candidate(d.chosen), d.finish_reasons.get(d.chosen, "stop"), d.usage.prompt_tokens,
+                   d.usage.completion_tokens, SolveResponse.from_decision(d).model_dump(by_alias=True))
 
 
-def _usage(answers) -> UsageInfo:
-    prompt, completion = sum(a[2] for a in answers), sum(a[3] for a in answers)
+def _usage(answers: list[_Answer]) -> UsageInfo:
+    prompt, completion = sum(a.prompt_tokens for a in answers), sum(a.completion_tokens for a in answers)
     return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
@@ -172,7 +185,7 @@ def add_openai_routes(api: FastAPI, ingress, require_token) -> None:
               responses=errors)
     async def chat(body: ChatCompletionRequest, raw: Request):
         request = _solve_request(_chat_question(body), body, set(await raw.json()), "messages")
-        text, finish, prompt_tokens, completion_tokens, decision = answer = await _answer(ingress, request, body.model)
+        answer = await _answer(ingress, request, body.model)
         created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             def chunk(delta: DeltaMessage, finish_reason: str | None = None, **extra) -> ChatCompletionStreamResponse:
@@ -181,14 +194,14 @@ def add_openai_routes(api: FastAPI, ingress, require_token) -> None:
 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return _events([chunk(DeltaMessage(role="assistant", content="")),
-                            *(chunk(DeltaMessage(content=piece)) for piece in _pieces(text)),
-                            chunk(DeltaMessage(), finish, glore=decision),
+                            *(chunk(DeltaMessage(content=piece)) for piece in _pieces(answer.text)),
+                            chunk(DeltaMessage(), answer.finish_reason, glore=answer.decision),
                             *([ChatCompletionStreamResponse(id=rid, created=created, model=body.model, choices=[],
                                                             usage=_usage([answer]))] if include_usage else [])])
         response = ChatCompletionResponse(
-            id=rid, created=created, model=body.model, usage=_usage([answer]), glore=decision,
-            choices=[ChatCompletionResponseChoice(index=0, message=ChatMessage(role="assistant", content=text),
-                                                  finish_reason=finish)])
+            id=rid, created=created, model=body.model, usage=_usage([answer]), glore=answer.decision,
+            choices=[ChatCompletionResponseChoice(index=0, message=ChatMessage(role="assistant", content=answer.text),
+                                                  finish_reason=answer.finish_reason)])
         return JSONResponse(response.model_dump(mode="json", exclude_none=True))
 
     @api.post("/v1/completions", response_model=CompletionResponse, dependencies=[require_token], responses=errors)
@@ -197,19 +210,19 @@ def add_openai_routes(api: FastAPI, ingress, require_token) -> None:
         requests = [_solve_request(question, body, sent, "prompt") for question in _prompts(body)]
         answers = await asyncio.gather(*(_answer(ingress, r, body.model) for r in requests))
         created, rid = int(time.time()), f"cmpl-{uuid.uuid4().hex}"
-        decisions = [a[4] for a in answers]
-        glore = None if body.model == POLICY_MODEL else decisions
+        glore = None if body.model == POLICY_MODEL else [a.decision for a in answers]
         if body.stream:
             def chunk(index: int, text: str, finish_reason: str | None = None, **extra) -> CompletionStreamResponse:
                 return CompletionStreamResponse(id=rid, created=created, model=body.model, choices=[
                     CompletionResponseStreamChoice(index=index, text=text, finish_reason=finish_reason)], **extra)
 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _events([*(chunk(i, piece) for i, a in enumerate(answers) for piece in _pieces(a[0])),
-                            *(chunk(i, "", a[1], glore=a[4]) for i, a in enumerate(answers)),
+            return _events([*(chunk(i, piece) for i, a in enumerate(answers) for piece in _pieces(a.text)),
+                            *(chunk(i, "", a.finish_reason, glore=a.decision) for i, a in enumerate(answers)),
                             *([CompletionStreamResponse(id=rid, created=created, model=body.model, choices=[],
                                                         usage=_usage(answers))] if include_usage else [])])
         response = CompletionResponse(
             id=rid, created=created, model=body.model, usage=_usage(answers), glore=glore,
-            choices=[CompletionResponseChoice(index=i, text=a[0], finish_reason=a[1]) for i, a in enumerate(answers)])
+            choices=[CompletionResponseChoice(index=i, text=a.text, finish_reason=a.finish_reason)
+                     for i, a in enumerate(answers)])
         return JSONResponse(response.model_dump(mode="json", exclude_none=True))
