@@ -255,14 +255,17 @@ def test_iterated_refinement_refines_again_only_what_the_orm_still_doubts() -> N
     e.global_refiner = ScriptedEngine(lambda p: "3 * 4 = 12 apples.\n12 - 2 = 10 apples.\n#### 10" if "#### 11" in p
                                       else "3 * 4 = 12 apples.\n12 - 1 = 11 apples.\n#### 11")
     rounds = iterate(e, [Q1, Q2], e.solve([Q1, Q2]), max_rounds=3, temperature=0.7, seed=5)
-    assert [[text.splitlines()[-1] for text in texts] for texts in rounds] == [
+    assert [[d.candidate(d.chosen).splitlines()[-1] for d in decided] for decided in rounds] == [
         ["#### 11", "#### 8"],   # round 1: 11 (0.6) beats the draft's 9 (0.1); the draft 8 ties 11 (0.6) and stays
         ["#### 10", "#### 8"],   # both below 0.7: refined again; 11 becomes 10 (0.9)
         ["#### 10", "#### 8"]]   # 10 scores 0.9: left alone; 8 is refined a third time, and stays
     assert [len(c) for c in e.global_refiner.calls] == [2, 2, 1]
     # Round 1 decodes greedily; the later rounds sample, each with its own seed.
     assert [(s.temperature, s.seed) for s in e.global_refiner.samplings] == [(0.0, 0), (0.7, 7), (0.7, 8)]
-    assert iterate(e, [Q1], e.solve([Q1]), max_rounds=1, temperature=0.7, seed=5) == [[e.solve([Q1])[0].global_]]
+    ((once,),) = iterate(e, [Q1], e.solve([Q1]), max_rounds=1, temperature=0.7, seed=5)
+    assert once.candidate(once.chosen) == e.solve([Q1])[0].global_
+    # A later round's decision refined the previous round's answer; an answer left alone keeps its decision.
+    assert rounds[1][0].draft == rounds[0][0].candidate(rounds[0][0].chosen) and rounds[2][0] is rounds[1][0]
 
 
 def test_the_within_question_fit_ranks_a_questions_solutions_where_the_pooled_fit_does_not() -> None:

@@ -121,6 +121,12 @@ def test_the_openai_client_gets_the_decision_solve_makes(served, miniature_run) 
         assert chat.usage.completion_tokens == solved["usage"]["completion_tokens"] > 0
         policy = client.completions.create(model="glore-policy", prompt=question)
         assert policy.choices[0].text == solved["draft"]
+    # Rounds: round 1 is the decision above; a second refines its answer while the ORM scores it low.
+    twice = client.chat.completions.create(model="glore", messages=[{"role": "user", "content": question}],
+                                           extra_body={"always_refine": True, "max_rounds": 2, "orm_threshold": 1.0})
+    rounds = twice.model_extra["glore"]["rounds"]
+    assert len(rounds) == 2 and rounds[0] == chosen and twice.choices[0].message.content == rounds[1]
+    assert twice.usage.completion_tokens > chat.usage.completion_tokens
     with pytest.raises(openai.AuthenticationError):
         client.with_options(api_key="wrong").chat.completions.create(
             model="glore", messages=[{"role": "user", "content": "Ann has 3 apples."}])
@@ -135,6 +141,7 @@ def test_the_openai_client_gets_the_decision_solve_makes(served, miniature_run) 
     b"{not json", b"[1, 2]", {}, {"question": ""}, {"question": "   "}, {"question": 3},
     {"question": "x" * 2001}, {"question": "q", "model_path": "/etc/passwd"},
     {"question": "q", "settings": {"max_tokens": 49}}, {"question": "q", "settings": {"orm_threshold": "high"}},
+    {"question": "q", "settings": {"max_rounds": 4}},
 ])
 def test_bad_requests_get_a_4xx_with_a_message(served, body) -> None:
     url, _, _ = served
@@ -152,7 +159,8 @@ _JSON = st.recursive(st.none() | st.booleans() | _NUMBERS | _TEXT,
                      lambda kids: st.lists(kids, max_size=3) | st.dictionaries(_TEXT, kids, max_size=3), max_leaves=8)
 _SETTINGS = st.fixed_dictionaries({}, optional={
     "always_refine": _JSON, "orm_threshold": _NUMBERS | _JSON, "step_threshold": _NUMBERS | _JSON,
-    "where": st.sampled_from(["sorm", "orm", "SORM", ""]) | _JSON, "max_tokens": _NUMBERS | _JSON})
+    "where": st.sampled_from(["sorm", "orm", "SORM", ""]) | _JSON, "max_tokens": _NUMBERS | _JSON,
+    "max_rounds": st.integers(0, 4) | _JSON})
 _BODIES = st.one_of(
     _JSON.map(lambda v: json.dumps(v).encode()),
     st.tuples(st.fixed_dictionaries({}, optional={"question": _TEXT | _JSON, "draft": _TEXT | _JSON,

@@ -20,12 +20,15 @@ def test_request_settings_override_the_server_defaults() -> None:
                                                                         "max_tokens": 16}})
     s = ensemble_settings(request, served, ServeConfig())
     assert (s.always_refine, s.orm_threshold, s.where, s.max_tokens) == (True, 0.4, "orm", 16)
+    rounds = SolveRequest.model_validate({"question": "q", "settings": {"max_rounds": 3}})
+    assert ensemble_settings(rounds, served, ServeConfig()) == served  # rounds are the ingress's, not the ensemble's
 
 
 @pytest.mark.parametrize("body, message", [
     ({"question": "x" * 2001}, "question: 2001 characters; the limit is 2000"),
     ({"question": "q", "draft": "y" * 8001}, "draft: 8001 characters; the limit is 8000"),
     ({"question": "q", "settings": {"max_tokens": 65}}, "settings.max_tokens: 65 exceeds the server's 64"),
+    ({"question": "q", "settings": {"max_rounds": 4}}, "settings.max_rounds: 4 exceeds the server's 3"),
 ])
 def test_server_limits_are_request_errors(body, message) -> None:
     with pytest.raises(RequestError, match=message):

@@ -33,14 +33,19 @@ class ScriptedIngress:
         self.settings.append(settings)
         return settings
 
-    async def decide(self, request) -> Decision:
+    async def decide(self, request) -> list[Decision]:
+        """Round 1 chooses the local refinement; a second round (`max_rounds`) refines it again."""
         self._settings(request)
-        return Decision(request.question, "3 * 4 = 12 apples.\n12 - 3 = 9 apples.\nThe answer is 9", True,
+        first = Decision(request.question, "3 * 4 = 12 apples.\n12 - 3 = 9 apples.\nThe answer is 9", True,
                         global_="3 * 4 = 12 apples.\nThe answer is 12", local=LOCAL, first_bad_step=1,
                         step_values=[0.9, 0.1, 0.2], orm_scores={"draft": 0.1, "global": 0.3, "local": 0.8},
                         chosen="local", answer="10", finish_reasons={"draft": "stop", "global": "stop",
                                                                      "local": "length"},
                         usage=Usage(prompt_tokens=120, completion_tokens=45))
+        again = Decision(request.question, LOCAL, True, global_=LOCAL + ".", orm_scores={"draft": 0.4, "global": 0.9},
+                         chosen="global", answer="10", finish_reasons={"global": "stop"},
+                         usage=Usage(prompt_tokens=50, completion_tokens=20))
+        return [first, again][:request.settings.max_rounds or 1]
 
     async def draft(self, request) -> Generation:
         self._settings(request)
@@ -75,6 +80,11 @@ def test_chat_answers_with_the_chosen_solution_its_usage_and_the_decision(served
     assert decision["chosen"] == "local" and decision["orm_scores"]["local"] == 0.8 and decision["global"]
     (settings,) = ingress.settings
     assert (settings.always_refine, settings.orm_threshold, settings.where, settings.max_tokens) == (True, 0.3, "orm", 32)
+    # A second round refines round 1's answer: the answer is the last round's, the usage both rounds'.
+    twice = client.chat.completions.create(model="glore", messages=[{"role": "user", "content": QUESTION}],
+                                           extra_body={"max_rounds": 2})
+    assert twice.choices[0].message.content == LOCAL + "." and twice.choices[0].finish_reason == "stop"
+    assert twice.usage.total_tokens == 165 + 70 and twice.model_extra["glore"]["rounds"] == [LOCAL, LOCAL + "."]
     # Text parts are text too.
     parts = client.chat.completions.create(model="glore", messages=[
         {"role": "user", "content": [{"type": "text", "text": "Ava has 3 boxes"}, {"type": "text", "text": "."}]}])
@@ -114,6 +124,8 @@ def test_stream_sends_the_decided_answer_in_chunks(served) -> None:
     ({"extra_body": {"orm_threshold": 2}}, openai.UnprocessableEntityError, "orm_threshold"),
     ({"extra_body": {"orm_treshold": 0.3}}, openai.UnprocessableEntityError, "orm_treshold"),
     ({"max_tokens": 65}, openai.UnprocessableEntityError, "max_tokens"),
+    ({"extra_body": {"max_rounds": 4}}, openai.UnprocessableEntityError, "max_rounds"),
+    ({"extra_body": {"max_rounds": 0}}, openai.UnprocessableEntityError, "max_rounds"),
     ({"temperature": 0.7}, openai.BadRequestError, "temperature"),
     ({"n": 2}, openai.BadRequestError, "n"),
     ({"model": "gpt-4o"}, openai.NotFoundError, "model"),

@@ -98,6 +98,9 @@ class ServeConfig:
     """A model call slower than this (a dead or restarting replica) answers 503."""
     max_question_chars: int = 2000
     max_draft_chars: int = 8000
+    max_rounds: int = 3
+    """The most refinement rounds a request may ask for (`max_rounds`): each later round is another
+    pass of the ensemble over the answers the ORM still scores below `orm_threshold`."""
     ingress: ModelDeploymentConfig = field(default_factory=lambda: ModelDeploymentConfig(batch_wait_timeout_s=0.05))
     """The FastAPI deployment running the ensemble: it batches whole requests (one ensemble call,
     so one call per model and step, for a batch of questions)."""
@@ -112,5 +115,6 @@ class ServeConfig:
         check(self.model_timeout_s > 0, f"{key}.model_timeout_s", "must be > 0")
         check(self.max_question_chars > 0, f"{key}.max_question_chars", "must be > 0")
         check(self.max_draft_chars > 0, f"{key}.max_draft_chars", "must be > 0")
+        check(self.max_rounds >= 1, f"{key}.max_rounds", "must be >= 1")
         for name in ("ingress", *MODELS):
             getattr(self, name).validate(f"{key}.{name}")

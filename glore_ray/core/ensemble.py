@@ -272,20 +272,20 @@ class RefinementEnsemble:
 
 
 def iterate(ensemble: RefinementEnsemble, questions: Sequence[str], decisions: Sequence[Decision],
-            max_rounds: int, temperature: float, seed: int) -> list[list[str]]:
-    """Each round's answer text per question: round 1 is the ensemble's choice; in every later round
-    a question whose chosen text scores below `orm_threshold` is refined again from that text (the
-    ensemble with it as the draft, refining only below the threshold, its refiners sampling at
-    `temperature` with a seed per round), the others keep theirs."""
-    texts = [d.candidate(d.chosen) for d in decisions]
-    scores = [d.orm_scores[d.chosen] for d in decisions]
-    rounds = [list(texts)]
+            max_rounds: int, temperature: float, seed: int) -> list[list[Decision]]:
+    """Each round's deciding Decision per question (its answer: `d.candidate(d.chosen)`): round 1 is
+    `decisions`; in every later round a question whose chosen text scores below `orm_threshold` is
+    refined again from that text (the ensemble with it as the draft, refining only below the
+    threshold, its refiners sampling at `temperature` with a seed per round), the others keep theirs."""
+    current = list(decisions)
+    rounds = [list(current)]
     for r in range(2, max_rounds + 1):
         again = dataclasses.replace(ensemble, settings=dataclasses.replace(
             ensemble.settings, always_refine=False, refine_temperature=temperature, seed=seed + r))
-        todo = [i for i, score in enumerate(scores) if score < again.settings.orm_threshold]
-        for i, d in zip(todo, again.solve([questions[i] for i in todo], [texts[i] for i in todo]) if todo else [],
-                        strict=True):
-            texts[i], scores[i] = d.candidate(d.chosen), d.orm_scores[d.chosen]
-        rounds.append(list(texts))
+        todo = [i for i, d in enumerate(current) if d.orm_scores[d.chosen] < again.settings.orm_threshold]
+        redone = again.solve([questions[i] for i in todo], [current[i].candidate(current[i].chosen) for i in todo]
+                             ) if todo else []
+        for i, d in zip(todo, redone, strict=True):
+            current[i] = d
+        rounds.append(list(current))
     return rounds

@@ -103,7 +103,8 @@ def evaluate_batch(models: Models, problems: Sequence[Problem], ev: EvalConfig, 
     local_orm = ensemble.refine_locally(questions, drafts, orm_where)
     local_oracle = ensemble.refine_locally(questions, drafts, oracle_where)
     candidates = score_candidates(models, problems, decisions)
-    rounds = iterate(ensemble, questions, decisions, ev.max_rounds, ev.temperature, sampling.seed)
+    rounds = [[d.candidate(d.chosen) for d in decided]
+              for decided in iterate(ensemble, questions, decisions, ev.max_rounds, ev.temperature, sampling.seed)]
 
     records = []
     for i, (problem, solutions, decision) in enumerate(zip(problems, scored, decisions, strict=True)):

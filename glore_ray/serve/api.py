@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +41,9 @@ class SolveSettings(BaseModel):
     """Which reward model locates the first bad step."""
     max_tokens: int | None = Field(None, ge=1)
     """Tokens per generation, at most the server's (`ensemble.max_tokens`, else `sampling.max_tokens`)."""
+    max_rounds: int | None = Field(None, ge=1)
+    """Refinement rounds, at most the server's `serve.max_rounds` (1: the ensemble once; each later
+    round refines the previous round's answer while the ORM scores it below `orm_threshold`)."""
 
 
 def _text(value: str, field: str) -> str:
@@ -94,14 +98,22 @@ class SolveResponse(BaseModel):
     """Whether the draft was refined (its ORM score was below the threshold, or always_refine)."""
     usage: dict[str, int] = {}
     """`prompt_tokens` and `completion_tokens` summed over the generations made for this question."""
+    rounds: list[str] = []
+    """With `max_rounds` > 1: each round's answer text, round 1's first; the fields above are round
+    1's decision, except `answer`, which is the last round's."""
 
     model_config = ConfigDict(populate_by_name=True)
 
     @classmethod
-    def from_decision(cls, d: Decision) -> SolveResponse:
-        return cls(answer=d.answer, chosen=d.chosen, draft=d.draft, global_=d.global_, local=d.local,
+    def from_rounds(cls, decided: Sequence[Decision]) -> SolveResponse:
+        """The response for each round's deciding Decision (`core.ensemble.iterate`), round 1 first."""
+        d, distinct = decided[0], list({id(x): x for x in decided}.values())
+        usage = {"prompt_tokens": sum(x.usage.prompt_tokens for x in distinct),
+                 "completion_tokens": sum(x.usage.completion_tokens for x in distinct)}
+        return cls(answer=decided[-1].answer, chosen=d.chosen, draft=d.draft, global_=d.global_, local=d.local,
                    samples=d.samples, orm_scores=d.orm_scores, first_bad_step=d.first_bad_step, step_values=d.step_values,
-                   refined=d.refined, usage=dataclasses.asdict(d.usage))
+                   refined=d.refined, usage=usage,
+                   rounds=[x.candidate(x.chosen) for x in decided] if len(decided) > 1 else [])
 
 
 def ensemble_settings(request: SolveRequest, served: EnsembleSettings, cfg: ServeConfig) -> EnsembleSettings:
@@ -116,7 +128,10 @@ def ensemble_settings(request: SolveRequest, served: EnsembleSettings, cfg: Serv
     if s.max_tokens is not None and s.max_tokens > served.max_tokens:
         raise RequestError(f"settings.max_tokens: {s.max_tokens} exceeds the server's {served.max_tokens}",
                            param="max_tokens")
-    return dataclasses.replace(served, **{k: v for k, v in s.model_dump().items() if v is not None})
+    if s.max_rounds is not None and s.max_rounds > cfg.max_rounds:
+        raise RequestError(f"settings.max_rounds: {s.max_rounds} exceeds the server's {cfg.max_rounds}",
+                           param="max_rounds")
+    return dataclasses.replace(served, **s.model_dump(exclude={"max_rounds"}, exclude_none=True))
 
 
 def load_token(cfg: ServeConfig) -> str | None:

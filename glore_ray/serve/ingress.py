@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glore_ray.config import ServeConfig
 from glore_ray.config.ensemble import MODELS, EnsembleSettings
-from glore_ray.core.ensemble import Decision, RefinementEnsemble, ensemble_models
+from glore_ray.core.ensemble import Decision, RefinementEnsemble, ensemble_models, iterate
 from glore_ray.core.generation import Generation, Sampling
 from glore_ray.core.prompts import solve_prompt
 from glore_ray.metrics import StageMetrics
@@ -132,7 +132,7 @@ def build_api(ingress, token: str | None) -> FastAPI:
                          422: {"description": "invalid request"},
                          503: {"description": "a model failed or did not answer in time"}})
     async def solve(request: SolveRequest) -> SolveResponse:
-        return SolveResponse.from_decision(await ingress.decide(request))
+        return SolveResponse.from_rounds(await ingress.decide(request))
 
     add_openai_routes(api, ingress, Depends(require_token))
     return api
@@ -177,12 +177,13 @@ class EnsembleIngress(Batching):
         ok = all(v == "ok" for v in models.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "models": models}, status_code=200 if ok else 503)
 
-    async def decide(self, request: SolveRequest) -> Decision:
-        """The ensemble's decision for one request, batched with the requests of its moment."""
-        async def run(settings: EnsembleSettings) -> Decision:
-            decision = await self._batch((request.question, request.draft, settings))
-            self.metrics.record("chosen_candidates", candidate=decision.chosen)
-            return decision
+    async def decide(self, request: SolveRequest) -> list[Decision]:
+        """Each round's deciding Decision for one request (`core.ensemble.iterate`; one round unless
+        `max_rounds`), batched with the requests of its moment."""
+        async def run(settings: EnsembleSettings) -> list[Decision]:
+            decided = await self._batch((request.question, request.draft, settings, request.settings.max_rounds or 1))
+            self.metrics.record("chosen_candidates", candidate=decided[0].chosen)
+            return decided
 
         return await self._recorded(request, run, ENSEMBLE_MODEL)
 
@@ -216,14 +217,20 @@ class EnsembleIngress(Batching):
             self.metrics.record("serve_latency_seconds", time.perf_counter() - t0)
 
     @serve.batch(max_concurrent_batches=INGRESS_CONCURRENT_BATCHES)
-    async def _batch(self, requests: list[tuple[str, str | None, EnsembleSettings]]) -> list[Decision]:
-        decisions: list[Decision | None] = [None] * len(requests)
+    async def _batch(self, requests: list[tuple[str, str | None, EnsembleSettings, int]]) -> list[list[Decision]]:
+        decided: list[list[Decision]] = [[] for _ in requests]
         loop = asyncio.get_running_loop()
-        for settings in dict.fromkeys(s for _, _, s in requests):  # one ensemble call per distinct settings
-            members = [i for i, (_, _, s) in enumerate(requests) if s == settings]
+        # One ensemble call per distinct settings and rounds.
+        for settings, rounds in dict.fromkeys((s, r) for _, _, s, r in requests):
+            members = [i for i, (_, _, s, r) in enumerate(requests) if (s, r) == (settings, rounds)]
+            questions = [requests[i][0] for i in members]
             ensemble = RefinementEnsemble.of(ensemble_models(self.models), settings)
-            solved = await loop.run_in_executor(self._threads, ensemble.solve, [requests[i][0] for i in members],
-                                                [requests[i][1] for i in members])
-            for i, decision in zip(members, solved, strict=True):
-                decisions[i] = decision
-        return decisions
+
+            def solve() -> list[list[Decision]]:
+                first = ensemble.solve(questions, [requests[i][1] for i in members])
+                return iterate(ensemble, questions, first, rounds, settings.sample_temperature, settings.seed)
+
+            for decisions in await loop.run_in_executor(self._threads, solve):
+                for i, decision in zip(members, decisions, strict=True):
+                    decided[i].append(decision)
+        return decided

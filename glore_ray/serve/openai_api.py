@@ -139,9 +139,11 @@ async def _answer(ingress, request: SolveRequest, model: str) -> _Answer:
         g = await ingress.draft(request)
         c = g.completions[0]
         return _Answer(c.text, c.finish_reason, g.prompt_tokens, c.n_tokens, None)
-    d = await ingress.decide(request)
-    return _Answer(d.candidate(d.chosen), d.finish_reasons.get(d.chosen, "stop"), d.usage.prompt_tokens,
-                   d.usage.completion_tokens, SolveResponse.from_decision(d).model_dump(by_alias=True))
+    decided = await ingress.decide(request)
+    last, response = decided[-1], SolveResponse.from_rounds(decided)
+    return _Answer(last.candidate(last.chosen), last.finish_reasons.get(last.chosen, "stop"),
+                   response.usage["prompt_tokens"], response.usage["completion_tokens"],
+                   response.model_dump(by_alias=True))
 
 
 def _usage(answers: list[_Answer]) -> UsageInfo:
