@@ -72,7 +72,7 @@ def _error(request: Request, status: int, message: str, param: str | None = None
            **fields) -> JSONResponse:
     """An error in the shape the route's clients read: OpenAI's `{"error": {...}}` on the OpenAI
     routes, `{"detail": ...}` (with any further `fields`) on /v1/solve."""
-    if request.url.path in OPENAI_PATHS:
+    if request.url.path.endswith(OPENAI_PATHS):  # under any route prefix
         return JSONResponse(openai_error(status, message, param), status_code=status, headers=headers)
     return JSONResponse({"detail": message, **fields}, status_code=status, headers=headers)
 
