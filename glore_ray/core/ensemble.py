@@ -177,6 +177,10 @@ class RefinementEnsemble:
         """The ensemble over `models` by name (MODELS; other entries are ignored)."""
         return cls(**{m: models[m] for m in MODELS}, settings=settings)
 
+    def drafts(self, questions: Sequence[str]) -> list[Generation]:
+        """The policy's greedy draft of each question."""
+        return _decode(self.policy, [solve_prompt(q) for q in questions], self.max_tokens)
+
     def solve(self, questions: Sequence[str], drafts: Sequence[str | None] | None = None,
               draft_scores: Sequence[float] | None = None,
               draft_values: Sequence[Sequence[float]] | None = None) -> list[Decision]:
@@ -187,7 +191,7 @@ class RefinementEnsemble:
         drafts = list(drafts) if drafts is not None else [None] * len(questions)
         missing = [i for i, d in enumerate(drafts) if d is None]
         generated: dict[int, Generation] = {}
-        for i, g in zip(missing, _decode(self.policy, [solve_prompt(questions[i]) for i in missing], self.max_tokens)):
+        for i, g in zip(missing, self.drafts([questions[i] for i in missing])):
             drafts[i], generated[i] = g.completions[0].text, g
         where = self.sorm if s.where == "sorm" else self.orm
         if draft_scores is not None:

@@ -225,6 +225,14 @@ def load_scorer(model_dir: str):
     return LikelihoodReranker(load_scorer(orm), PolicyLikelihood(policy), weights)
 
 
+def with_reranker(models: dict, weights: Sequence[float] | None) -> dict:
+    """`models` (by name) with, given a reranker's weights, the LikelihoodReranker over their own ORM
+    and policy as `reranker`: the evaluation's model servers and Serve's deployments alike."""
+    if weights is None:
+        return models
+    return models | {"reranker": LikelihoodReranker(models["orm"], models["policy"], weights)}
+
+
 def reranker_weights(model_dir: str, orm_dir: str, policy_dir: str) -> list[float]:
     """A reranker folder's weights, for a LikelihoodReranker over the ORM and the policy as they are
     already served (the evaluation's model servers, the Serve deployments): the policy's own engine

@@ -29,7 +29,7 @@ from glore_ray.core.quarantine import Quarantine
 from glore_ray.metrics import StageMetrics
 from glore_ray.models.engines import load_model
 from glore_ray.models.remote import RemoteModel
-from glore_ray.models.scorers import LikelihoodReranker, reranker_weights
+from glore_ray.models.scorers import reranker_weights, with_reranker
 from glore_ray.pipeline.runner import StageContext
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,7 @@ def run_evaluation(ctx: StageContext, eval: EvalConfig, ensemble: EnsembleSettin
         replicas = list(threads.map(lambda _: start_model_servers(eval.pool, engine, served),
                                     range(eval.pool.replicas)))
     log.info(f"evaluate: {len(served) * len(replicas)} models up in {time.perf_counter() - t0:.0f} s")
-    ranked = [m if weights is None else m | {"reranker": LikelihoodReranker(m["orm"], m["policy"], weights)}
-              for m in replicas]
+    ranked = [with_reranker(m, weights) for m in replicas]
     batches = iter(lambda: list(itertools.islice(problems, eval.pool.batch_size)), [])
     records: list[dict] = []
     decisions = Path(ctx.dir) / "decisions.jsonl"

@@ -25,11 +25,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from glore_ray.config import ServeConfig
 from glore_ray.config.ensemble import MODELS, EnsembleSettings
 from glore_ray.core.ensemble import Decision, RefinementEnsemble, ensemble_models, iterate
-from glore_ray.core.generation import Generation, Sampling
-from glore_ray.core.prompts import solve_prompt
+from glore_ray.core.generation import Generation
 from glore_ray.metrics import StageMetrics
 from glore_ray.models.remote import RemoteModel
-from glore_ray.models.scorers import LikelihoodReranker
+from glore_ray.models.scorers import with_reranker
 from glore_ray.serve.api import RequestError, SolveRequest, SolveResponse, authorized, ensemble_settings, load_token
 from glore_ray.serve.deployments import Batching
 from glore_ray.serve.openai_api import ENSEMBLE_MODEL, OPENAI_PATHS, POLICY_MODEL, add_openai_routes, openai_error
@@ -155,9 +154,9 @@ class EnsembleIngress(Batching):
         def resolve(model: str, response) -> Any:
             return _result(model, response, cfg.model_timeout_s)
 
-        self.models = {name: RemoteModel(name, handle, resolve) for name, handle in self.handles.items()}
-        if reranker_weights is not None:  # the policy deployment reads the likelihood: one copy of it
-            self.models["reranker"] = LikelihoodReranker(self.models["orm"], self.models["policy"], reranker_weights)
+        # With a reranker, the policy deployment reads its likelihood: one copy of the policy.
+        self.models = with_reranker({name: RemoteModel(name, handle, resolve) for name, handle in self.handles.items()},
+                                    reranker_weights)
         # The ensemble blocks on its handle calls: it runs on these threads, never on the event loop.
         self._threads = ThreadPoolExecutor(INGRESS_CONCURRENT_BATCHES)
         self.token = load_token(cfg)
@@ -190,9 +189,9 @@ class EnsembleIngress(Batching):
     async def draft(self, request: SolveRequest) -> Generation:
         """The policy's greedy draft alone (the OpenAI routes' `glore-policy`: the baseline)."""
         async def run(settings: EnsembleSettings) -> Generation:
-            sampling = Sampling(n=1, temperature=0.0, max_tokens=settings.max_tokens)
+            ensemble = RefinementEnsemble.of(ensemble_models(self.models), settings)
             (generation,) = await asyncio.get_running_loop().run_in_executor(
-                self._threads, self.models["policy"].generate, [solve_prompt(request.question)], sampling)
+                self._threads, ensemble.drafts, [request.question])
             return generation
 
         return await self._recorded(request, run, POLICY_MODEL)
