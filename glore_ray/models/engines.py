@@ -95,7 +95,6 @@ class VLLMEngine:
                                         for c in o.outputs] * (s.n if s.temperature == 0 else 1))
                 for o, s in zip(outputs, samplings, strict=True)]
 
-
     def mean_logprobs(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         """The likelihood reranker's term (`core.generation.Likelihood`) from this engine's prompt
         log-probs: each solution, tokenized as the reward models read it, is a prompt of one call."""
